@@ -1,1 +1,276 @@
-//! placeholder
+//! CNI plugin skeleton: reads `CNI_*` and stdin, calls one [`Plugin`], prints a result or the
+//! spec's error object, and logs one line per verb.
+//!
+//! This is the only place where errors become CNI codes and JSON: plugins return their own
+//! error type, convertible into [`CniError`].
+
+pub mod log_file;
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use cni_spec::{code, Attachment, CniError, CniResult, Command, Env, NetConf, Version, SUPPORTED};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use cni_spec;
+
+/// What ADD prints.
+#[derive(Debug)]
+pub enum AddOutput {
+    /// A result this plugin built.
+    Result(CniResult),
+    /// The `prevResult` received, unchanged (chained plugins that add nothing).
+    PrevResult,
+}
+
+/// One invocation: the verb, its environment and the parsed configuration.
+#[derive(Debug)]
+pub struct Request<C> {
+    /// The verb.
+    pub command: Command,
+    /// The validated `CNI_*` variables (empty fields for STATUS and GC).
+    pub env: Env,
+    /// The common configuration fields.
+    pub conf: NetConf,
+    /// The plugin's own configuration, decoded from the same object.
+    pub config: C,
+}
+
+/// A CNI plugin: one method per verb; VERSION is answered by the skeleton.
+pub trait Plugin {
+    /// The plugin's own configuration fields.
+    type Config: DeserializeOwned;
+    /// The plugin's error type; converted to a spec error once, here.
+    type Error: Into<CniError>;
+
+    /// Attaches the container. Must roll back what it created when it fails.
+    fn add(&self, req: &Request<Self::Config>) -> Result<AddOutput, Self::Error>;
+    /// Detaches the container; succeeds when it is already gone. Returns a note for the
+    /// log line (e.g. the released address).
+    fn del(&self, req: &Request<Self::Config>) -> Result<Option<String>, Self::Error>;
+    /// Verifies the attachment against `prevResult`.
+    fn check(&self, req: &Request<Self::Config>) -> Result<(), Self::Error>;
+    /// Says whether ADD can be served now.
+    fn status(&self, req: &Request<Self::Config>) -> Result<(), Self::Error>;
+    /// Releases everything not in `valid`. Returns a note for the log line.
+    fn gc(
+        &self,
+        req: &Request<Self::Config>,
+        valid: &[Attachment],
+    ) -> Result<Option<String>, Self::Error>;
+}
+
+/// Static facts about a plugin binary for `--help` and `--version`.
+#[derive(Clone, Copy, Debug)]
+pub struct About {
+    /// Binary name.
+    pub name: &'static str,
+    /// Crate version.
+    pub version: &'static str,
+    /// One paragraph: what it does.
+    pub summary: &'static str,
+}
+
+/// What the process should exit with.
+pub type ExitCode = i32;
+
+/// Runs the plugin on the process's environment, stdin and stdout. `--help` and `--version`
+/// in argv are answered without CNI. Returns the exit code.
+pub fn run<P: Plugin>(plugin: &P, about: &About) -> ExitCode {
+    install_panic_guard();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = answer_flags(&args, about) {
+        return code;
+    }
+    let mut stdin = Vec::new();
+    let command_var = std::env::var("CNI_COMMAND").ok();
+    let command = cni_spec::command_from(|_| command_var.as_deref());
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let version_hint =
+        cni_spec::version_hint(&stdin).unwrap_or_else(|| Version::LATEST.to_string());
+    let outcome = match (command, read) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => {
+            Err(CniError::new(code::IO_FAILURE, "cannot read stdin").with_details(e.to_string()))
+        }
+        (Ok(command), Ok(_)) => dispatch(plugin, command, &stdin, about),
+    };
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        // DEL, CHECK, STATUS and GC print nothing when they succeed.
+        Ok(Value::Null) => 0,
+        Ok(value) => {
+            let _ = writeln!(out, "{value}");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{}", e.to_json(&version_hint));
+            1
+        }
+    }
+}
+
+fn answer_flags(args: &[String], about: &About) -> Option<ExitCode> {
+    let first = args.first()?;
+    match first.as_str() {
+        "--version" | "-V" | "version" => {
+            println!(
+                "{} {}\nCNI spec versions: {}",
+                about.name,
+                about.version,
+                SUPPORTED.map(Version::as_str).join(", ")
+            );
+            Some(0)
+        }
+        "--help" | "-h" | "help" => {
+            println!(
+                "{name} {version}: a CNI plugin\n\n{summary}\n\n\
+                 Runtimes run it with CNI_COMMAND (ADD, DEL, CHECK, VERSION, STATUS, GC), \
+                 CNI_CONTAINERID,\nCNI_NETNS, CNI_IFNAME and CNI_PATH in the environment and \
+                 the network configuration on stdin.\n\nOptions:\n  --help     this text\n  \
+                 --version  version and CNI spec versions",
+                name = about.name,
+                version = about.version,
+                summary = about.summary
+            );
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+fn dispatch<P: Plugin>(
+    plugin: &P,
+    command: Command,
+    stdin: &[u8],
+    about: &About,
+) -> Result<Value, CniError> {
+    if command == Command::Version {
+        return Ok(version_info(stdin));
+    }
+    let conf = NetConf::parse(stdin)?;
+    let v = conf.cni_version;
+    if command == Command::Check && !v.has_check() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("CHECK needs cniVersion 0.4.0 or later, config has {v}"),
+        ));
+    }
+    if matches!(command, Command::Status | Command::Gc) && !v.has_status_and_gc() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("{command} needs cniVersion 1.1.0 or later, config has {v}"),
+        ));
+    }
+    log_file::init(&conf.raw, about.name);
+    let env = Env::from_process(command)?;
+    let config: P::Config = conf.plugin_config()?;
+    let req = Request {
+        command,
+        env,
+        conf,
+        config,
+    };
+    let started = Instant::now();
+    let (outcome, note) = match command {
+        Command::Add => match plugin.add(&req).map_err(Into::into) {
+            Ok(AddOutput::Result(result)) => {
+                let note = result
+                    .ips
+                    .iter()
+                    .map(|ip| ip.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (Ok(result.to_json(v)), Some(note))
+            }
+            Ok(AddOutput::PrevResult) => (Ok(prev_result_output(&req.conf)), None),
+            Err(e) => (Err(e), None),
+        },
+        Command::Del => split_note(plugin.del(&req).map_err(Into::into)),
+        Command::Check => (
+            if req.conf.disable_check {
+                Ok(Value::Null)
+            } else {
+                plugin.check(&req).map_err(Into::into).map(|()| Value::Null)
+            },
+            None,
+        ),
+        Command::Status => (
+            plugin
+                .status(&req)
+                .map_err(Into::into)
+                .map(|()| Value::Null),
+            None,
+        ),
+        Command::Gc => {
+            if req.conf.disable_gc {
+                (Ok(Value::Null), Some("disableGC set".to_string()))
+            } else {
+                let valid = req.conf.valid_attachments.clone().unwrap_or_default();
+                split_note(plugin.gc(&req, &valid).map_err(Into::into))
+            }
+        }
+        Command::Version => return Ok(version_info(stdin)),
+    };
+    if command != Command::Status {
+        log_file::verb_line(&req, started.elapsed(), note.as_deref(), &outcome);
+    }
+    outcome
+}
+
+fn split_note(r: Result<Option<String>, CniError>) -> (Result<Value, CniError>, Option<String>) {
+    match r {
+        Ok(note) => (Ok(Value::Null), note),
+        Err(e) => (Err(e), None),
+    }
+}
+
+/// The prevResult as received, with `cniVersion` set to the config's (the spec requires the
+/// prevResult to be in the config's version already).
+fn prev_result_output(conf: &NetConf) -> Value {
+    let mut v = conf
+        .prev_result_raw
+        .clone()
+        .unwrap_or_else(|| CniResult::default().to_json(conf.cni_version));
+    if let Value::Object(m) = &mut v {
+        m.insert("cniVersion".into(), Value::from(conf.cni_version.as_str()));
+    }
+    v
+}
+
+/// `{"cniVersion", "supportedVersions"}`: echoes the asked version when we speak it.
+fn version_info(stdin: &[u8]) -> Value {
+    let asked = cni_spec::version_hint(stdin)
+        .and_then(|v| v.parse::<Version>().ok())
+        .unwrap_or(Version::LATEST);
+    serde_json::json!({
+        "cniVersion": asked.as_str(),
+        "supportedVersions": SUPPORTED.map(Version::as_str),
+    })
+}
+
+/// A panic is a bug, but the runtime must still get the spec's JSON and no stack trace.
+fn install_panic_guard() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let err = CniError::new(code::INTERNAL, "internal error (a bug: please report it)")
+            .with_details(format!("{msg} at {at}"));
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            err.to_json(Version::LATEST.as_str())
+        );
+        let _ = writeln!(std::io::stderr(), "internal error: {msg} at {at}");
+        std::process::exit(1);
+    }));
+}

@@ -1,1 +1,63 @@
-//! placeholder
+//! IPv4 address leases from a node's pod CIDR, kept on disk in host-local's layout.
+//!
+//! [`Pool`] says which addresses may be leased; [`Store`] holds who leased what, locked and
+//! written atomically, with an index that keeps lookup and release O(1).
+
+pub mod pool;
+pub mod store;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+pub use pool::Pool;
+pub use store::{Owner, Reservation, Store};
+
+/// What can go wrong with a lease.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Every leasable address of the subnet is taken.
+    #[error("no free address in {subnet}: all {capacity} leasable addresses are taken")]
+    Exhausted {
+        /// The pod CIDR.
+        subnet: Ipv4Net,
+        /// How many addresses it can lease.
+        capacity: u32,
+    },
+    /// The subnet leaves no address to lease.
+    #[error("pod CIDR {subnet} is too small: a /30 or shorter prefix is needed")]
+    SubnetTooSmall {
+        /// The pod CIDR.
+        subnet: Ipv4Net,
+    },
+    /// The gateway is not a host address of the subnet.
+    #[error("gateway {gateway} is not a host address of {subnet}")]
+    GatewayOutsideSubnet {
+        /// The configured gateway.
+        gateway: Ipv4Addr,
+        /// The pod CIDR.
+        subnet: Ipv4Net,
+    },
+    /// A name used in a path is not safe there.
+    #[error("{0:?} cannot be used in a state file name")]
+    InvalidName(String),
+    /// A state file or directory could not be read or written.
+    #[error("IPAM state {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The network configuration on stdin: the fields every plugin shares, and the raw rest.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::env::is_valid_identifier;
+use crate::error::{code, CniError};
+use crate::result::CniResult;
+use crate::version::{Version, SUPPORTED};
+
+/// One attachment named in a GC request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub struct Attachment {
+    /// The container id of the attachment.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The interface name of the attachment.
+    pub ifname: String,
+}
+
+/// The common part of a plugin's configuration, parsed and checked.
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    /// `cniVersion`: also the version of the result we print.
+    pub cni_version: Version,
+    /// `name`: the network's name.
+    pub name: String,
+    /// `type`: the plugin's name.
+    pub plugin_type: String,
+    /// `disableCheck`: CHECK succeeds without looking.
+    pub disable_check: bool,
+    /// `disableGC`: GC does nothing.
+    pub disable_gc: bool,
+    /// `prevResult`, converted to the newest shape.
+    pub prev_result: Option<CniResult>,
+    /// `prevResult` exactly as received, for chained plugins that pass it on unchanged.
+    pub prev_result_raw: Option<Value>,
+    /// `cni.dev/valid-attachments` (or the draft's `cni.dev/attachments`) of a GC request.
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// The whole object, for the plugin's own fields.
+    pub raw: Value,
+}
+
+/// The version string of a config that may not parse, for the `cniVersion` of an error.
+pub fn version_hint(stdin: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Hint {
+        #[serde(rename = "cniVersion")]
+        cni_version: Option<String>,
+    }
+    let hint: Hint = serde_json::from_slice(stdin).ok()?;
+    hint.cni_version.filter(|v| v.len() < 16)
+}
+
+impl NetConf {
+    /// Parses stdin: undecodable input is code 6, an unsupported `cniVersion` code 1, a
+    /// missing or invalid `name` or `type` code 7.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                "network configuration is not valid JSON",
+            )
+            .with_details(e.to_string())
+        })?;
+        let obj = raw.as_object().ok_or_else(|| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                "network configuration is not a JSON object",
+            )
+        })?;
+        let cni_version = match obj.get("cniVersion") {
+            None => {
+                return Err(CniError::new(
+                    code::INVALID_NETWORK_CONFIG,
+                    "cniVersion is missing",
+                ))
+            }
+            Some(Value::String(s)) => s.parse::<Version>().map_err(|e| {
+                CniError::new(code::INCOMPATIBLE_VERSION, e.to_string()).with_details(format!(
+                    "supported versions: {}",
+                    SUPPORTED.map(Version::as_str).join(", ")
+                ))
+            })?,
+            Some(_) => {
+                return Err(CniError::new(
+                    code::INVALID_NETWORK_CONFIG,
+                    "cniVersion is not a string",
+                ))
+            }
+        };
+        let name = string_field(obj, "name")?;
+        if !is_valid_identifier(&name) {
+            return Err(CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!("invalid network name {name:?}"),
+            )
+            .with_details(
+                "must start with a letter or digit, then letters, digits, '_', '.' or '-'",
+            ));
+        }
+        let plugin_type = string_field(obj, "type")?;
+        let flag = |key: &str| obj.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let prev_result_raw = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
+        let prev_result = match &prev_result_raw {
+            None => None,
+            Some(v) => Some(CniResult::from_json(v).map_err(|e| {
+                CniError::new(code::DECODING_FAILURE, "prevResult does not decode")
+                    .with_details(e.to_string())
+            })?),
+        };
+        let valid_attachments = ["cni.dev/valid-attachments", "cni.dev/attachments"]
+            .iter()
+            .find_map(|key| obj.get(*key))
+            .map(|v| {
+                serde_json::from_value::<Vec<Attachment>>(v.clone()).map_err(|e| {
+                    CniError::new(
+                        code::DECODING_FAILURE,
+                        "cni.dev/valid-attachments does not decode",
+                    )
+                    .with_details(e.to_string())
+                })
+            })
+            .transpose()?;
+        Ok(NetConf {
+            cni_version,
+            name,
+            plugin_type,
+            disable_check: flag("disableCheck"),
+            disable_gc: flag("disableGC"),
+            prev_result,
+            prev_result_raw,
+            valid_attachments,
+            raw,
+        })
+    }
+
+    /// Decodes the plugin's own fields from the whole object; a failure is code 7.
+    pub fn plugin_config<T: DeserializeOwned>(&self) -> Result<T, CniError> {
+        T::deserialize(&self.raw).map_err(|e| {
+            CniError::new(code::INVALID_NETWORK_CONFIG, "invalid plugin configuration")
+                .with_details(e.to_string())
+        })
+    }
+}
+
+fn string_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String, CniError> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) | None => Err(CniError::new(
+            code::INVALID_NETWORK_CONFIG,
+            format!("{key} is missing"),
+        )),
+        Some(_) => Err(CniError::new(
+            code::INVALID_NETWORK_CONFIG,
+            format!("{key} is not a string"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn parses_common_fields() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"net1","type":"kubenet-bridge","disableCheck":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cni_version, Version::V1_0_0);
+        assert_eq!(c.name, "net1");
+        assert_eq!(c.plugin_type, "kubenet-bridge");
+        assert!(c.disable_check);
+        assert!(c.prev_result.is_none());
+    }
+
+    #[test]
+    fn maps_bad_input_to_spec_codes() {
+        assert_eq!(parse("{").unwrap_err().code, 6);
+        assert_eq!(parse("[]").unwrap_err().code, 6);
+        assert_eq!(parse(r#"{"name":"n","type":"t"}"#).unwrap_err().code, 7);
+        let v = r#"{"cniVersion":"0.2.0","name":"n","type":"t"}"#;
+        assert_eq!(parse(v).unwrap_err().code, 1);
+        assert_eq!(
+            parse(r#"{"cniVersion":"1.0.0","type":"t"}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(r#"{"cniVersion":"1.0.0","name":"n"}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
+        let escape = r#"{"cniVersion":"1.0.0","name":"../../etc","type":"t"}"#;
+        assert_eq!(parse(escape).unwrap_err().code, 7);
+        let prev = r#"{"cniVersion":"1.0.0","name":"n","type":"t","prevResult":{"ip4":{}}}"#;
+        assert_eq!(parse(prev).unwrap_err().code, 6);
+    }
+
+    #[test]
+    fn reads_both_gc_attachment_keys() {
+        for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+            let s = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"t","{key}":[{{"containerID":"a","ifname":"eth0"}}]}}"#
+            );
+            let c = parse(&s).unwrap();
+            let a = c.valid_attachments.unwrap();
+            assert_eq!(a[0].container_id, "a");
+            assert_eq!(a[0].ifname, "eth0");
+        }
+    }
+
+    #[test]
+    fn version_hint_survives_bad_configs() {
+        assert_eq!(
+            version_hint(br#"{"cniVersion":"0.4.0"}"#).as_deref(),
+            Some("0.4.0")
+        );
+        assert_eq!(version_hint(b"nope"), None);
+    }
+}

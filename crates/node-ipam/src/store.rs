@@ -1,0 +1,394 @@
+//! Leases on disk, in host-local's layout, with an attachment index for O(1) lookup.
+//!
+//! Layout of `<dataDir>/<network>/`:
+//! - `<address>`: one file per leased address holding `<container id>\r\n<ifname>`, created
+//!   by `link(2)` from a complete temp file, so it exists only with its content and an address
+//!   can never be held twice (host-local's format: its tools and habits keep working);
+//! - `last_reserved_ip.0`: the last address handed out, for round-robin;
+//! - `lock`: flock'd for every operation (the same lock file host-local takes);
+//! - `attachments/<container id>@<ifname>`: the address of that attachment. host-local walks
+//!   the whole directory to find a container's address; this index makes lookup and release
+//!   cost the same at 1 or 250 pods.
+//!
+//! Crash ordering: the index entry is written before the address file, and the address file
+//! is removed before the index entry, so every address file has an index entry at every
+//! instant. An index entry without its address file is stale and is ignored or cleaned.
+//! Writes are not fsync'd: a killed process loses nothing the kernel already has, and a power
+//! loss reboots the node with every pod on it (an empty file then holds its address for no one
+//! until GC).
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::pool::Pool;
+use crate::Error;
+
+const LAST_RESERVED: &str = "last_reserved_ip.0";
+const LOCK: &str = "lock";
+const INDEX_DIR: &str = "attachments";
+const LINE_BREAK: &str = "\r\n";
+
+/// Who holds a lease: (container id, ifname).
+pub type Owner = (String, String);
+
+/// The leases of one network on this node.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    lock: File,
+}
+
+/// An attachment's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// True when the attachment already held it before this call.
+    pub existing: bool,
+}
+
+/// Holds the store's flock; dropped, it unlocks.
+struct Locked<'a> {
+    store: &'a Store,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: flock on a file descriptor we own; unlocking cannot violate memory safety.
+        unsafe { libc::flock(self.store.lock.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Store {
+    /// Opens (creating, mode 0700) `<data_dir>/<network>`. `network` must already be a valid
+    /// identifier (no `/`), as the CNI skeleton checks.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store, Error> {
+        if network.is_empty() || network.contains('/') || network == "." || network == ".." {
+            return Err(Error::InvalidName(network.to_string()));
+        }
+        let dir = data_dir.join(network);
+        create_dir(&dir)?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        let store = Store { dir, lock };
+        let index = store.dir.join(INDEX_DIR);
+        if !index.is_dir() {
+            let _held = store.lock()?;
+            store.build_index()?;
+        }
+        Ok(store)
+    }
+
+    /// The directory holding the leases.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> Result<Locked<'_>, Error> {
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(Error::io(
+                &self.dir.join(LOCK),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Locked { store: self })
+    }
+
+    /// Returns the attachment's address, reserving the next free one round-robin if it has
+    /// none. Fails with [`Error::Exhausted`] when every address is leased.
+    pub fn reserve(
+        &self,
+        pool: &Pool,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Reservation, Error> {
+        let _held = self.lock()?;
+        let owner = owner_line(container_id, ifname);
+        let index = self.index_path(container_id, ifname)?;
+        if let Some(address) = read_addr(&index)? {
+            if pool.contains(address) {
+                match self.owner_of(address)? {
+                    Some(o) if o == owner => {
+                        return Ok(Reservation {
+                            address,
+                            existing: true,
+                        })
+                    }
+                    // The index entry was written but its address file not (a crash in
+                    // between): finish the job if nobody took the address meanwhile.
+                    None if self.link_address(address, &owner)? => {
+                        self.write_last_reserved(address)?;
+                        return Ok(Reservation {
+                            address,
+                            existing: false,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let last = read_addr(&self.dir.join(LAST_RESERVED))?;
+        for address in pool.candidates(last) {
+            if self.addr_path(address).symlink_metadata().is_ok() {
+                continue;
+            }
+            write_atomic(&index, address.to_string().as_bytes())?;
+            if self.link_address(address, &owner)? {
+                self.write_last_reserved(address)?;
+                return Ok(Reservation {
+                    address,
+                    existing: false,
+                });
+            }
+        }
+        remove_file(&index)?;
+        Err(Error::Exhausted {
+            subnet: pool.subnet(),
+            capacity: pool.capacity(),
+        })
+    }
+
+    /// The attachment's address, if it holds one.
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
+        let _held = self.lock()?;
+        self.lookup_locked(container_id, ifname)
+    }
+
+    fn lookup_locked(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
+        let index = self.index_path(container_id, ifname)?;
+        let Some(address) = read_addr(&index)? else {
+            return Ok(None);
+        };
+        let owner = owner_line(container_id, ifname);
+        Ok((self.owner_of(address)?.as_deref() == Some(owner.as_str())).then_some(address))
+    }
+
+    /// Releases the attachment's address; `Ok(None)` when it held none (DEL is idempotent).
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
+        let _held = self.lock()?;
+        let address = self.lookup_locked(container_id, ifname)?;
+        if let Some(address) = address {
+            remove_file(&self.addr_path(address))?;
+        }
+        remove_file(&self.index_path(container_id, ifname)?)?;
+        Ok(address)
+    }
+
+    /// Releases every lease whose (container id, ifname) is not in `valid`, drops stale index
+    /// entries and leftover temp files. Returns the released addresses.
+    pub fn gc(&self, valid: &HashSet<Owner>) -> Result<Vec<Ipv4Addr>, Error> {
+        let _held = self.lock()?;
+        let mut released = Vec::new();
+        for (address, owner) in self.leases()? {
+            let keep = owner
+                .as_ref()
+                .is_some_and(|(id, ifname)| valid.contains(&(id.clone(), ifname.clone())));
+            if !keep {
+                remove_file(&self.addr_path(address))?;
+                released.push(address);
+            }
+        }
+        let index_dir = self.dir.join(INDEX_DIR);
+        for entry in read_dir(&index_dir)? {
+            let name = entry.file_name();
+            let Some((id, ifname)) = name.to_str().and_then(|n| n.split_once('@')) else {
+                remove_file(&entry.path())?;
+                continue;
+            };
+            let live = read_addr(&entry.path())?
+                .is_some_and(|a| self.owner_of(a).ok().flatten() == Some(owner_line(id, ifname)));
+            if !live {
+                remove_file(&entry.path())?;
+            }
+        }
+        for entry in read_dir(&self.dir)? {
+            if entry.file_name().to_string_lossy().starts_with(".tmp.") {
+                remove_file(&entry.path())?;
+            }
+        }
+        released.sort();
+        Ok(released)
+    }
+
+    /// Every leased address with its owner (None for an empty or unreadable file).
+    pub fn leases(&self) -> Result<Vec<(Ipv4Addr, Option<Owner>)>, Error> {
+        let mut out = Vec::new();
+        for entry in read_dir(&self.dir)? {
+            let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let owner = self.owner_of(address)?.and_then(|line| {
+                let (id, ifname) = line.split_once(LINE_BREAK)?;
+                Some((id.to_string(), ifname.to_string()))
+            });
+            out.push((address, owner));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// True when at least one address is free, looking round-robin from the last reserved
+    /// one (so usually after one stat).
+    pub fn has_free(&self, pool: &Pool) -> Result<bool, Error> {
+        let _held = self.lock()?;
+        let last = read_addr(&self.dir.join(LAST_RESERVED))?;
+        Ok(pool
+            .candidates(last)
+            .any(|a| self.addr_path(a).symlink_metadata().is_err()))
+    }
+
+    fn addr_path(&self, address: Ipv4Addr) -> PathBuf {
+        self.dir.join(address.to_string())
+    }
+
+    fn index_path(&self, container_id: &str, ifname: &str) -> Result<PathBuf, Error> {
+        let name = format!("{container_id}@{ifname}");
+        // Both parts are validated by the CNI skeleton; this guard keeps the store safe on
+        // its own (no path separators, no '.'/'..', within NAME_MAX).
+        if container_id.is_empty()
+            || container_id.starts_with('.')
+            || name.contains('/')
+            || name.contains('\0')
+            || name.len() > 255
+        {
+            return Err(Error::InvalidName(name));
+        }
+        Ok(self.dir.join(INDEX_DIR).join(name))
+    }
+
+    /// Content of the address file: `<id>\r\n<ifname>`, or None when there is none.
+    fn owner_of(&self, address: Ipv4Addr) -> Result<Option<String>, Error> {
+        read_small(&self.addr_path(address)).map(|o| o.map(|s| s.trim().to_string()))
+    }
+
+    /// Creates the address file with its content in one step; false if it is taken.
+    fn link_address(&self, address: Ipv4Addr, owner: &str) -> Result<bool, Error> {
+        let tmp = self.dir.join(format!(".tmp.{}", std::process::id()));
+        write_new(&tmp, owner.as_bytes())?;
+        let target = self.addr_path(address);
+        let linked = fs::hard_link(&tmp, &target);
+        remove_file(&tmp)?;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&target, e)),
+        }
+    }
+
+    fn write_last_reserved(&self, address: Ipv4Addr) -> Result<(), Error> {
+        write_atomic(
+            &self.dir.join(LAST_RESERVED),
+            address.to_string().as_bytes(),
+        )
+    }
+
+    /// Builds the index from address files written by host-local or an older version.
+    fn build_index(&self) -> Result<(), Error> {
+        let index = self.dir.join(INDEX_DIR);
+        create_dir(&index)?;
+        for (address, owner) in self.leases()? {
+            if let Some((id, ifname)) = owner {
+                if let Ok(path) = self.index_path(&id, &ifname) {
+                    write_atomic(&path, address.to_string().as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn owner_line(container_id: &str, ifname: &str) -> String {
+    format!("{}{LINE_BREAK}{ifname}", container_id.trim())
+}
+
+fn create_dir(dir: &Path) -> Result<(), Error> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    entries
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Reads a small state file without following a symlink; None if it does not exist.
+fn read_small(path: &Path) -> Result<Option<String>, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut s = String::new();
+    file.take(4096)
+        .read_to_string(&mut s)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Some(s))
+}
+
+fn read_addr(path: &Path) -> Result<Option<Ipv4Addr>, Error> {
+    Ok(read_small(path)?.and_then(|s| s.trim().parse().ok()))
+}
+
+fn write_new(path: &Path, content: &[u8]) -> Result<(), Error> {
+    // A temp file left by a killed process with our pid would block us: replace it.
+    remove_file(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(content).map_err(|e| Error::io(path, e))
+}
+
+/// Temp file + rename: readers see the old or the new content, never a torn one.
+fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .unwrap_or(OsStr::new("x"))
+        .to_string_lossy();
+    let tmp = dir.join(format!(".tmp.{}.{name}", std::process::id()));
+    write_new(&tmp, content)?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+fn remove_file(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}

@@ -1,0 +1,178 @@
+//! The store against a real directory: leases, idempotency, release, GC, round-robin,
+//! exhaustion, host-local compatibility, and concurrent reservation from many processes' worth
+//! of threads.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use node_ipam::{Error, Pool, Store};
+
+fn pool(s: &str) -> Pool {
+    Pool::new(s.parse().unwrap(), None).unwrap()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn reserves_in_host_local_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "net1").unwrap();
+    let r = store.reserve(&pool("10.1.0.0/24"), "ctr1", "eth0").unwrap();
+    assert_eq!(r.address, ip("10.1.0.2"));
+    assert!(!r.existing);
+    let dir = tmp.path().join("net1");
+    assert_eq!(
+        fs::read_to_string(dir.join("10.1.0.2")).unwrap(),
+        "ctr1\r\neth0"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
+        "10.1.0.2"
+    );
+    assert!(dir.join("lock").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir.join("10.1.0.2"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mode = fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn second_reserve_of_the_same_attachment_returns_the_same_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    let a = store.reserve(&p, "ctr1", "eth0").unwrap();
+    let b = store.reserve(&p, "ctr1", "eth0").unwrap();
+    assert_eq!(a.address, b.address);
+    assert!(b.existing);
+    let c = store.reserve(&p, "ctr1", "eth1").unwrap();
+    assert_ne!(a.address, c.address);
+    assert_eq!(store.leases().unwrap().len(), 2);
+}
+
+#[test]
+fn release_is_idempotent_and_addresses_are_not_reused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    let a = store.reserve(&p, "a", "eth0").unwrap().address;
+    assert_eq!(store.release("a", "eth0").unwrap(), Some(a));
+    assert_eq!(store.release("a", "eth0").unwrap(), None);
+    assert_eq!(store.release("never", "eth0").unwrap(), None);
+    let b = store.reserve(&p, "b", "eth0").unwrap().address;
+    assert_ne!(a, b, "a freed address must not be handed out again at once");
+    assert!(!tmp.path().join("n").join(a.to_string()).exists());
+}
+
+#[test]
+fn exhaustion_is_a_clear_error_and_wraps_round_robin_after_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/29");
+    let got: Vec<_> = (0..5)
+        .map(|i| store.reserve(&p, &format!("c{i}"), "eth0").unwrap().address)
+        .collect();
+    assert_eq!(got.len(), 5);
+    assert!(!store.has_free(&p).unwrap());
+    let err = store.reserve(&p, "c5", "eth0").unwrap_err();
+    assert!(matches!(err, Error::Exhausted { capacity: 5, .. }), "{err}");
+    assert!(err.to_string().contains("10.1.0.0/29"));
+    assert!(store.lookup("c5", "eth0").unwrap().is_none());
+    store.release("c2", "eth0").unwrap();
+    assert!(store.has_free(&p).unwrap());
+    assert_eq!(store.reserve(&p, "c6", "eth0").unwrap().address, got[2]);
+}
+
+#[test]
+fn gc_frees_what_is_not_valid_and_cleans_stale_index_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    let a = store.reserve(&p, "a", "eth0").unwrap().address;
+    let b = store.reserve(&p, "b", "eth0").unwrap().address;
+    let dir = tmp.path().join("n");
+    // A crash between writing the index and the address file leaves this behind.
+    fs::write(dir.join("attachments").join("ghost@eth0"), "10.1.0.99").unwrap();
+    fs::write(dir.join(".tmp.4242"), "x").unwrap();
+    let valid: HashSet<_> = [("a".to_string(), "eth0".to_string())].into();
+    assert_eq!(store.gc(&valid).unwrap(), vec![b]);
+    assert_eq!(store.lookup("a", "eth0").unwrap(), Some(a));
+    assert_eq!(store.lookup("b", "eth0").unwrap(), None);
+    assert!(!dir.join("attachments").join("ghost@eth0").exists());
+    assert!(!dir.join("attachments").join("b@eth0").exists());
+    assert!(!dir.join(".tmp.4242").exists());
+}
+
+#[test]
+fn a_crash_after_the_index_write_is_finished_by_the_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    let dir = tmp.path().join("n");
+    fs::write(dir.join("attachments").join("a@eth0"), "10.1.0.7").unwrap();
+    let r = store.reserve(&p, "a", "eth0").unwrap();
+    assert_eq!(r.address, ip("10.1.0.7"));
+    assert_eq!(
+        fs::read_to_string(dir.join("10.1.0.7")).unwrap(),
+        "a\r\neth0"
+    );
+    // The same situation, but another container took the address meanwhile.
+    fs::write(dir.join("attachments").join("b@eth0"), "10.1.0.7").unwrap();
+    let r = store.reserve(&p, "b", "eth0").unwrap();
+    assert_ne!(r.address, ip("10.1.0.7"));
+    assert_eq!(store.lookup("a", "eth0").unwrap(), Some(ip("10.1.0.7")));
+}
+
+#[test]
+fn adopts_a_host_local_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("10.1.0.5"), "old\r\neth0").unwrap();
+    fs::write(dir.join("last_reserved_ip.0"), "10.1.0.5").unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    assert_eq!(store.lookup("old", "eth0").unwrap(), Some(ip("10.1.0.5")));
+    let next = store.reserve(&pool("10.1.0.0/24"), "new", "eth0").unwrap();
+    assert_eq!(next.address, ip("10.1.0.6"));
+    assert_eq!(store.release("old", "eth0").unwrap(), Some(ip("10.1.0.5")));
+}
+
+#[test]
+fn rejects_names_that_escape_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["..", "a/b", "", "."] {
+        assert!(Store::open(tmp.path(), bad).is_err(), "{bad:?}");
+    }
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    assert!(store.reserve(&p, "../../etc/x", "eth0").is_err());
+    assert!(store.reserve(&p, "a", "x/../../y").is_err());
+}
+
+#[test]
+fn concurrent_reservations_never_share_an_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pool("10.1.0.0/24");
+    let root = Arc::new(tmp.path().to_path_buf());
+    let handles: Vec<_> = (0..40)
+        .map(|i| {
+            let root = Arc::clone(&root);
+            std::thread::spawn(move || {
+                // A store per thread, as every plugin process opens its own.
+                let store = Store::open(&root, "n").unwrap();
+                store.reserve(&p, &format!("c{i}"), "eth0").unwrap().address
+            })
+        })
+        .collect();
+    let got: HashSet<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(got.len(), 40);
+}

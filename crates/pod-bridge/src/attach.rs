@@ -1,0 +1,383 @@
+//! Attaching a pod to the node bridge and detaching it: the work behind ADD, DEL, CHECK,
+//! STATUS and GC, shared by kubenet-bridge and vxlan-overlay.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use cni_spec::{Attachment, CniResult, Env, Interface, IpConfig, Route};
+use ipnet::{IpNet, Ipv4Net};
+use netsetup::link::{self, BridgeSpec, VethSpec};
+use netsetup::masquerade::{self, MasqueradeSpec};
+use netsetup::{sysctl, Netns, Socket};
+use node_ipam::{Pool, Store};
+
+use crate::Error;
+
+/// A node bridge network, resolved from a plugin's config.
+#[derive(Clone, Debug)]
+pub struct BridgeNetwork {
+    /// The CNI network name (names the IPAM directory).
+    pub name: String,
+    /// The bridge.
+    pub bridge: String,
+    /// The node's pod CIDR with its gateway.
+    pub pool: Pool,
+    /// Pod MTU; 0 picks the bridge's, or for a new bridge the default route's link's.
+    pub mtu: u32,
+    /// Hairpin on the pods' bridge ports.
+    pub hairpin: bool,
+    /// Bridge in promiscuous mode.
+    pub promisc: bool,
+    /// Masquerade traffic to destinations outside this CIDR; None turns masquerade off.
+    pub masquerade_outside: Option<Ipv4Net>,
+    /// The nftables table for the masquerade rule.
+    pub nft_table: String,
+    /// IPAM state root; the network's leases live in `<data_dir>/<name>`.
+    pub data_dir: PathBuf,
+}
+
+impl BridgeNetwork {
+    fn store(&self) -> Result<Store, Error> {
+        Ok(Store::open(&self.data_dir, &self.name)?)
+    }
+
+    fn gateway_net(&self) -> IpNet {
+        let prefix = self.pool.subnet().prefix_len();
+        IpNet::V4(Ipv4Net::new(self.pool.gateway(), prefix).unwrap_or(self.pool.subnet()))
+    }
+}
+
+/// The name of the host end of a pod's veth: a hash of (container id, ifname), so DEL finds
+/// it without the pod's namespace. 15 bytes, never the 12 of the reference bridge plugin's
+/// random `vethXXXXXXXX` names.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!("veth{:011x}", fnv1a(container_id, ifname) >> 20)
+}
+
+fn fnv1a(container_id: &str, ifname: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The pod end's MAC, derived from its address as kubenet and the reference plugins do
+/// (`0a:58:` + the IPv4 octets), so it is stable for an address.
+fn pod_mac(ip: Ipv4Addr) -> link::Mac {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// The host end's MAC: locally administered, from the same hash as its name.
+fn host_mac(container_id: &str, ifname: &str) -> link::Mac {
+    let h = fnv1a(container_id, ifname).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// ADD: node-level setup (bridge, forwarding, masquerade), then a lease, a veth pair with its
+/// pod end configured. Everything this call created is removed again if a step fails.
+pub fn add(net: &BridgeNetwork, env: &Env) -> Result<CniResult, Error> {
+    let netns = Netns::open(Path::new(&env.netns))?;
+    let mut host = Socket::new()?;
+    let bridge = link::ensure_bridge(
+        &mut host,
+        &BridgeSpec {
+            name: &net.bridge,
+            mtu: net.mtu,
+            promisc: net.promisc,
+        },
+    )?;
+    sysctl::ensure_ip_forward()?;
+    ensure_masquerade(net)?;
+    let mtu = match net.mtu {
+        0 if bridge.mtu > 0 => bridge.mtu,
+        0 => 1500,
+        m => m,
+    };
+
+    let store = net.store()?;
+    let lease = store.reserve(&net.pool, &env.container_id, &env.ifname)?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    if lease.existing && link::get_link(&mut host, &host_name)?.is_some() {
+        return Err(Error::AlreadyAttached {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            address: lease.address,
+        });
+    }
+    let undo = Rollback {
+        store: &store,
+        env,
+        host_name: &host_name,
+        veth_created: false,
+    };
+    attach(
+        net,
+        env,
+        &netns,
+        &mut host,
+        &bridge,
+        mtu,
+        lease.address,
+        undo,
+    )
+}
+
+/// Removes what a failed ADD created, unless disarmed.
+struct Rollback<'a> {
+    store: &'a Store,
+    env: &'a Env,
+    host_name: &'a str,
+    veth_created: bool,
+}
+
+impl Rollback<'_> {
+    fn run(&self, host: &mut Socket) {
+        if self.veth_created {
+            if let Err(e) = host.request(link::delete_link(self.host_name)) {
+                log::error!("rollback: cannot delete {}: {e}", self.host_name);
+            }
+        }
+        if let Err(e) = self.store.release(&self.env.container_id, &self.env.ifname) {
+            log::error!(
+                "rollback: cannot release lease of {}: {e}",
+                self.env.container_id
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    net: &BridgeNetwork,
+    env: &Env,
+    netns: &Netns,
+    host: &mut Socket,
+    bridge: &netsetup::Link,
+    mtu: u32,
+    address: Ipv4Addr,
+    mut undo: Rollback,
+) -> Result<CniResult, Error> {
+    let peer_mac = pod_mac(address);
+    let host_mac = host_mac(&env.container_id, &env.ifname);
+    let mut batch = vec![link::add_address(bridge.index, net.gateway_net(), true)];
+    batch.extend(link::create_veth(&VethSpec {
+        host_name: undo.host_name,
+        host_mac,
+        peer_name: &env.ifname,
+        peer_mac,
+        peer_netns: netns,
+        mtu,
+        master: bridge.index,
+        hairpin: net.hairpin,
+    }));
+    let replies = match host.batch(batch) {
+        Ok(r) => r,
+        Err(e) => {
+            undo.run(host);
+            return Err(e.into());
+        }
+    };
+    // The veth exists (and is ours to remove) once its create request succeeded.
+    undo.veth_created = replies.get(1).is_some_and(|(_, r)| r.is_ok());
+    if let Err(e) = netsetup::socket::first_error(replies, |_, _| false) {
+        undo.run(host);
+        return Err(e.into());
+    }
+    let prefix = net.pool.subnet().prefix_len();
+    let pod_addr = Ipv4Net::new(address, prefix).map_err(|e| Error::Config(e.to_string()))?;
+    let configured = configure_pod(netns, &env.ifname, pod_addr, net.pool.gateway());
+    if let Err(e) = configured {
+        undo.run(host);
+        return Err(e);
+    }
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: net.bridge.clone(),
+                mac: link::mac_string(&bridge.mac),
+                ..Interface::default()
+            },
+            Interface {
+                name: undo.host_name.to_string(),
+                mac: link::mac_string(&host_mac),
+                ..Interface::default()
+            },
+            Interface {
+                name: env.ifname.clone(),
+                mac: link::mac_string(&peer_mac),
+                mtu: Some(mtu),
+                sandbox: env.netns.clone(),
+                ..Interface::default()
+            },
+        ],
+        ips: vec![IpConfig {
+            address: IpNet::V4(pod_addr),
+            gateway: Some(net.pool.gateway().into()),
+            interface: Some(2),
+        }],
+        routes: vec![Route::new(
+            "0.0.0.0/0".parse().unwrap_or_default(),
+            Some(net.pool.gateway().into()),
+        )],
+        dns: Default::default(),
+    })
+}
+
+/// Inside the pod: interface up, its address, the default route via the gateway. One socket
+/// opened in the namespace, one lookup, one batch.
+fn configure_pod(
+    netns: &Netns,
+    ifname: &str,
+    addr: Ipv4Net,
+    gateway: Ipv4Addr,
+) -> Result<(), Error> {
+    let mut pod = netns.socket()?;
+    let peer = link::get_link(&mut pod, ifname)?.ok_or_else(|| {
+        Error::Check(format!(
+            "{ifname} did not appear in {}",
+            netns.path().display()
+        ))
+    })?;
+    let replies = pod.batch(vec![
+        link::set_flags(peer.index, true, false),
+        link::add_address(peer.index, IpNet::V4(addr), false),
+        link::add_route(peer.index, Ipv4Net::default(), Some(gateway), false),
+    ])?;
+    netsetup::socket::first_error(replies, |_, _| false)?;
+    Ok(())
+}
+
+fn ensure_masquerade(net: &BridgeNetwork) -> Result<(), Error> {
+    match net.masquerade_outside {
+        Some(outside) => masquerade::ensure_masquerade(&MasqueradeSpec {
+            table: &net.nft_table,
+            pod_cidr: net.pool.subnet(),
+            non_masquerade: outside,
+            bridge: &net.bridge,
+        })?,
+        None => {
+            masquerade::remove_masquerade(&net.nft_table)?;
+        }
+    }
+    Ok(())
+}
+
+/// DEL: removes the pod's veth pair (found by name, so a deleted netns does not matter) and
+/// releases its address. Succeeds when either is already gone.
+pub fn del(net: &BridgeNetwork, env: &Env) -> Result<Option<Ipv4Addr>, Error> {
+    let mut host = Socket::new()?;
+    remove_veth(&mut host, &host_veth_name(&env.container_id, &env.ifname))?;
+    Ok(net.store()?.release(&env.container_id, &env.ifname)?)
+}
+
+fn remove_veth(host: &mut Socket, name: &str) -> Result<(), Error> {
+    match host.request(link::delete_link(name)) {
+        Ok(_) => Ok(()),
+        Err(netsetup::Error::Netlink { source, .. }) if link::is_no_device(&source) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// CHECK: the lease, the host end on the bridge, and inside the pod the interface, its
+/// address and its routes all match `prev`.
+pub fn check(net: &BridgeNetwork, env: &Env, prev: &CniResult) -> Result<(), Error> {
+    let ours = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && !i.sandbox.is_empty())
+        .ok_or_else(|| {
+            Error::Check(format!(
+                "prevResult has no sandbox interface {}",
+                env.ifname
+            ))
+        })?;
+    let ip = prev
+        .ips
+        .iter()
+        .find(|ip| ip.interface == Some(ours))
+        .ok_or_else(|| Error::Check(format!("prevResult has no address on {}", env.ifname)))?;
+    let leased = net.store()?.lookup(&env.container_id, &env.ifname)?;
+    if leased.map(std::net::IpAddr::V4) != Some(ip.address.addr()) {
+        return Err(Error::Check(format!(
+            "lease of {}/{} is {leased:?}, prevResult says {}",
+            env.container_id, env.ifname, ip.address
+        )));
+    }
+    let mut host = Socket::new()?;
+    let bridge = link::get_link(&mut host, &net.bridge)?
+        .ok_or_else(|| Error::Check(format!("bridge {} is missing", net.bridge)))?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let host_end = link::get_link(&mut host, &host_name)?
+        .ok_or_else(|| Error::Check(format!("host end {host_name} is missing")))?;
+    if host_end.master != Some(bridge.index) || !host_end.up {
+        return Err(Error::Check(format!(
+            "{host_name} is not an up port of {}",
+            net.bridge
+        )));
+    }
+    let netns = Netns::open(Path::new(&env.netns))?;
+    let mut pod = netns.socket()?;
+    let iface = link::get_link(&mut pod, &env.ifname)?
+        .ok_or_else(|| Error::Check(format!("{} is missing in the pod", env.ifname)))?;
+    let want_mac = &prev.interfaces[ours].mac;
+    if !iface.up || (!want_mac.is_empty() && *want_mac != link::mac_string(&iface.mac)) {
+        return Err(Error::Check(format!(
+            "{} is down or its MAC differs from prevResult",
+            env.ifname
+        )));
+    }
+    if !link::addresses(&mut pod, iface.index)?.contains(&ip.address) {
+        return Err(Error::Check(format!(
+            "{} lacks address {}",
+            env.ifname, ip.address
+        )));
+    }
+    let routes = link::routes_v4(&mut pod)?;
+    for want in &prev.routes {
+        let IpNet::V4(dst) = want.dst else { continue };
+        let gw = want.gw.or(ip.gateway).and_then(|g| match g {
+            std::net::IpAddr::V4(g) => Some(g),
+            std::net::IpAddr::V6(_) => None,
+        });
+        if !routes.iter().any(|r| r.dst == dst && r.gw == gw) {
+            return Err(Error::Check(format!("route {dst} via {gw:?} is missing")));
+        }
+    }
+    Ok(())
+}
+
+/// STATUS: ADD can be served while the range has a free address.
+pub fn status(net: &BridgeNetwork) -> Result<(), Error> {
+    if net.store()?.has_free(&net.pool)? {
+        Ok(())
+    } else {
+        Err(Error::Unavailable(format!(
+            "no free address in {}",
+            net.pool.subnet()
+        )))
+    }
+}
+
+/// GC: releases every lease not in `valid` and removes its veth if one is left.
+pub fn gc(net: &BridgeNetwork, valid: &[Attachment]) -> Result<Vec<Ipv4Addr>, Error> {
+    let store = net.store()?;
+    let keep: HashSet<(String, String)> = valid
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let stale: Vec<(String, String)> = store
+        .leases()?
+        .into_iter()
+        .filter_map(|(_, owner)| owner)
+        .filter(|owner| !keep.contains(owner))
+        .collect();
+    let mut host = Socket::new()?;
+    for (id, ifname) in &stale {
+        remove_veth(&mut host, &host_veth_name(id, ifname))?;
+    }
+    Ok(store.gc(&keep)?)
+}
