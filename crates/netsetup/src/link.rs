@@ -147,7 +147,7 @@ pub fn default_route_mtu(sock: &mut Socket) -> Result<Option<u32>, Error> {
 pub struct BridgeSpec<'a> {
     /// Bridge name.
     pub name: &'a str,
-    /// MTU to create it with (0: the kernel's default).
+    /// MTU to create it with (0: the MTU of the default route's link, else 1500).
     pub mtu: u32,
     /// Put it in promiscuous mode.
     pub promisc: bool,
@@ -165,9 +165,13 @@ pub fn ensure_bridge(sock: &mut Socket, spec: &BridgeSpec) -> Result<Link, Error
             // caches stall traffic until they expire.
             msg.attributes
                 .push(LinkAttribute::Address(random_local_mac().to_vec()));
-            if spec.mtu > 0 {
-                msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
-            }
+            // MTU 0: that of the link carrying the default route, as kubenet did; pods then
+            // take the bridge's.
+            let mtu = match spec.mtu {
+                0 => default_route_mtu(sock)?.unwrap_or(1500),
+                m => m,
+            };
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
             msg.attributes
                 .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                     InfoKind::Bridge,

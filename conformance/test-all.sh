@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every test of the suite: installs what the tests need (apt packages, cnitool), builds the
+# workspace once in release, then runs the unit tests of every crate and the black-box suites
+# that exec the built plugins in network namespaces. Run as root; CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test-all: must run as root (the tests create network namespaces, veths and bridges)" >&2
+    exit 1
+fi
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/cni-suite-target}
+export CARGO_TERM_COLOR=never
+
+echo "== test dependencies"
+conformance/scripts/install-test-deps.sh
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== build (release, once)"
+cargo build --release --workspace --bins
+
+echo "== tests"
+cargo test --release --workspace --no-fail-fast
