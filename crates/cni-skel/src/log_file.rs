@@ -63,6 +63,12 @@ impl Sink {
 /// default info with a file, warn without). A log file that cannot be opened is reported on
 /// stderr and does not fail the verb.
 pub fn init(raw: &Value, plugin: &'static str) {
+    init_with(raw, plugin, LevelFilter::Warn);
+}
+
+/// As [`init`], with the level used when neither `logLevel` nor `logFile` is set (a
+/// long-running agent logs `info` to stderr).
+pub fn init_with(raw: &Value, plugin: &'static str, default: LevelFilter) {
     let path = raw
         .get("logFile")
         .and_then(Value::as_str)
@@ -73,8 +79,8 @@ pub fn init(raw: &Value, plugin: &'static str) {
         Some("debug") => LevelFilter::Debug,
         Some("trace") => LevelFilter::Trace,
         Some(_) => LevelFilter::Info,
-        None if path.is_some() => LevelFilter::Info,
-        None => LevelFilter::Warn,
+        None if path.is_some() => LevelFilter::Info.max(default),
+        None => default,
     };
     let file = path.and_then(|p| {
         OpenOptions::new()

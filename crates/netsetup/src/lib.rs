@@ -10,6 +10,7 @@ pub mod masquerade;
 pub mod netns;
 pub mod socket;
 pub mod sysctl;
+pub mod vxlan;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,16 @@ pub enum Error {
         name: String,
         /// What it is.
         kind: String,
+    },
+    /// A link with the expected name exists and is of another kind.
+    #[error("link {name} exists and is a {kind}, not a {expected}: refusing to take it over")]
+    WrongKind {
+        /// The name.
+        name: String,
+        /// What it is.
+        kind: String,
+        /// What it should be.
+        expected: &'static str,
     },
     /// A sysctl could not be read or written.
     #[error("sysctl {path}: {source}")]

@@ -46,7 +46,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
             name: String::new(),
@@ -120,6 +120,25 @@ pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<Link>, Error> {
     }
 }
 
+/// Looks a link up by index; `None` when there is none.
+pub fn get_link_by_index(sock: &mut Socket, index: u32) -> Result<Option<Link>, Error> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    let req = Request::new(
+        RouteNetlinkMessage::GetLink(msg),
+        0,
+        format!("get link {index}"),
+    );
+    match sock.request(req) {
+        Ok(replies) => Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+            _ => None,
+        })),
+        Err(Error::Netlink { source, .. }) if is_no_device(&source) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The MTU of the link that carries the default route, if there is one.
 pub fn default_route_mtu(sock: &mut Socket) -> Result<Option<u32>, Error> {
     let Some(oif) = routes_v4(sock)?
@@ -129,17 +148,7 @@ pub fn default_route_mtu(sock: &mut Socket) -> Result<Option<u32>, Error> {
     else {
         return Ok(None);
     };
-    let mut msg = LinkMessage::default();
-    msg.header.index = oif;
-    let replies = sock.request(Request::new(
-        RouteNetlinkMessage::GetLink(msg),
-        0,
-        format!("get link {oif}"),
-    ))?;
-    Ok(replies.iter().find_map(|m| match m {
-        RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l).mtu),
-        _ => None,
-    }))
+    Ok(get_link_by_index(sock, oif)?.map(|l| l.mtu))
 }
 
 /// Settings of the node bridge.

@@ -116,7 +116,16 @@ impl Socket {
                         }
                         finish = true;
                     }
-                    NLMSG_DONE => finish = true,
+                    NLMSG_DONE => {
+                        // A dump that fails reports its errno in the DONE message.
+                        if len >= NLMSG_HDRLEN + 4 {
+                            let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+                            if code < 0 {
+                                out[idx].1 = Err(io::Error::from_raw_os_error(-code));
+                            }
+                        }
+                        finish = true;
+                    }
                     _ => {
                         let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&b[..len])
                             .map_err(|e| Error::Decode(e.to_string()))?;

@@ -1,0 +1,436 @@
+//! The VXLAN device of an overlay and its per-peer state: neighbour (VTEP address → MAC),
+//! FDB (MAC → remote underlay address) and route (remote subnet via VTEP address, onlink).
+
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::link::{self, Link, Mac};
+use crate::socket::{first_error, Request, Socket};
+use crate::Error;
+
+/// Settings of the VXLAN device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// Device name.
+    pub name: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Local underlay address (source of encapsulated packets).
+    pub local: Ipv4Addr,
+    /// Underlay link index.
+    pub underlay_index: u32,
+    /// VTEP MAC, kept across restarts so peers' entries stay valid.
+    pub mac: Mac,
+    /// Device MTU (underlay MTU less the encapsulation).
+    pub mtu: u32,
+}
+
+/// The settings of an existing VXLAN device, as the kernel reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct VxlanState {
+    vni: Option<u32>,
+    port: Option<u16>,
+    local: Option<Ipv4Addr>,
+    underlay: Option<u32>,
+    learning: Option<bool>,
+}
+
+fn vxlan_state(msg: &LinkMessage) -> VxlanState {
+    let mut st = VxlanState::default();
+    for attr in &msg.attributes {
+        let LinkAttribute::LinkInfo(infos) = attr else {
+            continue;
+        };
+        for info in infos {
+            let LinkInfo::Data(InfoData::Vxlan(list)) = info else {
+                continue;
+            };
+            for v in list {
+                match v {
+                    InfoVxlan::Id(id) => st.vni = Some(*id),
+                    InfoVxlan::Port(p) => st.port = Some(*p),
+                    InfoVxlan::Local(l) => st.local = Some(*l),
+                    InfoVxlan::Link(l) => st.underlay = Some(*l),
+                    InfoVxlan::Learning(l) => st.learning = Some(*l),
+                    _ => {}
+                }
+            }
+        }
+    }
+    st
+}
+
+fn get_link_message(sock: &mut Socket, name: &str) -> Result<Option<LinkMessage>, Error> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    match sock.request(Request::new(
+        RouteNetlinkMessage::GetLink(msg),
+        0,
+        format!("get link {name}"),
+    )) {
+        Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })),
+        Err(Error::Netlink { source, .. }) if link::is_no_device(&source) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes sure the VXLAN device exists with these settings (learning off), up, with `address`.
+/// A device whose settings differ is deleted and created anew; a non-VXLAN link of that
+/// name is refused. Returns the device and whether it was (re)created.
+pub fn ensure_vxlan(
+    sock: &mut Socket,
+    spec: &VxlanSpec,
+    address: Ipv4Net,
+) -> Result<(Link, bool), Error> {
+    let mut created = false;
+    let existing = get_link_message(sock, &spec.name)?;
+    let reuse = match &existing {
+        None => false,
+        Some(msg) => {
+            let l = Link::from_message(msg);
+            if l.kind.as_deref() != Some("vxlan") {
+                return Err(Error::WrongKind {
+                    name: spec.name.clone(),
+                    kind: l.kind.unwrap_or_else(|| "device".into()),
+                    expected: "vxlan",
+                });
+            }
+            let st = vxlan_state(msg);
+            let same = st.vni == Some(spec.vni)
+                && st.port == Some(spec.port)
+                && st.local == Some(spec.local)
+                && st.underlay == Some(spec.underlay_index)
+                && st.learning == Some(false)
+                && l.mac == spec.mac
+                && l.mtu == spec.mtu;
+            if !same {
+                log::info!(
+                    "vxlan device {} differs from {spec:?} ({st:?}): recreating",
+                    spec.name
+                );
+                sock.request(link::delete_link(&spec.name))?;
+            }
+            same
+        }
+    };
+    if !reuse {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.clone()));
+        msg.attributes
+            .push(LinkAttribute::Address(spec.mac.to_vec()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(spec.vni),
+                InfoVxlan::Local(spec.local),
+                InfoVxlan::Link(spec.underlay_index),
+                InfoVxlan::Port(spec.port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        sock.request(Request::new(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+            format!("create vxlan {}", spec.name),
+        ))?;
+        created = true;
+    }
+    let dev = link::get_link(sock, &spec.name)?.ok_or_else(|| Error::Netlink {
+        what: format!("find {} after creating it", spec.name),
+        source: std::io::Error::from_raw_os_error(libc::ENODEV),
+    })?;
+    let replies = sock.batch(vec![
+        link::set_flags(dev.index, true, false),
+        link::add_address(dev.index, IpNet::V4(address), true),
+    ])?;
+    first_error(replies, |_, _| false)?;
+    Ok((dev, created))
+}
+
+/// One peer as programmed on the device.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerEntry {
+    /// The peer's pod subnet.
+    pub subnet: Ipv4Net,
+    /// The peer's VTEP address (its subnet's network address, as flannel does).
+    pub vtep_ip: Ipv4Addr,
+    /// The peer's VTEP MAC.
+    pub vtep_mac: Mac,
+    /// The peer's underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+/// What the kernel holds for the device: neighbours, FDB entries and routes.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceState {
+    /// (VTEP address, MAC) of permanent neighbours.
+    pub neighbours: Vec<(Ipv4Addr, Mac)>,
+    /// (MAC, underlay address) of FDB entries with a remote.
+    pub fdb: Vec<(Mac, Ipv4Addr)>,
+    /// (subnet, gateway) of routes out of the device.
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+/// Reads the neighbours, FDB entries and routes of device `index`.
+pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error> {
+    let mut st = DeviceState::default();
+    let dump = |family| {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family;
+        // Strict dump checking filters IPv4 neighbours by the NDA_IFINDEX attribute (a header
+        // ifindex is refused) and FDB entries by the header's ifindex.
+        if family == AddressFamily::Bridge {
+            m.header.ifindex = index;
+        } else {
+            m.attributes.push(NeighbourAttribute::IfIndex(index));
+        }
+        Request::new(
+            RouteNetlinkMessage::GetNeighbour(m),
+            NLM_F_DUMP,
+            "list neighbours",
+        )
+    };
+    let replies = sock.batch(vec![dump(AddressFamily::Inet), dump(AddressFamily::Bridge)])?;
+    for list in first_error(replies, |_, _| false)? {
+        for m in list {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                    // FDB entries (family bridge) carry the remote IPv4 address as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                        dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        let mut m = [0u8; 6];
+                        m.copy_from_slice(l);
+                        mac = Some(m);
+                    }
+                    _ => {}
+                }
+            }
+            match (n.header.family, dst, mac) {
+                (AddressFamily::Inet, Some(ip), Some(mac))
+                    if n.header.state == NeighbourState::Permanent =>
+                {
+                    st.neighbours.push((ip, mac))
+                }
+                (AddressFamily::Bridge, Some(ip), Some(mac)) => st.fdb.push((mac, ip)),
+                _ => {}
+            }
+        }
+    }
+    for r in link::routes_v4(sock)? {
+        if r.oif == Some(index) && r.gw.is_some() {
+            st.routes.push((r.dst, r.gw));
+        }
+    }
+    Ok(st)
+}
+
+fn neigh(
+    index: u32,
+    family: AddressFamily,
+    dst: Ipv4Addr,
+    mac: Mac,
+    fdb: bool,
+) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    if fdb {
+        m.header.flags = NeighbourFlags::Own;
+    }
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
+/// Requests that program one peer: neighbour, FDB entry and route (replacing what differs).
+pub fn add_peer(index: u32, p: &PeerEntry) -> Vec<Request> {
+    let mut route = match link::add_route(index, p.subnet, Some(p.vtep_ip), true).message {
+        RouteNetlinkMessage::NewRoute(r) => r,
+        _ => RouteMessage::default(),
+    };
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    vec![
+        Request::new(
+            RouteNetlinkMessage::NewNeighbour(neigh(
+                index,
+                AddressFamily::Inet,
+                p.vtep_ip,
+                p.vtep_mac,
+                false,
+            )),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!(
+                "neighbour {} -> {}",
+                p.vtep_ip,
+                link::mac_string(&p.vtep_mac)
+            ),
+        ),
+        Request::new(
+            RouteNetlinkMessage::NewNeighbour(neigh(
+                index,
+                AddressFamily::Bridge,
+                p.underlay,
+                p.vtep_mac,
+                true,
+            )),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("fdb {} -> {}", link::mac_string(&p.vtep_mac), p.underlay),
+        ),
+        Request::new(
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("route {} via {} onlink", p.subnet, p.vtep_ip),
+        ),
+    ]
+}
+
+/// A request that removes a neighbour.
+pub fn del_neighbour(index: u32, ip: Ipv4Addr, mac: Mac) -> Request {
+    Request::new(
+        RouteNetlinkMessage::DelNeighbour(neigh(index, AddressFamily::Inet, ip, mac, false)),
+        0,
+        format!("delete neighbour {ip}"),
+    )
+}
+
+/// A request that removes an FDB entry.
+pub fn del_fdb(index: u32, mac: Mac, underlay: Ipv4Addr) -> Request {
+    Request::new(
+        RouteNetlinkMessage::DelNeighbour(neigh(index, AddressFamily::Bridge, underlay, mac, true)),
+        0,
+        format!("delete fdb {} -> {underlay}", link::mac_string(&mac)),
+    )
+}
+
+/// A request that removes a route out of device `index`.
+pub fn del_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>) -> Request {
+    let mut msg = match link::add_route(index, dst, gw, false).message {
+        RouteNetlinkMessage::NewRoute(r) => r,
+        _ => RouteMessage::default(),
+    };
+    msg.attributes
+        .retain(|a| !matches!(a, RouteAttribute::Gateway(_)) || gw.is_some());
+    Request::new(
+        RouteNetlinkMessage::DelRoute(msg),
+        0,
+        format!("delete route {dst}"),
+    )
+}
+
+/// Turns tx checksum offload on or off on `name` (ethtool's ETHTOOL_STXCSUM), the fix for
+/// kernels and NICs that send VXLAN packets with bad inner checksums.
+pub fn set_tx_checksum(name: &str, on: bool) -> Result<(), Error> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    let n = name.len().min(15);
+    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: a datagram socket used only for this ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::Io {
+            what: "socket for ethtool".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, both alive here.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(Error::Io {
+            what: format!("ethtool tx-checksumming {name}"),
+            source: err,
+        });
+    }
+    Ok(())
+}
+
+/// The underlay: the link carrying the default route (or `name`), with its first IPv4
+/// address and MTU.
+pub fn underlay(sock: &mut Socket, name: Option<&str>) -> Result<(Link, Ipv4Addr), Error> {
+    let found = match name {
+        Some(n) => link::get_link(sock, n)?,
+        None => {
+            let oif = link::routes_v4(sock)?
+                .into_iter()
+                .find(|r| r.dst.prefix_len() == 0)
+                .and_then(|r| r.oif);
+            match oif {
+                Some(i) => link::get_link_by_index(sock, i)?,
+                None => None,
+            }
+        }
+    };
+    let l = found.ok_or_else(|| Error::Netlink {
+        what: format!(
+            "find the underlay interface ({})",
+            name.unwrap_or("from the default route")
+        ),
+        source: std::io::Error::from_raw_os_error(libc::ENODEV),
+    })?;
+    let ip = link::addresses(sock, l.index)?
+        .into_iter()
+        .find_map(|a| match a.addr() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| Error::Netlink {
+            what: format!("find an IPv4 address on underlay {}", l.name),
+            source: std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+        })?;
+    Ok((l, ip))
+}

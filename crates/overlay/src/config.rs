@@ -1,0 +1,202 @@
+//! vxlan-overlay's configuration, shared by the CNI plugin and the agent (one conflist).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The plugin's own fields of a `vxlan-overlay` network configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayConfig {
+    /// The cluster's pod range, split into node subnets (required).
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Prefix length of each node's subnet (default 24).
+    #[serde(default = "default_subnet_len")]
+    pub subnet_len: u8,
+    /// etcd v3 endpoints (URLs); empty with `peersFile` for the static mode.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd (default `/cni-suite/network`; records in flannel's format below it).
+    #[serde(default = "default_prefix")]
+    pub etcd_prefix: String,
+    /// Subnet lease TTL in seconds (default 30); renewed every third of it.
+    #[serde(rename = "leaseTTL", default = "default_ttl")]
+    pub lease_ttl: u64,
+    /// Release the lease when the agent gets SIGTERM (default true).
+    #[serde(default = "yes")]
+    pub release_on_exit: bool,
+    /// Static peers (JSON list of {subnet, underlay, vtepMac}) instead of etcd.
+    pub peers_file: Option<PathBuf>,
+    /// Where the agent writes the node's lease in flannel's subnet.env format (default
+    /// `<dataDir>/subnet.env`).
+    pub subnet_file: Option<PathBuf>,
+    /// Node bridge for pods (default `cbr0`).
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// VXLAN network identifier (default 1).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// VXLAN UDP port (default 8472, the Linux and flannel default).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// VXLAN device name (default `vxlan.<vni>`).
+    pub device: Option<String>,
+    /// Underlay interface (default: the one carrying the default route).
+    pub underlay_interface: Option<String>,
+    /// Pod and VXLAN MTU; 0 = underlay MTU − 50 (− 70 over IPv6).
+    #[serde(default)]
+    pub mtu: u32,
+    /// Leave tx checksum offload on for the VXLAN device (default false: turned off, the
+    /// workaround for kernels that send VXLAN packets with bad checksums).
+    #[serde(default)]
+    pub tx_checksum_offload: bool,
+    /// Masquerade pod traffic leaving clusterCIDR (default true).
+    #[serde(default = "yes")]
+    pub ip_masq: bool,
+    /// Node state (agent state and the default subnet file); default `/var/lib/cni/vxlan-overlay`.
+    pub data_dir: Option<PathBuf>,
+    /// Pods' IPAM state root (default `/var/lib/cni/networks`).
+    pub ipam_dir: Option<PathBuf>,
+    /// Seconds between full reconciles (default 30).
+    #[serde(default = "default_resync")]
+    pub resync_seconds: u64,
+}
+
+fn default_subnet_len() -> u8 {
+    24
+}
+fn default_prefix() -> String {
+    "/cni-suite/network".into()
+}
+fn default_ttl() -> u64 {
+    30
+}
+fn default_bridge() -> String {
+    "cbr0".into()
+}
+fn default_vni() -> u32 {
+    1
+}
+fn default_port() -> u16 {
+    8472
+}
+fn default_resync() -> u64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+
+/// Default node state directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/vxlan-overlay";
+
+impl OverlayConfig {
+    /// The cluster CIDR, required.
+    pub fn cluster(&self) -> Result<Ipv4Net, Error> {
+        let c = self
+            .cluster_cidr
+            .ok_or_else(|| Error::Config("clusterCIDR is required".into()))?
+            .trunc();
+        if self.subnet_len < c.prefix_len() || self.subnet_len > 30 {
+            return Err(Error::Config(format!(
+                "subnetLen {} must be between clusterCIDR's prefix /{} and 30",
+                self.subnet_len,
+                c.prefix_len()
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Node state directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// The subnet file path.
+    pub fn subnet_file(&self) -> PathBuf {
+        self.subnet_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("subnet.env"))
+    }
+
+    /// The VXLAN device name.
+    pub fn device(&self) -> String {
+        self.device
+            .clone()
+            .unwrap_or_else(|| format!("vxlan.{}", self.vni))
+    }
+
+    /// Checks what both the plugin and the agent need.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.cluster()?;
+        pod_bridge::config::validate_bridge_name(&self.bridge)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        cni_spec::validate_ifname(&self.device()).map_err(|_| {
+            Error::Config(format!(
+                "device {:?} is not a valid interface name",
+                self.device()
+            ))
+        })?;
+        if self.vni == 0 || self.vni >= 1 << 24 {
+            return Err(Error::Config(format!(
+                "vni {} is not in 1..16777215",
+                self.vni
+            )));
+        }
+        if self.lease_ttl < 3 {
+            return Err(Error::Config("leaseTTL must be at least 3 seconds".into()));
+        }
+        if self.etcd_endpoints.is_empty() && self.peers_file.is_none() {
+            return Err(Error::Config(
+                "either etcdEndpoints or peersFile is needed".into(),
+            ));
+        }
+        if !self.etcd_prefix.starts_with('/') {
+            return Err(Error::Config("etcdPrefix must start with '/'".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The VTEP address of a node subnet: its network address, as flannel uses.
+pub fn vtep_ip(subnet: Ipv4Net) -> Ipv4Addr {
+    subnet.network()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_validation() {
+        let c: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"10.244.0.0/16","etcdEndpoints":["http://127.0.0.1:2379"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.subnet_len, c.vni, c.port, c.lease_ttl),
+            (24, 1, 8472, 30)
+        );
+        assert_eq!(c.device(), "vxlan.1");
+        assert_eq!(
+            c.subnet_file(),
+            PathBuf::from("/var/lib/cni/vxlan-overlay/subnet.env")
+        );
+        assert!(c.validate().is_ok());
+        let bad: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"10.244.0.0/16","subnetLen":8,"peersFile":"/x"}"#,
+        )
+        .unwrap();
+        assert!(bad.validate().is_err());
+        let none: OverlayConfig =
+            serde_json::from_str(r#"{"clusterCIDR":"10.244.0.0/16"}"#).unwrap();
+        assert!(none.validate().is_err());
+    }
+}

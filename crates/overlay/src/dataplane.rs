@@ -1,0 +1,207 @@
+//! The node's VXLAN dataplane: the VTEP device, and one neighbour, FDB entry and route per
+//! peer, reconciled against the desired peers (anything else on the device is removed).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use netsetup::link::{self, Mac};
+use netsetup::socket::first_error;
+use netsetup::vxlan::{self, PeerEntry, VxlanSpec};
+use netsetup::{Link, Socket};
+use serde::Deserialize;
+
+use crate::config::{vtep_ip, OverlayConfig};
+use crate::Error;
+
+/// The VTEP of this node.
+pub struct Dataplane {
+    sock: Socket,
+    device: Link,
+}
+
+/// How a reconcile changed the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Peers (re)programmed.
+    pub added: usize,
+    /// Stale entries removed (neighbours, FDB entries and routes).
+    pub removed: usize,
+}
+
+/// The underlay as the agent sees it.
+#[derive(Clone, Debug)]
+pub struct Underlay {
+    /// The link.
+    pub link: Link,
+    /// Its IPv4 address: the node's identity.
+    pub ip: Ipv4Addr,
+}
+
+/// Finds the underlay: `underlayInterface`, or the link of the default route.
+pub fn detect_underlay(cfg: &OverlayConfig) -> Result<Underlay, Error> {
+    let mut sock = Socket::new()?;
+    let (link, ip) = vxlan::underlay(&mut sock, cfg.underlay_interface.as_deref())?;
+    Ok(Underlay { link, ip })
+}
+
+/// VXLAN and pod MTU: `mtu` if set, else the underlay's less 50 bytes of IPv4 encapsulation.
+pub fn overlay_mtu(cfg: &OverlayConfig, underlay: &Underlay) -> u32 {
+    if cfg.mtu > 0 {
+        cfg.mtu
+    } else {
+        underlay.link.mtu.saturating_sub(50)
+    }
+}
+
+impl Dataplane {
+    /// Creates (or keeps) the VXLAN device for `subnet` with `mac`, up, with the subnet's VTEP
+    /// address, and sets tx checksum offload as configured.
+    pub fn setup(
+        cfg: &OverlayConfig,
+        underlay: &Underlay,
+        subnet: Ipv4Net,
+        mac: Mac,
+    ) -> Result<Dataplane, Error> {
+        let mut sock = Socket::new()?;
+        let spec = VxlanSpec {
+            name: cfg.device(),
+            vni: cfg.vni,
+            port: cfg.port,
+            local: underlay.ip,
+            underlay_index: underlay.link.index,
+            mac,
+            mtu: overlay_mtu(cfg, underlay),
+        };
+        let vtep = Ipv4Net::new(vtep_ip(subnet), 32).map_err(|e| Error::Config(e.to_string()))?;
+        let (device, created) = vxlan::ensure_vxlan(&mut sock, &spec, vtep)?;
+        if created {
+            log::info!(
+                "created {} (vni {}, port {}, local {}, mtu {})",
+                spec.name,
+                spec.vni,
+                spec.port,
+                spec.local,
+                spec.mtu
+            );
+        }
+        if let Err(e) = vxlan::set_tx_checksum(&spec.name, cfg.tx_checksum_offload) {
+            log::warn!("cannot set tx checksum offload on {}: {e}", spec.name);
+        }
+        Ok(Dataplane { sock, device })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Link {
+        &self.device
+    }
+
+    /// Makes the device hold exactly `peers`: programs what is missing or different and
+    /// removes what no peer accounts for.
+    pub fn reconcile(&mut self, peers: &[PeerEntry]) -> Result<Changes, Error> {
+        let index = self.device.index;
+        let st = vxlan::device_state(&mut self.sock, index)?;
+        log::debug!("device {} holds {st:?}; want {peers:?}", self.device.name);
+        let neigh: HashSet<(Ipv4Addr, Mac)> = st.neighbours.iter().copied().collect();
+        let fdb: HashSet<(Mac, Ipv4Addr)> = st.fdb.iter().copied().collect();
+        let routes: HashSet<(Ipv4Net, Option<Ipv4Addr>)> = st.routes.iter().copied().collect();
+        let mut batch = Vec::new();
+        let mut changes = Changes::default();
+        for p in peers {
+            let complete = neigh.contains(&(p.vtep_ip, p.vtep_mac))
+                && fdb.contains(&(p.vtep_mac, p.underlay))
+                && routes.contains(&(p.subnet, Some(p.vtep_ip)));
+            if !complete {
+                batch.extend(vxlan::add_peer(index, p));
+                changes.added += 1;
+            }
+        }
+        let want_neigh: HashSet<(Ipv4Addr, Mac)> =
+            peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
+        let want_fdb: HashSet<(Mac, Ipv4Addr)> =
+            peers.iter().map(|p| (p.vtep_mac, p.underlay)).collect();
+        let want_routes: HashSet<(Ipv4Net, Option<Ipv4Addr>)> =
+            peers.iter().map(|p| (p.subnet, Some(p.vtep_ip))).collect();
+        for (ip, mac) in neigh.difference(&want_neigh) {
+            batch.push(vxlan::del_neighbour(index, *ip, *mac));
+            changes.removed += 1;
+        }
+        for (mac, ip) in fdb.difference(&want_fdb) {
+            batch.push(vxlan::del_fdb(index, *mac, *ip));
+            changes.removed += 1;
+        }
+        for (dst, gw) in routes.difference(&want_routes) {
+            batch.push(vxlan::del_route(index, *dst, *gw));
+            changes.removed += 1;
+        }
+        if !batch.is_empty() {
+            let replies = self.sock.batch(batch)?;
+            // An entry already gone is what a delete wanted.
+            first_error(replies, |what, e| {
+                what.starts_with("delete") && link::is_no_device(e)
+            })?;
+        }
+        Ok(changes)
+    }
+}
+
+/// One line of a static peers file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticPeer {
+    /// The node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// Its underlay address.
+    pub underlay: Ipv4Addr,
+    /// Its VTEP MAC.
+    pub vtep_mac: String,
+}
+
+/// Reads a static peers file (a JSON list of `{subnet, underlay, vtepMac}`).
+pub fn read_peers_file(path: &Path) -> Result<Vec<StaticPeer>, Error> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    parts.try_into().ok()
+}
+
+/// A peer entry from a subnet, underlay address and MAC text; None when the MAC is invalid.
+pub fn peer_entry(subnet: Ipv4Net, underlay: Ipv4Addr, mac: &str) -> Option<PeerEntry> {
+    Some(PeerEntry {
+        subnet: subnet.trunc(),
+        vtep_ip: vtep_ip(subnet.trunc()),
+        vtep_mac: parse_mac(mac)?,
+        underlay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_peers_use_the_subnet_address_as_vtep() {
+        assert_eq!(
+            parse_mac("0a:58:0a:f4:01:05"),
+            Some([0x0a, 0x58, 0x0a, 0xf4, 1, 5])
+        );
+        assert_eq!(parse_mac("0a:58"), None);
+        assert_eq!(parse_mac("zz:58:0a:f4:01:05"), None);
+        let p = peer_entry(
+            "10.244.5.0/24".parse().unwrap(),
+            "172.30.0.5".parse().unwrap(),
+            "aa:bb:cc:dd:ee:ff",
+        )
+        .unwrap();
+        assert_eq!(p.vtep_ip, Ipv4Addr::new(10, 244, 5, 0));
+    }
+}

@@ -1,0 +1,85 @@
+//! Flannel-style VXLAN overlay: the `vxlan-overlay` CNI plugin (pods on the node bridge,
+//! addressed from this node's subnet) and its agent (subnet leases in etcd, the VTEP, and the
+//! neighbour, FDB entry and route of every peer).
+
+pub mod agent;
+pub mod config;
+pub mod dataplane;
+pub mod plugin;
+pub mod registry;
+pub mod state;
+pub mod subnet_file;
+
+use std::path::{Path, PathBuf};
+
+use cni_spec::{code, CniError};
+use ipnet::Ipv4Net;
+
+pub use config::OverlayConfig;
+pub use plugin::VxlanOverlay;
+
+/// What can go wrong in the overlay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The agent has not leased a subnet for this node yet.
+    #[error("no subnet leased for this node yet ({0} is missing): the vxlan-overlay agent must run first")]
+    NoLease(PathBuf),
+    /// Attaching the pod failed.
+    #[error(transparent)]
+    Pod(#[from] pod_bridge::Error),
+    /// A dataplane step failed.
+    #[error(transparent)]
+    Net(#[from] netsetup::Error),
+    /// etcd failed or is unreachable.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// Every subnet of the cluster is leased.
+    #[error("no free /{subnet_len} left in {cluster}")]
+    Exhausted {
+        /// The cluster CIDR.
+        cluster: Ipv4Net,
+        /// The subnet length.
+        subnet_len: u8,
+    },
+    /// etcd holds a different network configuration.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A state file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for CniError {
+    fn from(e: Error) -> CniError {
+        let c = match e {
+            Error::Pod(inner) => return inner.into(),
+            Error::Net(inner) => return pod_bridge::Error::Net(inner).into(),
+            Error::Config(_) | Error::Conflict(_) => code::INVALID_NETWORK_CONFIG,
+            Error::NoLease(_) | Error::Etcd(_) => code::TRY_AGAIN_LATER,
+            Error::Exhausted { .. } => code::RANGE_EXHAUSTED,
+            Error::Io { .. } | Error::Runtime(_) => code::IO_FAILURE,
+        };
+        CniError::new(c, e.to_string())
+    }
+}

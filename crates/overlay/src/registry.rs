@@ -1,0 +1,298 @@
+//! Node subnets in etcd v3, in flannel's record format: leasing with compare-and-swap, lease
+//! renewal, listing and watching peers.
+//!
+//! Keys: `<prefix>/config` holds `{"Network", "SubnetLen", "Backend": {"Type": "vxlan"}}`;
+//! `<prefix>/subnets/<a.b.c.d>-<len>` holds `{"PublicIP", "BackendType": "vxlan",
+//! "BackendData": {"VNI", "VtepMAC"}}`, attached to the owner's etcd lease so it disappears
+//! when the node stops renewing it.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One node's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Underlay address: the node's identity.
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    /// Always "vxlan".
+    #[serde(rename = "BackendType")]
+    pub backend_type: String,
+    /// VNI and VTEP MAC.
+    #[serde(rename = "BackendData")]
+    pub backend: VxlanData,
+}
+
+/// The VXLAN part of a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanData {
+    /// VXLAN network identifier.
+    #[serde(rename = "VNI")]
+    pub vni: u32,
+    /// VTEP MAC, `aa:bb:cc:dd:ee:ff`.
+    #[serde(rename = "VtepMAC")]
+    pub vtep_mac: String,
+}
+
+/// A subnet held by this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The subnet.
+    pub subnet: Ipv4Net,
+    /// The etcd lease id the record is attached to.
+    pub id: i64,
+}
+
+/// A connection to etcd under one prefix.
+pub struct Registry {
+    client: Client,
+    prefix: String,
+}
+
+/// `<prefix>/subnets/10.244.1.0-24`.
+pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
+    format!(
+        "{}/subnets/{}-{}",
+        prefix.trim_end_matches('/'),
+        subnet.network(),
+        subnet.prefix_len()
+    )
+}
+
+fn parse_subnet_key(prefix: &str, key: &str) -> Option<Ipv4Net> {
+    let rest = key.strip_prefix(&format!("{}/subnets/", prefix.trim_end_matches('/')))?;
+    let (ip, len) = rest.split_once('-')?;
+    Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()
+}
+
+impl Registry {
+    /// Connects (bounded by `timeout`) to the endpoints.
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Registry, Error> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(5), timeout);
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Registry {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Writes the network config if absent; fails if another cluster CIDR is recorded there.
+    pub async fn ensure_network_config(
+        &mut self,
+        cluster: Ipv4Net,
+        subnet_len: u8,
+    ) -> Result<(), Error> {
+        let key = format!("{}/config", self.prefix);
+        let want = serde_json::json!({"Network": cluster.to_string(), "SubnetLen": subnet_len,
+                                      "Backend": {"Type": "vxlan"}});
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), want.to_string(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let resp = self.client.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let existing = self.client.get(key.as_str(), None).await?;
+        let Some(kv) = existing.kvs().first() else {
+            return Ok(());
+        };
+        let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+        if v["Network"].as_str() != Some(cluster.to_string().as_str()) {
+            return Err(Error::Conflict(format!(
+                "{key} says Network {}, this node is configured with {cluster}",
+                v["Network"]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every node record, by subnet.
+    pub async fn list(&mut self) -> Result<Vec<(Ipv4Net, NodeRecord)>, Error> {
+        let prefix = format!("{}/subnets/", self.prefix);
+        let resp = self
+            .client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let Some(subnet) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| parse_subnet_key(&self.prefix, k))
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<NodeRecord>(kv.value()) {
+                Ok(rec) => out.push((subnet, rec)),
+                Err(e) => log::warn!("ignoring malformed record for {subnet}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leases a subnet for `me`: the one already recorded for its underlay address (a restart
+    /// within the TTL), else `preferred` if free, else the first free one. Every claim is a
+    /// compare-and-swap, so two nodes never hold the same subnet.
+    pub async fn acquire(
+        &mut self,
+        me: &NodeRecord,
+        preferred: Option<Ipv4Net>,
+        cluster: Ipv4Net,
+        subnet_len: u8,
+        ttl: u64,
+    ) -> Result<Lease, Error> {
+        let grant = self.client.lease_grant(ttl as i64, None).await?;
+        let id = grant.id();
+        let value = serde_json::to_string(me).map_err(|e| Error::Config(e.to_string()))?;
+        let prefix = format!("{}/subnets/", self.prefix);
+        let existing = self
+            .client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        // Our own record from before a restart: take it over with the new lease, but only if
+        // it has not changed since we read it.
+        for kv in existing.kvs() {
+            let Some(subnet) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| parse_subnet_key(&self.prefix, k))
+            else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<NodeRecord>(kv.value()) else {
+                continue;
+            };
+            if rec.public_ip == me.public_ip
+                && subnet.prefix_len() == subnet_len
+                && cluster.contains(&subnet)
+            {
+                let key = subnet_key(&self.prefix, subnet);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        value.as_str(),
+                        Some(PutOptions::new().with_lease(id)),
+                    )]);
+                if self.client.txn(txn).await?.succeeded() {
+                    return Ok(Lease { subnet, id });
+                }
+            }
+        }
+        let taken: std::collections::HashSet<Ipv4Net> = existing
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                kv.key_str()
+                    .ok()
+                    .and_then(|k| parse_subnet_key(&self.prefix, k))
+            })
+            .collect();
+        let candidates = preferred
+            .filter(|p| p.prefix_len() == subnet_len && cluster.contains(p))
+            .into_iter()
+            .chain(cluster.subnets(subnet_len).into_iter().flatten());
+        for subnet in candidates {
+            if taken.contains(&subnet) {
+                continue;
+            }
+            let key = subnet_key(&self.prefix, subnet);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value.as_str(),
+                    Some(PutOptions::new().with_lease(id)),
+                )]);
+            if self.client.txn(txn).await?.succeeded() {
+                return Ok(Lease { subnet, id });
+            }
+        }
+        let _ = self.client.lease_revoke(id).await;
+        Err(Error::Exhausted {
+            cluster,
+            subnet_len,
+        })
+    }
+
+    /// Renews the lease once; false when etcd says it has expired.
+    pub async fn renew(&mut self, lease: &Lease) -> Result<bool, Error> {
+        let (mut keeper, mut stream) = self.client.lease_keep_alive(lease.id).await?;
+        keeper.keep_alive().await?;
+        match stream.message().await? {
+            Some(resp) => Ok(resp.ttl() > 0),
+            None => Ok(false),
+        }
+    }
+
+    /// True while our record is still in etcd with our lease.
+    pub async fn holds(&mut self, lease: &Lease) -> Result<bool, Error> {
+        let key = subnet_key(&self.prefix, lease.subnet);
+        let resp = self.client.get(key.as_str(), None).await?;
+        Ok(resp.kvs().first().is_some_and(|kv| kv.lease() == lease.id))
+    }
+
+    /// Revokes the lease: the record is deleted at once and peers remove the node.
+    pub async fn release(&mut self, lease: &Lease) -> Result<(), Error> {
+        self.client.lease_revoke(lease.id).await?;
+        Ok(())
+    }
+
+    /// Watches every change under `<prefix>/subnets/`.
+    pub async fn watch(&mut self) -> Result<WatchStream, Error> {
+        let prefix = format!("{}/subnets/", self.prefix);
+        Ok(self
+            .client
+            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_flannel() {
+        let s: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let k = subnet_key("/cni-suite/network/", s);
+        assert_eq!(k, "/cni-suite/network/subnets/10.244.3.0-24");
+        assert_eq!(parse_subnet_key("/cni-suite/network", &k), Some(s));
+        assert_eq!(
+            parse_subnet_key("/cni-suite/network", "/other/subnets/10.0.0.0-24"),
+            None
+        );
+        let rec = NodeRecord {
+            public_ip: "172.30.0.1".parse().unwrap(),
+            backend_type: "vxlan".into(),
+            backend: VxlanData {
+                vni: 1,
+                vtep_mac: "aa:bb:cc:dd:ee:01".into(),
+            },
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains("\"PublicIP\":\"172.30.0.1\""), "{json}");
+        assert!(json.contains("\"VtepMAC\":\"aa:bb:cc:dd:ee:01\""), "{json}");
+    }
+}
