@@ -96,8 +96,22 @@ fn check_table_name(table: &str) -> Result<(), Error> {
     }
 }
 
+/// The `nft` binary: from PATH, else the usual system locations (runtimes may exec plugins
+/// with a minimal environment).
+fn nft_binary() -> std::path::PathBuf {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join("nft"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "nft".into())
+}
+
 fn run_nft(script: &str) -> Result<(), Error> {
-    let mut child = Command::new("nft")
+    let mut child = Command::new(nft_binary())
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
