@@ -421,12 +421,19 @@ pub struct RouteEntry {
 pub fn routes_v4(sock: &mut Socket) -> Result<Vec<RouteEntry>, Error> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    let replies = sock.request(Request::new(
+    // No table filter: a strict dump of a table that does not exist yet (a fresh namespace
+    // has no main table until its first route) fails with ENOENT. Filtered below.
+    let replies = match sock.request(Request::new(
         RouteNetlinkMessage::GetRoute(msg),
         NLM_F_DUMP,
         "list IPv4 routes",
-    ))?;
+    )) {
+        Ok(r) => r,
+        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
     for m in &replies {
         let RouteNetlinkMessage::NewRoute(r) = m else {

@@ -245,3 +245,13 @@ fn masquerade_table_is_created_found_replaced_and_removed() {
     assert!(!masquerade::remove_masquerade("cni_suite_test").unwrap());
     assert_eq!(masquerade::table_comment("cni_suite_test").unwrap(), None);
 }
+
+#[test]
+fn a_fresh_namespace_without_a_main_table_lists_no_routes() {
+    // A strict dump of a table that does not exist yet fails with ENOENT in the kernel; a
+    // fresh node namespace (lo down, no route at all) must read as "no routes".
+    let node = TempNetns::new("fresh");
+    let mut sock = node.open().socket().unwrap();
+    assert_eq!(link::routes_v4(&mut sock).unwrap(), vec![]);
+    assert_eq!(link::default_route_mtu(&mut sock).unwrap(), None);
+}
