@@ -259,4 +259,11 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    pub(crate) fn state(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::State {
+            path: path.into(),
+            source,
+        }
+    }
 }

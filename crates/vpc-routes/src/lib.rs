@@ -1,9 +1,36 @@
 //! Make a node's pod CIDR routable in its AWS VPC: one route per cluster route table.
 //!
-//! This first part holds the building blocks: [`Config`], the [`Ec2`] trait with its
-//! aws-sdk-ec2 implementation [`AwsEc2`] and the [`FaultInjectingEc2`] test layer, the
-//! [`Error`] type with its [`ErrorKind`]s, [`Plan`]s of route changes, and the deadline and
-//! backoff used for every EC2 call.
+//! The `vpc-route` plugin binary is a thin layer over this crate:
+//!
+//! ```no_run
+//! # async fn add(plugin_config: serde_json::Value) -> Result<(), vpc_routes::Error> {
+//! let config = vpc_routes::Config::from_value(plugin_config)?;
+//! let registrar = vpc_routes::Registrar::connect(config).await?; // no EC2 call
+//! let plan = registrar.ensure().await?; // warm: no EC2 call either
+//! log::debug!("{plan}");
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Config`]: the plugin's keys; [`NodeIdentity`]: instance, region, primary ENI, VPC from
+//!   IMDSv2, each overridable.
+//! - [`Registrar`]: `ensure` (ADD, `register`), `check` (CHECK), `deregister`, `gc`; changes
+//!   come back as a printable [`Plan`]. [`status()`] (STATUS) reads the node state only.
+//! - [`Ec2`]: the EC2 calls used, implemented by [`AwsEc2`] (aws-sdk-ec2) and wrapped by
+//!   [`FaultInjectingEc2`] in tests for what moto cannot emulate.
+//!
+//! # Rules
+//! - Tables: `routeTableIds`, else every table of the node's VPC tagged
+//!   `kubernetes.io/cluster/<clusterName>` (owned or shared) or `KubernetesCluster=<clusterName>`.
+//! - The route targets the primary ENI (CreateRoute by instance fails with several ENIs).
+//! - An existing route for the pod CIDR pointing elsewhere is replaced only if it lies inside
+//!   `clusterCIDR`, was made by CreateRoute, and is a blackhole or targets a terminated
+//!   instance; otherwise [`Error::Conflict`]. Nothing outside `clusterCIDR` is ever changed.
+//! - `RouteLimitExceeded` is [`Error::RouteLimitExceeded`], never retried; with `routeQuota`,
+//!   a warning at 80 % and [`Error::QuotaReached`] before any EC2 write.
+//! - `RequestLimitExceeded` is retried with jittered exponential backoff inside
+//!   `deadlineSeconds` (default 20); the SDK's own retries are off.
+//! - After a registration, the node state in `dataDir` lets ADD skip EC2 for
+//!   `stateMaxAgeSeconds` (default 600), until CHECK fails, or until a reboot.
 //!
 //! # Error codes
 //! The binary maps [`Error::kind`] to CNI codes; the proposal is in [`ErrorKind`]:
@@ -15,9 +42,12 @@ mod config;
 mod ec2;
 mod error;
 mod fault;
+mod identity;
 mod plan;
-#[allow(dead_code)] // used by the registrar, next
+mod registrar;
 mod retry;
+mod state;
+mod status;
 
 pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS, DEFAULT_STATE_MAX_AGE_SECONDS,
@@ -28,4 +58,8 @@ pub use ec2::{
 };
 pub use error::{Error, ErrorKind, ROUTE_QUOTA_CODE};
 pub use fault::FaultInjectingEc2;
+pub use identity::NodeIdentity;
 pub use plan::{Action, Outcome, Plan, Reason, Step};
+pub use registrar::Registrar;
+pub use state::{NodeState, StateStore, TableState};
+pub use status::{status, Status, TableStatus};

@@ -162,6 +162,10 @@ impl Plan {
     pub fn actions(&self) -> impl Iterator<Item = &Action> {
         self.steps.iter().map(|s| &s.action)
     }
+
+    pub(crate) fn push(&mut self, action: Action, outcome: Outcome) {
+        self.steps.push(Step { action, outcome });
+    }
 }
 
 impl fmt::Display for Plan {
