@@ -101,7 +101,15 @@ impl<E: Ec2> Registrar<E> {
                 ..Plan::default()
             });
         }
-        self.register(&deadline).await
+        self.register_within(&deadline).await
+    }
+
+    /// What `vpc-route register` does: like [`Self::ensure`] but never trusts the node state,
+    /// so EC2 is read (and repaired) at node boot even within `stateMaxAgeSeconds`.
+    pub async fn register(&self) -> Result<Plan, Error> {
+        let deadline = Deadline::after(self.config.deadline());
+        let _lock = self.store.lock(&deadline).await?;
+        self.register_within(&deadline).await
     }
 
     fn is_warm(&self) -> Result<bool, Error> {
@@ -111,7 +119,7 @@ impl<E: Ec2> Registrar<E> {
             .is_some_and(|s| s.node == self.node && s.is_fresh_for(&self.config)))
     }
 
-    async fn register(&self, deadline: &Deadline) -> Result<Plan, Error> {
+    async fn register_within(&self, deadline: &Deadline) -> Result<Plan, Error> {
         let mut plan = Plan::default();
         let mut state = NodeState::new(&self.config, self.node.clone());
         let eni = self.node.eni_id.as_str();

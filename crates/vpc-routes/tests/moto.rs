@@ -575,3 +575,53 @@ async fn unreachable_ec2_is_try_again_later() {
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(e.is_retryable());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_adds_make_one_registration() {
+    let w = world("parallel").await;
+    let config = w.config(json!({}));
+    let mut registrars = Vec::new();
+    for _ in 0..4 {
+        registrars.push(Arc::new(w.registrar(config.clone()).await));
+    }
+    let tasks: Vec<_> = registrars
+        .iter()
+        .map(|r| {
+            let r = r.clone();
+            tokio::spawn(async move { r.ensure().await })
+        })
+        .collect();
+    let mut cached = 0;
+    for t in tasks {
+        let plan = t.await.expect("join").expect("ensure");
+        cached += usize::from(plan.cached);
+    }
+    // One registered under the node lock; the others found the state warm after waiting.
+    assert_eq!(cached, 3);
+    let creates: usize = registrars
+        .iter()
+        .map(|r| r.ec2().calls_of(Operation::CreateRoute))
+        .sum();
+    assert_eq!(creates, 2, "one CreateRoute per table in total");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+    }
+
+    // `register` (node boot) reads EC2 even with a warm cache, and repairs.
+    w.sdk
+        .delete_route()
+        .route_table_id(&w.cluster.owned_table)
+        .destination_cidr_block(POD_CIDR)
+        .send()
+        .await
+        .expect("delete route behind our back");
+    let r = &registrars[0];
+    assert!(r.ensure().await.expect("warm").cached);
+    let plan = r.register().await.expect("register");
+    assert!(!plan.cached);
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    assert_eq!(
+        w.route(&w.cluster.owned_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+}
