@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 
@@ -18,15 +19,18 @@ use crate::state::{NodeState, StateStore, TableState};
 
 /// Registers one node's pod CIDR in the cluster's VPC route tables.
 ///
-/// Every EC2-calling operation runs under its own deadline of `deadlineSeconds`, throttled
-/// calls included. Changing operations hold the node lock in `dataDir`, so concurrent ADDs
-/// make one registration between them.
+/// Every EC2-calling operation runs under a deadline of `deadlineSeconds`, throttled calls
+/// included; after [`Registrar::connect`], the first operation shares its deadline with the
+/// IMDS lookup, so a cold ADD is bounded as a whole. Changing operations hold the node lock
+/// in `dataDir`, so concurrent ADDs make one registration between them.
 #[derive(Debug)]
 pub struct Registrar<E> {
     config: Config,
     node: NodeIdentity,
     ec2: E,
     store: StateStore,
+    /// The deadline started by `connect`, for the first operation to inherit.
+    inherited: Mutex<Option<Deadline>>,
 }
 
 impl Registrar<AwsEc2> {
@@ -35,6 +39,7 @@ impl Registrar<AwsEc2> {
     /// standard credential chain. Makes no EC2 request.
     pub async fn connect(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let deadline = Deadline::after(config.deadline());
         let store = StateStore::new(&config.data_dir);
         let cached = store
             .load()?
@@ -42,7 +47,7 @@ impl Registrar<AwsEc2> {
             .map(|s| s.node);
         let node = match cached {
             Some(node) => node,
-            None => tokio::time::timeout(config.deadline(), NodeIdentity::resolve(&config))
+            None => tokio::time::timeout(deadline.remaining(), NodeIdentity::resolve(&config))
                 .await
                 .map_err(|_| Error::Imds {
                     path: "/latest/meta-data".to_string(),
@@ -54,7 +59,9 @@ impl Registrar<AwsEc2> {
                 })??,
         };
         let ec2 = AwsEc2::connect(&node.region, config.ec2_endpoint.as_deref()).await;
-        Ok(Registrar::new(config, node, ec2))
+        let registrar = Registrar::new(config, node, ec2);
+        *registrar.inherited_deadline() = Some(deadline);
+        Ok(registrar)
     }
 }
 
@@ -67,7 +74,19 @@ impl<E: Ec2> Registrar<E> {
             node,
             ec2,
             store,
+            inherited: Mutex::new(None),
         }
+    }
+
+    fn inherited_deadline(&self) -> MutexGuard<'_, Option<Deadline>> {
+        self.inherited.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The deadline for one operation: the one `connect` started, once, else a new one.
+    fn deadline(&self) -> Deadline {
+        self.inherited_deadline()
+            .take()
+            .unwrap_or_else(|| Deadline::after(self.config.deadline()))
     }
 
     /// The node this registrar acts for.
@@ -92,7 +111,7 @@ impl<E: Ec2> Registrar<E> {
                 ..Plan::default()
             });
         }
-        let deadline = Deadline::after(self.config.deadline());
+        let deadline = self.deadline();
         let _lock = self.store.lock(&deadline).await?;
         // Another ADD may have registered while this one waited for the lock.
         if self.is_warm()? {
@@ -107,7 +126,7 @@ impl<E: Ec2> Registrar<E> {
     /// What `vpc-route register` does: like [`Self::ensure`] but never trusts the node state,
     /// so EC2 is read (and repaired) at node boot even within `stateMaxAgeSeconds`.
     pub async fn register(&self) -> Result<Plan, Error> {
-        let deadline = Deadline::after(self.config.deadline());
+        let deadline = self.deadline();
         let _lock = self.store.lock(&deadline).await?;
         self.register_within(&deadline).await
     }
@@ -157,8 +176,9 @@ impl<E: Ec2> Registrar<E> {
                     full: false,
                     problem: None,
                 }),
-                // Past the deadline every further call would fail the same way.
-                Err(e @ Error::Deadline { .. }) => return Err(e),
+                // Past the deadline, or with EC2 unreachable, every further table would fail
+                // the same way, only later.
+                Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
                     state.tables.push(TableState {
                         id: table.id.clone(),
@@ -422,7 +442,7 @@ impl<E: Ec2> Registrar<E> {
     /// that source/dest check is off. Refreshes the node state either way: a failed CHECK
     /// makes the next ADD register again.
     pub async fn check(&self) -> Result<(), Error> {
-        let deadline = Deadline::after(self.config.deadline());
+        let deadline = self.deadline();
         let destination = self.config.pod_cidr;
         let eni = self.node.eni_id.as_str();
         let check_on = self
@@ -472,7 +492,7 @@ impl<E: Ec2> Registrar<E> {
     /// Delete this node's route (to its ENI or instance) from every table and forget the
     /// node state. Routes for the pod CIDR that point elsewhere are left alone. Idempotent.
     pub async fn deregister(&self) -> Result<Plan, Error> {
-        let deadline = Deadline::after(self.config.deadline());
+        let deadline = self.deadline();
         let _lock = self.store.lock(&deadline).await?;
         let destination = self.config.pod_cidr;
         let tables = self.tables(&deadline).await?;
@@ -507,7 +527,7 @@ impl<E: Ec2> Registrar<E> {
     /// point to a node and are blackholes or whose instance is terminated. This node's own
     /// route is never collected (ensure repairs it). With `dry_run`, only plan.
     pub async fn gc(&self, dry_run: bool) -> Result<Plan, Error> {
-        let deadline = Deadline::after(self.config.deadline());
+        let deadline = self.deadline();
         let tables = self.tables(&deadline).await?;
         let candidates: Vec<(&RouteTable, &Route, Ipv4Net)> = tables
             .iter()
