@@ -16,6 +16,33 @@ use vpc_routes::{
     Reason, Registrar,
 };
 
+/// Records warnings from the crate, so tests can assert on what the operator would see.
+struct WarningLog;
+
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl log::Log for WarningLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let mut w = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+            w.push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn warnings() -> Vec<String> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = log::set_logger(&WarningLog);
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    WARNINGS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 const POD_CIDR: &str = "10.244.3.0/24";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
@@ -471,12 +498,20 @@ async fn route_quota_refuses_before_calling_ec2() {
     let e = vpc_routes::status(&config).expect_err("status: full");
     assert_eq!(e.kind(), ErrorKind::Quota, "{e}");
 
-    // One below the quota: registered (with the 80 % warning in the log).
+    // One below the quota: registered, with the 80 % warning in the log.
+    warnings();
     let r = w
         .registrar(w.config(json!({ "routeQuota": 4, "routeTableIds": [owned] })))
         .await;
     r.ensure().await.expect("ensure under quota");
     assert_eq!(w.route(owned, POD_CIDR).await, w.on_node_eni());
+    let warned = warnings();
+    assert!(
+        warned
+            .iter()
+            .any(|m| m.contains(owned.as_str()) && m.contains("4 of 4 routes")),
+        "{warned:?}"
+    );
 }
 
 #[tokio::test]
