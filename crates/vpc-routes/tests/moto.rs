@@ -533,7 +533,7 @@ async fn route_limit_exceeded_is_a_clear_error_without_retry_loop() {
         2,
         "one CreateRoute per table, no retry"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(5));
     let e = vpc_routes::status(&config).expect_err("status: full");
     assert!(matches!(e, Error::RouteLimitExceeded { .. }), "{e}");
 }
@@ -568,7 +568,7 @@ async fn request_limit_exceeded_is_retried_with_backoff_within_the_deadline() {
     assert!(matches!(e, Error::Deadline { seconds: 2, .. }), "{e}");
     assert!(e.to_string().contains("RequestLimitExceeded"), "{e}");
     assert!(e.is_retryable());
-    assert!(took <= Duration::from_millis(2500), "{took:?}");
+    assert!(took <= Duration::from_millis(4000), "{took:?}");
     let calls = r.ec2().calls_of(Operation::DescribeRouteTables);
     assert!((3..=10).contains(&calls), "{calls} attempts in 2 s");
 }
@@ -583,7 +583,8 @@ async fn slow_endpoint_ends_in_a_deadline_error() {
     let took = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::Deadline, "{e}");
     assert!(took >= Duration::from_millis(900), "{took:?}");
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Generous upper bound for a loaded 2-core machine; the point is "not 30 s".
+    assert!(took < Duration::from_millis(3000), "{took:?}");
     assert_eq!(w.route(&w.cluster.owned_table, POD_CIDR).await, None);
 }
 
