@@ -1,0 +1,181 @@
+//! A fault-injecting [`Ec2`] wrapper for what moto cannot emulate, with per-call counters.
+//!
+//! moto 5 has no route quota (`RouteLimitExceeded`), no throttling (`RequestLimitExceeded`),
+//! no blackhole state and answers instantly. This layer adds each of those on top of any
+//! [`Ec2`], and counts every request so tests can show that a warm ADD makes none.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::ec2::{ApiError, Ec2, Instance, Operation, RouteState, RouteTable, TableQuery};
+
+#[derive(Debug, Default)]
+struct Faults {
+    /// Per operation: error codes to answer, in order, instead of forwarding.
+    errors: BTreeMap<Operation, Vec<String>>,
+    /// Destinations whose routes are described as blackholes.
+    blackholes: HashSet<Ipv4Net>,
+    /// Added before every call.
+    delay: Option<Duration>,
+    /// Requests seen per operation, injected failures included.
+    calls: BTreeMap<Operation, usize>,
+}
+
+/// Wraps an [`Ec2`] and injects faults. For tests and fault drills only; never in a plugin.
+#[derive(Debug)]
+pub struct FaultInjectingEc2<E> {
+    inner: E,
+    faults: Mutex<Faults>,
+}
+
+impl<E: Ec2> FaultInjectingEc2<E> {
+    /// No faults yet: every call is forwarded (and counted).
+    pub fn new(inner: E) -> Self {
+        FaultInjectingEc2 {
+            inner,
+            faults: Mutex::new(Faults::default()),
+        }
+    }
+
+    /// The wrapped implementation.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        // A panicking test thread must not hide the counters from the others.
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answer the next `times` calls of `operation` with EC2 error `code`, without forwarding.
+    pub fn fail(&self, operation: Operation, code: &str, times: usize) {
+        self.faults()
+            .errors
+            .entry(operation)
+            .or_default()
+            .extend(std::iter::repeat_n(code.to_string(), times));
+    }
+
+    /// Answer the next `times` calls of `operation` with `RequestLimitExceeded`.
+    pub fn throttle(&self, operation: Operation, times: usize) {
+        self.fail(operation, "RequestLimitExceeded", times);
+    }
+
+    /// Describe every route to `destination` as a blackhole, as EC2 does once the target
+    /// instance is terminated.
+    pub fn blackhole(&self, destination: Ipv4Net) {
+        self.faults().blackholes.insert(destination);
+    }
+
+    /// Make every call wait `delay` before it is answered (a slow or hung endpoint).
+    pub fn delay(&self, delay: Option<Duration>) {
+        self.faults().delay = delay;
+    }
+
+    /// Requests seen, all operations.
+    pub fn calls(&self) -> usize {
+        self.faults().calls.values().sum()
+    }
+
+    /// Requests seen for one operation.
+    pub fn calls_of(&self, operation: Operation) -> usize {
+        self.faults()
+            .calls
+            .get(&operation)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Set all counters back to zero.
+    pub fn reset_calls(&self) {
+        self.faults().calls.clear();
+    }
+
+    /// Count the call, wait the injected delay, and pop an injected error if one is queued.
+    async fn enter(&self, operation: Operation) -> Result<(), ApiError> {
+        let (delay, injected) = {
+            let mut f = self.faults();
+            *f.calls.entry(operation).or_default() += 1;
+            let injected = f.errors.get_mut(&operation).and_then(|q| {
+                if q.is_empty() {
+                    None
+                } else {
+                    Some(q.remove(0))
+                }
+            });
+            (f.delay, injected)
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        match injected {
+            Some(code) => Err(ApiError::service(
+                operation,
+                &code,
+                format!("{code} injected by FaultInjectingEc2"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<E: Ec2> Ec2 for FaultInjectingEc2<E> {
+    async fn describe_route_tables(&self, query: &TableQuery) -> Result<Vec<RouteTable>, ApiError> {
+        self.enter(Operation::DescribeRouteTables).await?;
+        let mut tables = self.inner.describe_route_tables(query).await?;
+        let blackholes = self.faults().blackholes.clone();
+        for route in tables.iter_mut().flat_map(|t| t.routes.iter_mut()) {
+            if route.destination.is_some_and(|d| blackholes.contains(&d)) {
+                route.state = RouteState::Blackhole;
+            }
+        }
+        Ok(tables)
+    }
+
+    async fn create_route(
+        &self,
+        table_id: &str,
+        destination: Ipv4Net,
+        eni_id: &str,
+    ) -> Result<(), ApiError> {
+        self.enter(Operation::CreateRoute).await?;
+        self.inner.create_route(table_id, destination, eni_id).await
+    }
+
+    async fn replace_route(
+        &self,
+        table_id: &str,
+        destination: Ipv4Net,
+        eni_id: &str,
+    ) -> Result<(), ApiError> {
+        self.enter(Operation::ReplaceRoute).await?;
+        self.inner
+            .replace_route(table_id, destination, eni_id)
+            .await
+    }
+
+    async fn delete_route(&self, table_id: &str, destination: Ipv4Net) -> Result<(), ApiError> {
+        self.enter(Operation::DeleteRoute).await?;
+        self.inner.delete_route(table_id, destination).await
+    }
+
+    async fn describe_instances(&self, instance_ids: &[String]) -> Result<Vec<Instance>, ApiError> {
+        self.enter(Operation::DescribeInstances).await?;
+        self.inner.describe_instances(instance_ids).await
+    }
+
+    async fn source_dest_check(&self, eni_id: &str) -> Result<bool, ApiError> {
+        self.enter(Operation::DescribeNetworkInterfaceAttribute)
+            .await?;
+        self.inner.source_dest_check(eni_id).await
+    }
+
+    async fn disable_source_dest_check(&self, eni_id: &str) -> Result<(), ApiError> {
+        self.enter(Operation::ModifyNetworkInterfaceAttribute)
+            .await?;
+        self.inner.disable_source_dest_check(eni_id).await
+    }
+}

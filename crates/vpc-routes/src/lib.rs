@@ -1,0 +1,65 @@
+//! Make a node's pod CIDR routable in its AWS VPC: one route per cluster route table.
+//!
+//! The `vpc-route` plugin binary is a thin layer over this crate:
+//!
+//! ```no_run
+//! # async fn add(plugin_config: serde_json::Value) -> Result<(), vpc_routes::Error> {
+//! let config = vpc_routes::Config::from_value(plugin_config)?;
+//! let registrar = vpc_routes::Registrar::connect(config).await?; // no EC2 call
+//! let plan = registrar.ensure().await?; // warm: no EC2 call either
+//! log::debug!("{plan}");
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Config`]: the plugin's keys; [`NodeIdentity`]: instance, region, primary ENI, VPC from
+//!   IMDSv2, each overridable.
+//! - [`Registrar`]: `ensure` (ADD, `register`), `check` (CHECK), `deregister`, `gc`; changes
+//!   come back as a printable [`Plan`]. [`status()`] (STATUS) reads the node state only.
+//! - [`Ec2`]: the EC2 calls used, implemented by [`AwsEc2`] (aws-sdk-ec2) and wrapped by
+//!   [`FaultInjectingEc2`] in tests for what moto cannot emulate.
+//!
+//! # Rules
+//! - Tables: `routeTableIds`, else every table of the node's VPC tagged
+//!   `kubernetes.io/cluster/<clusterName>` (owned or shared) or `KubernetesCluster=<clusterName>`.
+//! - The route targets the primary ENI (CreateRoute by instance fails with several ENIs).
+//! - An existing route for the pod CIDR pointing elsewhere is replaced only if it lies inside
+//!   `clusterCIDR`, was made by CreateRoute, and is a blackhole or targets a terminated
+//!   instance; otherwise [`Error::Conflict`]. Nothing outside `clusterCIDR` is ever changed.
+//! - `RouteLimitExceeded` is [`Error::RouteLimitExceeded`], never retried; with `routeQuota`,
+//!   a warning at 80 % and [`Error::QuotaReached`] before any EC2 write.
+//! - `RequestLimitExceeded` is retried with jittered exponential backoff inside
+//!   `deadlineSeconds` (default 20); the SDK's own retries are off.
+//! - After a registration, the node state in `dataDir` lets ADD skip EC2 for
+//!   `stateMaxAgeSeconds` (default 600), until CHECK fails, or until a reboot.
+//!
+//! # Error codes
+//! The binary maps [`Error::kind`] to CNI codes; the proposal is in [`ErrorKind`]:
+//! 7 config, 11 unreachable (try again later), 100 conflict, 101 quota, 102 deadline,
+//! 103 no route tables, 104 route missing (CHECK), 105 other EC2 error, 106 node state,
+//! 107 incomplete deregister/gc.
+
+mod config;
+mod ec2;
+mod error;
+mod fault;
+mod identity;
+mod plan;
+mod registrar;
+mod retry;
+mod state;
+mod status;
+
+pub use config::{
+    Config, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS, DEFAULT_STATE_MAX_AGE_SECONDS,
+};
+pub use ec2::{
+    ApiError, ApiErrorKind, AwsEc2, Ec2, Instance, Operation, Route, RouteOrigin, RouteState,
+    RouteTable, RouteTarget, TableQuery,
+};
+pub use error::{Error, ErrorKind, ROUTE_QUOTA_CODE};
+pub use fault::FaultInjectingEc2;
+pub use identity::NodeIdentity;
+pub use plan::{Action, Outcome, Plan, Reason, Step};
+pub use registrar::Registrar;
+pub use state::{NodeState, StateStore, TableState};
+pub use status::{status, Status, TableStatus};

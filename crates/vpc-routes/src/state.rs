@@ -1,0 +1,295 @@
+//! The node state cache in `dataDir`: what was registered, where, when; written atomically.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::identity::NodeIdentity;
+use crate::retry::Deadline;
+
+/// Bumped when the file's meaning changes; other versions are ignored (re-read from EC2).
+const STATE_VERSION: u32 = 1;
+const STATE_FILE: &str = "node.json";
+const LOCK_FILE: &str = "node.lock";
+
+/// One route table as last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableState {
+    /// `rtb-...`
+    pub id: String,
+    /// Routes counted against the quota when last read (after our own change).
+    pub routes: usize,
+    /// Whether the node's route was in place.
+    pub registered: bool,
+    /// Registration failed on the quota: what STATUS reports without asking EC2.
+    #[serde(default)]
+    pub full: bool,
+    /// Why not, when it is not (quota, conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// What this node registered, cached so that a warm ADD needs no EC2 call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    /// File format version.
+    pub version: u32,
+    /// `clusterName` at registration.
+    pub cluster_name: String,
+    /// `podCIDR` at registration.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    /// `routeTableIds` at registration (empty: tag lookup).
+    #[serde(default)]
+    pub route_table_ids: Vec<String>,
+    /// The node, so a warm ADD needs no IMDS request either.
+    pub node: NodeIdentity,
+    /// Every table the route belongs in.
+    pub tables: Vec<TableState>,
+    /// Whether source/destination checking was seen off on the ENI.
+    pub source_dest_check_off: bool,
+    /// When EC2 last confirmed all of this (seconds since the epoch).
+    pub verified_at: u64,
+    /// The kernel boot id then: a stop/start makes EC2 blackhole the route (and gc may delete
+    /// it), so a reboot forces a revalidation.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+impl NodeState {
+    /// Registered in every table, with source/dest check off.
+    pub fn is_complete(&self) -> bool {
+        self.source_dest_check_off
+            && !self.tables.is_empty()
+            && self.tables.iter().all(|t| t.registered)
+    }
+
+    /// Whether a warm ADD may trust this state: complete, made for this config, younger than
+    /// `stateMaxAgeSeconds`, from this boot.
+    pub fn is_fresh_for(&self, config: &Config) -> bool {
+        self.version == STATE_VERSION
+            && self.is_complete()
+            && self.cluster_name == config.cluster_name
+            && self.pod_cidr == config.pod_cidr
+            && self.route_table_ids == config.route_table_ids
+            && self.node.matches(config)
+            && self.age() < config.state_max_age()
+            && self.is_same_boot()
+    }
+
+    /// Written during this boot of the kernel.
+    pub fn is_same_boot(&self) -> bool {
+        self.boot_id == boot_id()
+    }
+
+    /// Time since EC2 last confirmed it.
+    pub fn age(&self) -> Duration {
+        Duration::from_secs(now_secs().saturating_sub(self.verified_at))
+    }
+
+    pub(crate) fn new(config: &Config, node: NodeIdentity) -> Self {
+        NodeState {
+            version: STATE_VERSION,
+            cluster_name: config.cluster_name.clone(),
+            pod_cidr: config.pod_cidr,
+            route_table_ids: config.route_table_ids.clone(),
+            node,
+            tables: Vec::new(),
+            source_dest_check_off: false,
+            verified_at: now_secs(),
+            boot_id: boot_id(),
+        }
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The state file and its lock in `dataDir`.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// Held while a process changes the node's routes: kubelet runs many ADDs at once, and only
+/// one of them should talk to EC2 while the others wait and then find the state warm.
+#[derive(Debug)]
+pub(crate) struct StateLock {
+    _file: File,
+}
+
+impl StateStore {
+    /// The store in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateStore { dir: dir.into() }
+    }
+
+    /// Path of the state file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// The cached state; `None` if there is none, or if it is unreadable or from another
+    /// format version (it is only a cache: EC2 is the truth).
+    pub fn load(&self) -> Result<Option<NodeState>, Error> {
+        let path = self.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::state(path, e)),
+        };
+        match serde_json::from_slice::<NodeState>(&bytes) {
+            Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
+            Ok(s) => {
+                log::info!("{}: version {}, ignored", path.display(), s.version);
+                Ok(None)
+            }
+            Err(e) => {
+                log::warn!("{}: unreadable ({e}), ignored", path.display());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Write atomically: temp file in the same directory, fsync, rename, fsync the directory,
+    /// so a crash leaves the old or the new state, never half of one.
+    pub fn save(&self, state: &NodeState) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::state(&self.dir, e))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| Error::state(&self.dir, e))?;
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| Error::state(self.path(), std::io::Error::other(e)))?;
+        tmp.write_all(&bytes)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| Error::state(tmp.path(), e))?;
+        tmp.persist(self.path())
+            .map_err(|e| Error::state(self.path(), e.error))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::state(&self.dir, e))
+    }
+
+    /// Forget the state (deregister).
+    pub fn remove(&self) -> Result<(), Error> {
+        match std::fs::remove_file(self.path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::state(self.path(), e)),
+        }
+    }
+
+    /// Take the node lock, polling so that waiting never blocks a tokio worker and never
+    /// outlives the deadline.
+    pub(crate) async fn lock(&self, deadline: &Deadline) -> Result<StateLock, Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::state(&self.dir, e))?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::state(&path, e))?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StateLock { _file: file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(Error::state(&path, e)),
+            }
+            if deadline.remaining() < Duration::from_millis(50) {
+                return Err(Error::state(
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "another vpc-route process held the node lock until the deadline",
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn config(dir: &Path) -> Config {
+        Config::from_value(json!({
+            "clusterName": "c1", "podCIDR": "10.244.3.0/24", "clusterCIDR": "10.244.0.0/16",
+            "dataDir": dir, "instanceId": "i-1", "region": "us-east-1", "eniId": "eni-1",
+            "vpcId": "vpc-1"
+        }))
+        .expect("config")
+    }
+
+    fn node() -> NodeIdentity {
+        NodeIdentity {
+            instance_id: "i-1".into(),
+            region: "us-east-1".into(),
+            eni_id: "eni-1".into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: None,
+        }
+    }
+
+    #[test]
+    fn save_load_roundtrip_and_freshness() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let store = StateStore::new(dir.path());
+        assert_eq!(store.load().expect("load"), None);
+        let mut state = NodeState::new(&config, node());
+        state.tables.push(TableState {
+            id: "rtb-1".into(),
+            routes: 3,
+            registered: true,
+            full: false,
+            problem: None,
+        });
+        state.source_dest_check_off = true;
+        store.save(&state).expect("save");
+        let back = store.load().expect("load").expect("some");
+        assert_eq!(back, state);
+        assert!(back.is_fresh_for(&config));
+
+        let mut other = config.clone();
+        other.pod_cidr = "10.244.4.0/24".parse().expect("cidr");
+        assert!(!back.is_fresh_for(&other), "podCIDR changed");
+        let mut old = back.clone();
+        old.verified_at -= config.state_max_age_seconds + 1;
+        assert!(!old.is_fresh_for(&config), "too old");
+        let mut rebooted = back;
+        rebooted.boot_id = "other-boot".into();
+        assert!(!rebooted.is_fresh_for(&config), "rebooted");
+    }
+
+    #[test]
+    fn unreadable_state_is_ignored_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(dir.path());
+        std::fs::write(store.path(), b"{half").expect("write");
+        assert_eq!(store.load().expect("load"), None);
+        store.remove().expect("remove");
+        store.remove().expect("remove twice");
+    }
+}

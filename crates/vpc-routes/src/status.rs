@@ -1,0 +1,137 @@
+//! STATUS from the node state cache alone: runtimes poll it, so it never calls EC2 or IMDS.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::identity::NodeIdentity;
+use crate::state::{NodeState, StateStore};
+
+/// One table as last seen by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStatus {
+    /// `rtb-...`
+    pub id: String,
+    /// Routes counted against the quota when last read.
+    pub routes: usize,
+    /// The configured `routeQuota`, if any.
+    pub quota: Option<u32>,
+    /// Whether this node's route was in place.
+    pub registered: bool,
+    /// At `routeQuota`, or EC2 answered `RouteLimitExceeded`.
+    pub full: bool,
+    /// Why the route is not in place, if it is not.
+    pub problem: Option<String>,
+}
+
+/// The node's registration as cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The node, if it ever registered.
+    pub node: Option<NodeIdentity>,
+    /// Registered in every table, source/dest check off.
+    pub registered: bool,
+    /// Time since EC2 last confirmed the state.
+    pub age: Option<Duration>,
+    /// Per table.
+    pub tables: Vec<TableStatus>,
+}
+
+/// Read the node state cache and report it; fails only when a cached table is full and
+/// this node's route is not in it, since every ADD would then fail too.
+///
+/// No state at all is not an error: a fresh node has not registered yet, and a failing
+/// STATUS would keep the runtime from ever sending the ADD that registers it.
+pub fn status(config: &Config) -> Result<Status, Error> {
+    let state = StateStore::new(&config.data_dir).load()?;
+    let status = Status::from_state(config, state.as_ref());
+    if let Some(full) = status.tables.iter().find(|t| t.full && !t.registered) {
+        return Err(match full.quota {
+            Some(quota) => Error::QuotaReached {
+                table_id: full.id.clone(),
+                routes: full.routes,
+                quota,
+                destination: config.pod_cidr,
+            },
+            None => Error::RouteLimitExceeded {
+                table_id: full.id.clone(),
+                destination: config.pod_cidr,
+            },
+        });
+    }
+    Ok(status)
+}
+
+impl Status {
+    fn from_state(config: &Config, state: Option<&NodeState>) -> Self {
+        let Some(state) = state.filter(|s| s.pod_cidr == config.pod_cidr) else {
+            return Status {
+                node: None,
+                registered: false,
+                age: None,
+                tables: Vec::new(),
+            };
+        };
+        let quota = config.route_quota;
+        Status {
+            node: Some(state.node.clone()),
+            registered: state.is_complete(),
+            age: Some(state.age()),
+            tables: state
+                .tables
+                .iter()
+                .map(|t| TableStatus {
+                    id: t.id.clone(),
+                    routes: t.routes,
+                    quota,
+                    registered: t.registered,
+                    full: t.full || quota.is_some_and(|q| t.routes >= q as usize),
+                    problem: t.problem.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(node) = &self.node else {
+            return write!(f, "not registered yet");
+        };
+        write!(
+            f,
+            "{} ({}, {}): {}",
+            node.instance_id,
+            node.eni_id,
+            node.vpc_id,
+            if self.registered {
+                "registered"
+            } else {
+                "NOT registered"
+            }
+        )?;
+        if let Some(age) = self.age {
+            write!(f, ", checked {} s ago", age.as_secs())?;
+        }
+        for t in &self.tables {
+            let quota = t.quota.map(|q| format!("/{q}")).unwrap_or_default();
+            write!(
+                f,
+                "\n  {}: {}{quota} routes, {}{}",
+                t.id,
+                t.routes,
+                if t.registered {
+                    "route in place"
+                } else {
+                    "route missing"
+                },
+                if t.full { ", FULL" } else { "" }
+            )?;
+            if let Some(p) = &t.problem {
+                write!(f, " ({p})")?;
+            }
+        }
+        Ok(())
+    }
+}

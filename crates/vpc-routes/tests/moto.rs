@@ -1,0 +1,663 @@
+//! Route registration against a real moto EC2 server through aws-sdk-ec2, with an IMDSv2 fake,
+//! and the fault layer for what moto cannot emulate (quota, throttling, blackholes, slowness).
+//!
+//! Each test starts its own moto server and IMDS fake on free ports (tests/setup-moto.sh
+//! installs moto once), and reads the outcome back from moto through the SDK.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, ImdsFake, Moto, Node};
+use serde_json::json;
+use vpc_routes::{
+    Action, AwsEc2, Config, Error, ErrorKind, FaultInjectingEc2, NodeIdentity, Operation, Outcome,
+    Reason, Registrar,
+};
+
+/// Records warnings from the crate, so tests can assert on what the operator would see.
+struct WarningLog;
+
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl log::Log for WarningLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let mut w = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+            w.push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn warnings() -> Vec<String> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = log::set_logger(&WarningLog);
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    WARNINGS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+const POD_CIDR: &str = "10.244.3.0/24";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+type Ec2 = Arc<FaultInjectingEc2<AwsEc2>>;
+
+/// One test's world: moto, a cluster VPC, this node, another node, IMDS for this node.
+struct World {
+    sdk: aws_sdk_ec2::Client,
+    cluster: Cluster,
+    node: Node,
+    other: Node,
+    imds: ImdsFake,
+    data: tempfile::TempDir,
+    moto: Moto,
+}
+
+async fn world(name: &str) -> World {
+    let moto = Moto::start();
+    let sdk = moto.client().await;
+    let cluster = common::cluster(&sdk, name).await;
+    let node = cluster.run_instance(&sdk).await;
+    let other = cluster.run_instance(&sdk).await;
+    let imds = ImdsFake::start(cluster.imds_values(&node));
+    World {
+        sdk,
+        cluster,
+        node,
+        other,
+        imds,
+        data: tempfile::tempdir().expect("tempdir"),
+        moto,
+    }
+}
+
+impl World {
+    /// The plugin config; `extra` keys override the defaults.
+    fn config(&self, extra: serde_json::Value) -> Config {
+        let mut c = json!({
+            "cniVersion": "1.0.0", "type": "vpc-route", "name": "k8s-pod-network",
+            "clusterName": self.cluster.name, "podCIDR": POD_CIDR, "clusterCIDR": CLUSTER_CIDR,
+            "ec2Endpoint": self.moto.endpoint, "imdsEndpoint": self.imds.endpoint(),
+            "dataDir": self.data.path(), "region": "us-east-1"
+        });
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        Config::from_value(c).expect("valid config")
+    }
+
+    /// A registrar as a fresh plugin process would build it: identity from IMDS, the real SDK
+    /// client on moto, wrapped in the fault layer (which also counts requests).
+    async fn registrar(&self, config: Config) -> Registrar<Ec2> {
+        let node = NodeIdentity::resolve(&config).await.expect("identity");
+        let ec2 = Arc::new(FaultInjectingEc2::new(self.moto.aws_ec2().await));
+        Registrar::new(config, node, ec2)
+    }
+
+    async fn route(
+        &self,
+        table: &str,
+        destination: &str,
+    ) -> Option<(Option<String>, Option<String>)> {
+        common::route_to(&self.sdk, table, destination).await
+    }
+
+    fn on_node_eni(&self) -> Option<(Option<String>, Option<String>)> {
+        Some((None, Some(self.node.eni_id.clone())))
+    }
+}
+
+#[tokio::test]
+async fn identity_comes_from_imds_and_overrides_skip_it() {
+    let w = world("identity").await;
+    let id = NodeIdentity::resolve(&w.config(json!({})))
+        .await
+        .expect("identity");
+    assert_eq!(id.instance_id, w.node.instance_id);
+    assert_eq!(id.eni_id, w.node.eni_id);
+    assert_eq!(id.vpc_id, w.cluster.vpc_id);
+    assert_eq!(id.subnet_id.as_deref(), Some(w.cluster.subnet_id.as_str()));
+    assert_eq!(id.region, "us-east-1");
+    // token PUT + instance-id, mac, interface-id, vpc-id, subnet-id (region is in config)
+    assert_eq!(w.imds.requests(), 6);
+
+    let all = w.config(json!({
+        "instanceId": "i-override", "eniId": "eni-override", "vpcId": "vpc-override"
+    }));
+    let id = NodeIdentity::resolve(&all).await.expect("identity");
+    assert_eq!(
+        (
+            id.instance_id.as_str(),
+            id.eni_id.as_str(),
+            id.vpc_id.as_str()
+        ),
+        ("i-override", "eni-override", "vpc-override")
+    );
+    assert_eq!(
+        w.imds.requests(),
+        6,
+        "every value overridden: no IMDS request"
+    );
+}
+
+#[tokio::test]
+async fn registers_in_both_tagged_tables_and_warm_add_makes_no_ec2_call() {
+    let w = world("register").await;
+    assert_eq!(
+        common::source_dest_check(&w.sdk, &w.node.eni_id).await,
+        Some(true)
+    );
+    let r = w.registrar(w.config(json!({}))).await;
+    let plan = r.ensure().await.expect("ensure");
+    assert!(!plan.cached);
+    let created: Vec<&Action> = plan
+        .actions()
+        .filter(|a| matches!(a, Action::CreateRoute { .. }))
+        .collect();
+    assert_eq!(created.len(), 2, "{plan}");
+    assert!(plan
+        .actions()
+        .any(|a| matches!(a, Action::DisableSourceDestCheck { .. })));
+
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+    }
+    assert_eq!(w.route(&w.cluster.foreign_table, POD_CIDR).await, None);
+    assert_eq!(
+        common::source_dest_check(&w.sdk, &w.node.eni_id).await,
+        Some(false)
+    );
+
+    // A second ADD, in a new process: the node state answers, EC2 and IMDS are not asked.
+    let imds_before = w.imds.requests();
+    let config = w.config(json!({}));
+    let warm = Registrar::new(
+        config.clone(),
+        r.node().clone(),
+        Arc::new(FaultInjectingEc2::new(w.moto.aws_ec2().await)),
+    );
+    let plan = warm.ensure().await.expect("warm ensure");
+    assert!(plan.cached);
+    assert_eq!(warm.ec2().calls(), 0, "warm ADD made EC2 calls");
+    assert_eq!(w.imds.requests(), imds_before);
+
+    // STATUS from the cache only.
+    let status = vpc_routes::status(&config).expect("status");
+    assert!(status.registered, "{status}");
+    assert_eq!(status.tables.len(), 2);
+
+    // Past stateMaxAgeSeconds the state is revalidated: EC2 is read, nothing is written.
+    let aged = w
+        .registrar(w.config(json!({ "stateMaxAgeSeconds": 0 })))
+        .await;
+    let plan = aged.ensure().await.expect("revalidating ensure");
+    assert!(!plan.cached);
+    assert!(plan.steps.is_empty(), "{plan}");
+    assert_eq!(aged.ec2().calls_of(Operation::DescribeRouteTables), 1);
+    assert_eq!(aged.ec2().calls_of(Operation::CreateRoute), 0);
+    assert_eq!(aged.ec2().calls_of(Operation::ReplaceRoute), 0);
+    assert_eq!(
+        aged.ec2()
+            .calls_of(Operation::ModifyNetworkInterfaceAttribute),
+        0,
+        "source/dest check is read first and only written when on"
+    );
+
+    r.check().await.expect("check");
+}
+
+#[tokio::test]
+async fn explicit_route_table_ids_win_over_tags() {
+    let w = world("explicit").await;
+    let r = w
+        .registrar(w.config(json!({ "routeTableIds": [w.cluster.foreign_table] })))
+        .await;
+    r.ensure().await.expect("ensure");
+    assert_eq!(
+        w.route(&w.cluster.foreign_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, None, "{table}");
+    }
+
+    let missing = w
+        .registrar(w.config(json!({ "routeTableIds": ["rtb-00000000000000000"] })))
+        .await;
+    let e = missing.ensure().await.expect_err("unknown table");
+    assert_eq!(e.kind(), ErrorKind::NoRouteTables, "{e}");
+}
+
+#[tokio::test]
+async fn live_route_of_another_instance_is_a_conflict_naming_route_and_target() {
+    let w = world("conflict").await;
+    common::create_instance_route(
+        &w.sdk,
+        &w.cluster.owned_table,
+        POD_CIDR,
+        &w.other.instance_id,
+    )
+    .await;
+    let r = w.registrar(w.config(json!({}))).await;
+    let e = r.ensure().await.expect_err("conflict");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&w.cluster.owned_table), "{msg}");
+    assert!(msg.contains(POD_CIDR), "{msg}");
+    assert!(msg.contains(&w.other.instance_id), "{msg}");
+    assert!(!e.is_retryable());
+
+    // The other node keeps its route; the other table got ours regardless.
+    assert_eq!(
+        w.route(&w.cluster.owned_table, POD_CIDR).await,
+        Some((Some(w.other.instance_id.clone()), None))
+    );
+    assert_eq!(
+        w.route(&w.cluster.legacy_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+    assert_eq!(r.ec2().calls_of(Operation::ReplaceRoute), 0);
+    // Not cached as registered: the next ADD asks EC2 again.
+    assert!(
+        !vpc_routes::status(&w.config(json!({})))
+            .expect("status")
+            .registered
+    );
+}
+
+#[tokio::test]
+async fn route_to_terminated_instance_is_replaced() {
+    let w = world("stale").await;
+    for table in w.cluster.tagged_tables() {
+        common::create_instance_route(&w.sdk, table, POD_CIDR, &w.other.instance_id).await;
+    }
+    common::terminate(&w.sdk, &w.other.instance_id).await;
+    assert_eq!(
+        common::instance_state(&w.sdk, &w.other.instance_id).await,
+        "terminated"
+    );
+    let r = w.registrar(w.config(json!({}))).await;
+    let plan = r.ensure().await.expect("ensure");
+    let replaced: Vec<&Action> = plan
+        .actions()
+        .filter(|a| {
+            matches!(a, Action::ReplaceRoute { reason: Reason::InstanceGone { instance_id, .. }, .. }
+                if *instance_id == w.other.instance_id)
+        })
+        .collect();
+    assert_eq!(replaced.len(), 2, "{plan}");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+    }
+}
+
+#[tokio::test]
+async fn blackhole_route_is_replaced() {
+    let w = world("blackhole").await;
+    common::create_instance_route(
+        &w.sdk,
+        &w.cluster.owned_table,
+        POD_CIDR,
+        &w.other.instance_id,
+    )
+    .await;
+    let r = w.registrar(w.config(json!({}))).await;
+    // moto never marks routes blackhole; EC2 does once the target is gone.
+    r.ec2().blackhole(POD_CIDR.parse().expect("cidr"));
+    let plan = r.ensure().await.expect("ensure");
+    assert!(
+        plan.actions().any(|a| matches!(
+            a,
+            Action::ReplaceRoute {
+                reason: Reason::Blackhole,
+                ..
+            }
+        )),
+        "{plan}"
+    );
+    assert_eq!(
+        r.ec2().calls_of(Operation::DescribeInstances),
+        0,
+        "a blackhole needs no instance lookup"
+    );
+    assert_eq!(
+        w.route(&w.cluster.owned_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+}
+
+#[tokio::test]
+async fn gc_and_its_dry_run_never_touch_routes_outside_cluster_cidr() {
+    let w = world("gc").await;
+    let sdk = &w.sdk;
+    let owned = w.cluster.owned_table.as_str();
+    let legacy = w.cluster.legacy_table.as_str();
+    let dead = w.cluster.run_instance(sdk).await;
+    let holed = w.cluster.run_instance(sdk).await;
+    // Inside clusterCIDR: to a terminated instance (both tables), to a blackhole, to a live
+    // instance. Outside: to the terminated instance and to the blackholed one.
+    common::create_instance_route(sdk, owned, "10.244.5.0/24", &dead.instance_id).await;
+    common::create_instance_route(sdk, legacy, "10.244.5.0/24", &dead.instance_id).await;
+    common::create_instance_route(sdk, owned, "10.244.6.0/24", &holed.instance_id).await;
+    common::create_instance_route(sdk, owned, "10.244.7.0/24", &w.other.instance_id).await;
+    common::create_instance_route(sdk, owned, "10.50.0.0/24", &dead.instance_id).await;
+    common::create_instance_route(sdk, owned, "10.51.0.0/24", &holed.instance_id).await;
+    common::terminate(sdk, &dead.instance_id).await;
+
+    let r = w.registrar(w.config(json!({}))).await;
+    r.ensure().await.expect("ensure");
+    for d in ["10.244.6.0/24", "10.51.0.0/24", POD_CIDR] {
+        r.ec2().blackhole(d.parse().expect("cidr"));
+    }
+    let before_owned = common::routes(sdk, owned).await;
+    let before_legacy = common::routes(sdk, legacy).await;
+
+    let plan = r.gc(true).await.expect("gc dry run");
+    assert!(plan.dry_run);
+    let mut planned: Vec<String> = plan
+        .actions()
+        .map(|a| match a {
+            Action::DeleteRoute {
+                table_id,
+                destination,
+                ..
+            } => format!("{table_id} {destination}"),
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    planned.sort();
+    let mut expected = vec![
+        format!("{owned} 10.244.5.0/24"),
+        format!("{legacy} 10.244.5.0/24"),
+        format!("{owned} 10.244.6.0/24"),
+    ];
+    expected.sort();
+    assert_eq!(planned, expected, "{plan}");
+    assert!(plan.steps.iter().all(|s| s.outcome == Outcome::Planned));
+    assert!(plan.to_string().contains("would delete"), "{plan}");
+    assert_eq!(r.ec2().calls_of(Operation::DeleteRoute), 0);
+    assert_eq!(common::routes(sdk, owned).await, before_owned);
+    assert_eq!(common::routes(sdk, legacy).await, before_legacy);
+
+    let plan = r.gc(false).await.expect("gc");
+    assert_eq!(plan.steps.len(), 3, "{plan}");
+    assert!(
+        plan.steps.iter().all(|s| s.outcome == Outcome::Done),
+        "{plan}"
+    );
+    assert_eq!(w.route(owned, "10.244.5.0/24").await, None);
+    assert_eq!(w.route(legacy, "10.244.5.0/24").await, None);
+    assert_eq!(w.route(owned, "10.244.6.0/24").await, None);
+    // Kept: live target, outside clusterCIDR (dead or blackhole), and this node's own route.
+    assert_eq!(
+        w.route(owned, "10.244.7.0/24").await,
+        Some((Some(w.other.instance_id.clone()), None))
+    );
+    assert_eq!(
+        w.route(owned, "10.50.0.0/24").await,
+        Some((Some(dead.instance_id.clone()), None))
+    );
+    assert_eq!(
+        w.route(owned, "10.51.0.0/24").await,
+        Some((Some(holed.instance_id.clone()), None))
+    );
+    assert_eq!(w.route(owned, POD_CIDR).await, w.on_node_eni());
+
+    let again = r.gc(false).await.expect("gc again");
+    assert!(again.steps.is_empty(), "{again}");
+}
+
+#[tokio::test]
+async fn deregister_removes_only_this_nodes_routes() {
+    let w = world("deregister").await;
+    // The foreign table carries a route for the same CIDR: it is not ours to remove.
+    common::create_instance_route(
+        &w.sdk,
+        &w.cluster.foreign_table,
+        POD_CIDR,
+        &w.node.instance_id,
+    )
+    .await;
+    let config = w.config(json!({}));
+    let r = w.registrar(config.clone()).await;
+    r.ensure().await.expect("ensure");
+    let plan = r.deregister().await.expect("deregister");
+    assert_eq!(plan.steps.len(), 2, "{plan}");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, None, "{table}");
+    }
+    assert_eq!(
+        w.route(&w.cluster.foreign_table, POD_CIDR).await,
+        Some((Some(w.node.instance_id.clone()), None))
+    );
+    let status = vpc_routes::status(&config).expect("status");
+    assert!(!status.registered && status.node.is_none(), "{status}");
+
+    let again = r.deregister().await.expect("deregister twice");
+    assert!(again.steps.is_empty(), "{again}");
+    // And the next ADD registers again instead of trusting a stale cache.
+    let plan = r.ensure().await.expect("ensure again");
+    assert!(!plan.cached);
+    assert_eq!(
+        w.route(&w.cluster.owned_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+}
+
+#[tokio::test]
+async fn check_finds_a_missing_route_and_the_next_add_repairs_it() {
+    let w = world("check").await;
+    let r = w.registrar(w.config(json!({}))).await;
+    r.ensure().await.expect("ensure");
+    w.sdk
+        .delete_route()
+        .route_table_id(&w.cluster.legacy_table)
+        .destination_cidr_block(POD_CIDR)
+        .send()
+        .await
+        .expect("delete route behind our back");
+    let e = r.check().await.expect_err("route missing");
+    assert_eq!(e.kind(), ErrorKind::RouteMissing, "{e}");
+    assert!(e.to_string().contains(&w.cluster.legacy_table), "{e}");
+
+    let plan = r.ensure().await.expect("ensure after failed check");
+    assert!(!plan.cached, "a failed CHECK invalidates the node state");
+    assert_eq!(
+        w.route(&w.cluster.legacy_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+    r.check().await.expect("check after repair");
+}
+
+#[tokio::test]
+async fn route_quota_refuses_before_calling_ec2() {
+    let w = world("quota").await;
+    let owned = &w.cluster.owned_table;
+    // local + 2 routes = 3 routes: at a routeQuota of 3.
+    common::create_instance_route(&w.sdk, owned, "10.244.8.0/24", &w.other.instance_id).await;
+    common::create_instance_route(&w.sdk, owned, "10.244.9.0/24", &w.other.instance_id).await;
+    let config = w.config(json!({ "routeQuota": 3, "routeTableIds": [owned] }));
+    let r = w.registrar(config.clone()).await;
+    let e = r.ensure().await.expect_err("quota");
+    assert!(
+        matches!(&e, Error::QuotaReached { routes: 3, quota: 3, table_id, .. } if table_id == owned),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Quota);
+    assert!(e.to_string().contains("L-93826ACB"), "{e}");
+    assert_eq!(r.ec2().calls_of(Operation::CreateRoute), 0);
+    assert_eq!(w.route(owned, POD_CIDR).await, None);
+
+    // STATUS reports the full table from the cache, without EC2.
+    let e = vpc_routes::status(&config).expect_err("status: full");
+    assert_eq!(e.kind(), ErrorKind::Quota, "{e}");
+
+    // One below the quota: registered, with the 80 % warning in the log.
+    warnings();
+    let r = w
+        .registrar(w.config(json!({ "routeQuota": 4, "routeTableIds": [owned] })))
+        .await;
+    r.ensure().await.expect("ensure under quota");
+    assert_eq!(w.route(owned, POD_CIDR).await, w.on_node_eni());
+    let warned = warnings();
+    assert!(
+        warned
+            .iter()
+            .any(|m| m.contains(owned.as_str()) && m.contains("4 of 4 routes")),
+        "{warned:?}"
+    );
+}
+
+#[tokio::test]
+async fn route_limit_exceeded_is_a_clear_error_without_retry_loop() {
+    let w = world("routelimit").await;
+    let config = w.config(json!({}));
+    let r = w.registrar(config.clone()).await;
+    r.ec2()
+        .fail(Operation::CreateRoute, "RouteLimitExceeded", 100);
+    let started = Instant::now();
+    let e = r.ensure().await.expect_err("route limit");
+    assert!(matches!(e, Error::RouteLimitExceeded { .. }), "{e}");
+    let msg = e.to_string();
+    for needle in ["L-93826ACB", "50", "500", "1000", "vxlan-overlay"] {
+        assert!(msg.contains(needle), "{needle} missing from: {msg}");
+    }
+    assert_eq!(
+        r.ec2().calls_of(Operation::CreateRoute),
+        2,
+        "one CreateRoute per table, no retry"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let e = vpc_routes::status(&config).expect_err("status: full");
+    assert!(matches!(e, Error::RouteLimitExceeded { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn request_limit_exceeded_is_retried_with_backoff_within_the_deadline() {
+    let w = world("throttle").await;
+    let r = w.registrar(w.config(json!({}))).await;
+    r.ec2().throttle(Operation::DescribeRouteTables, 3);
+    r.ec2().throttle(Operation::CreateRoute, 2);
+    let started = Instant::now();
+    r.ensure().await.expect("ensure despite throttling");
+    let took = started.elapsed();
+    assert_eq!(r.ec2().calls_of(Operation::DescribeRouteTables), 4);
+    assert_eq!(r.ec2().calls_of(Operation::CreateRoute), 4);
+    // Backoff waits at least half of 200, 400, 800 ms (describe) and 200, 400 ms (create).
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+    }
+
+    // Throttled for good: a deadline error after about deadlineSeconds, naming the throttling.
+    let w2 = world("throttle-forever").await;
+    let r = w2
+        .registrar(w2.config(json!({ "deadlineSeconds": 2 })))
+        .await;
+    r.ec2().throttle(Operation::DescribeRouteTables, 1000);
+    let started = Instant::now();
+    let e = r.ensure().await.expect_err("deadline");
+    let took = started.elapsed();
+    assert!(matches!(e, Error::Deadline { seconds: 2, .. }), "{e}");
+    assert!(e.to_string().contains("RequestLimitExceeded"), "{e}");
+    assert!(e.is_retryable());
+    assert!(took <= Duration::from_millis(4000), "{took:?}");
+    let calls = r.ec2().calls_of(Operation::DescribeRouteTables);
+    assert!((3..=10).contains(&calls), "{calls} attempts in 2 s");
+}
+
+#[tokio::test]
+async fn slow_endpoint_ends_in_a_deadline_error() {
+    let w = world("slow").await;
+    let r = w.registrar(w.config(json!({ "deadlineSeconds": 1 }))).await;
+    r.ec2().delay(Some(Duration::from_secs(30)));
+    let started = Instant::now();
+    let e = r.ensure().await.expect_err("deadline");
+    let took = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Deadline, "{e}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    // Generous upper bound for a loaded 2-core machine; the point is "not 30 s".
+    assert!(took < Duration::from_millis(3000), "{took:?}");
+    assert_eq!(w.route(&w.cluster.owned_table, POD_CIDR).await, None);
+}
+
+#[tokio::test]
+async fn unreachable_ec2_is_try_again_later() {
+    let w = world("unreachable").await;
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = w.config(json!({}));
+    let node = NodeIdentity::resolve(&config).await.expect("identity");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(common::credentials())
+        .load()
+        .await;
+    let ec2 = AwsEc2::from_sdk_config(&sdk, Some(&format!("http://127.0.0.1:{port}")));
+    let e = Registrar::new(config, node, ec2)
+        .ensure()
+        .await
+        .expect_err("unreachable");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_adds_make_one_registration() {
+    let w = world("parallel").await;
+    let config = w.config(json!({}));
+    let mut registrars = Vec::new();
+    for _ in 0..4 {
+        registrars.push(Arc::new(w.registrar(config.clone()).await));
+    }
+    let tasks: Vec<_> = registrars
+        .iter()
+        .map(|r| {
+            let r = r.clone();
+            tokio::spawn(async move { r.ensure().await })
+        })
+        .collect();
+    let mut cached = 0;
+    for t in tasks {
+        let plan = t.await.expect("join").expect("ensure");
+        cached += usize::from(plan.cached);
+    }
+    // One registered under the node lock; the others found the state warm after waiting.
+    assert_eq!(cached, 3);
+    let creates: usize = registrars
+        .iter()
+        .map(|r| r.ec2().calls_of(Operation::CreateRoute))
+        .sum();
+    assert_eq!(creates, 2, "one CreateRoute per table in total");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+    }
+
+    // `register` (node boot) reads EC2 even with a warm cache, and repairs.
+    w.sdk
+        .delete_route()
+        .route_table_id(&w.cluster.owned_table)
+        .destination_cidr_block(POD_CIDR)
+        .send()
+        .await
+        .expect("delete route behind our back");
+    let r = &registrars[0];
+    assert!(r.ensure().await.expect("warm").cached);
+    let plan = r.register().await.expect("register");
+    assert!(!plan.cached);
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    assert_eq!(
+        w.route(&w.cluster.owned_table, POD_CIDR).await,
+        w.on_node_eni()
+    );
+}
