@@ -45,6 +45,10 @@ pub mod code {
     pub const CLOUD_DEADLINE: u32 = 112;
     /// The cloud API refused or failed a request.
     pub const CLOUD_API: u32 = 113;
+    /// No route table of the cluster was found (or a listed one does not exist).
+    pub const NO_ROUTE_TABLES: u32 = 114;
+    /// A node-level cloud operation (deregister, gc) finished only in part.
+    pub const CLOUD_INCOMPLETE: u32 = 115;
     /// A bug: the plugin panicked. Never expected; the details say where.
     pub const INTERNAL: u32 = 199;
 }

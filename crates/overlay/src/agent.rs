@@ -304,6 +304,20 @@ async fn next_event(watch: &mut Option<etcd_client::WatchStream>) -> Option<bool
     }
 }
 
+/// Deletes this node's subnet records from etcd (teardown after the agent stopped): the node
+/// is found by its underlay address, as the agent finds itself. Returns the subnets released.
+pub fn release_node_records(cfg: &OverlayConfig) -> Result<Vec<Ipv4Net>, Error> {
+    let underlay = detect_underlay(cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    rt.block_on(async {
+        let mut reg = connect(cfg).await?;
+        reg.release_node(underlay.ip).await
+    })
+}
+
 /// `agent --config <file>`: reads a conflist (or a single plugin config), takes the
 /// `vxlan-overlay` entry, sets up logging from its `logFile`/`logLevel`, and runs.
 pub fn run_from_args(args: &[String]) -> Result<(), Error> {

@@ -52,6 +52,13 @@ pub struct Lease {
     pub id: i64,
 }
 
+/// A subnet key as stored, with its parsed record.
+struct Stored {
+    subnet: Ipv4Net,
+    node: Option<NodeRecord>,
+    mod_revision: i64,
+}
+
 /// A connection to etcd under one prefix.
 pub struct Registry {
     client: Client,
@@ -123,28 +130,39 @@ impl Registry {
         Ok(())
     }
 
-    /// Every node record, by subnet.
-    pub async fn list(&mut self) -> Result<Vec<(Ipv4Net, NodeRecord)>, Error> {
+    /// Every key under `<prefix>/subnets/` that names a subnet, with its record when the
+    /// value parses (a malformed record still holds its subnet).
+    async fn records(&mut self) -> Result<Vec<Stored>, Error> {
         let prefix = format!("{}/subnets/", self.prefix);
         let resp = self
             .client
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await?;
-        let mut out = Vec::new();
-        for kv in resp.kvs() {
-            let Some(subnet) = kv
-                .key_str()
-                .ok()
-                .and_then(|k| parse_subnet_key(&self.prefix, k))
-            else {
-                continue;
-            };
-            match serde_json::from_slice::<NodeRecord>(kv.value()) {
-                Ok(rec) => out.push((subnet, rec)),
-                Err(e) => log::warn!("ignoring malformed record for {subnet}: {e}"),
-            }
-        }
-        Ok(out)
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let subnet = parse_subnet_key(&self.prefix, kv.key_str().ok()?)?;
+                let node = serde_json::from_slice::<NodeRecord>(kv.value())
+                    .map_err(|e| log::warn!("ignoring malformed record for {subnet}: {e}"))
+                    .ok();
+                Some(Stored {
+                    subnet,
+                    node,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect())
+    }
+
+    /// Every node record, by subnet.
+    pub async fn list(&mut self) -> Result<Vec<(Ipv4Net, NodeRecord)>, Error> {
+        Ok(self
+            .records()
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r.subnet, r.node?)))
+            .collect())
     }
 
     /// Leases a subnet for `me`: the one already recorded for its underlay address (a restart
@@ -161,34 +179,18 @@ impl Registry {
         let grant = self.client.lease_grant(ttl as i64, None).await?;
         let id = grant.id();
         let value = serde_json::to_string(me).map_err(|e| Error::Config(e.to_string()))?;
-        let prefix = format!("{}/subnets/", self.prefix);
-        let existing = self
-            .client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let existing = self.records().await?;
         // Our own record from before a restart: take it over with the new lease, but only if
         // it has not changed since we read it.
-        for kv in existing.kvs() {
-            let Some(subnet) = kv
-                .key_str()
-                .ok()
-                .and_then(|k| parse_subnet_key(&self.prefix, k))
-            else {
-                continue;
-            };
-            let Ok(rec) = serde_json::from_slice::<NodeRecord>(kv.value()) else {
-                continue;
-            };
-            if rec.public_ip == me.public_ip
-                && subnet.prefix_len() == subnet_len
-                && cluster.contains(&subnet)
-            {
-                let key = subnet_key(&self.prefix, subnet);
+        for r in &existing {
+            let ours = r.node.as_ref().is_some_and(|n| n.public_ip == me.public_ip);
+            if ours && r.subnet.prefix_len() == subnet_len && cluster.contains(&r.subnet) {
+                let key = subnet_key(&self.prefix, r.subnet);
                 let txn = Txn::new()
                     .when([Compare::mod_revision(
                         key.as_str(),
                         CompareOp::Equal,
-                        kv.mod_revision(),
+                        r.mod_revision,
                     )])
                     .and_then([TxnOp::put(
                         key.as_str(),
@@ -196,19 +198,14 @@ impl Registry {
                         Some(PutOptions::new().with_lease(id)),
                     )]);
                 if self.client.txn(txn).await?.succeeded() {
-                    return Ok(Lease { subnet, id });
+                    return Ok(Lease {
+                        subnet: r.subnet,
+                        id,
+                    });
                 }
             }
         }
-        let taken: std::collections::HashSet<Ipv4Net> = existing
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                kv.key_str()
-                    .ok()
-                    .and_then(|k| parse_subnet_key(&self.prefix, k))
-            })
-            .collect();
+        let taken: std::collections::HashSet<Ipv4Net> = existing.iter().map(|r| r.subnet).collect();
         let candidates = preferred
             .filter(|p| p.prefix_len() == subnet_len && cluster.contains(p))
             .into_iter()
@@ -238,7 +235,18 @@ impl Registry {
 
     /// Renews the lease once; false when etcd says it has expired.
     pub async fn renew(&mut self, lease: &Lease) -> Result<bool, Error> {
-        let (mut keeper, mut stream) = self.client.lease_keep_alive(lease.id).await?;
+        // etcd answers a keep-alive for a lease it does not know (expired while we could not
+        // reach it, or lost with etcd's data) with TTL 0, and etcd-client 0.21 turns that
+        // first answer into `LeaseKeepAliveError("lease not found")` inside
+        // `lease_keep_alive` (rpc/lease.rs), so the `ttl() > 0` check below never sees it.
+        // Treated as an error, the agent retried the dead lease forever and never published
+        // its subnet again. Its only other LeaseKeepAliveError is a failed send on its local
+        // channel, after which claiming the subnet again is harmless too.
+        let (mut keeper, mut stream) = match self.client.lease_keep_alive(lease.id).await {
+            Ok(pair) => pair,
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
         keeper.keep_alive().await?;
         match stream.message().await? {
             Some(resp) => Ok(resp.ttl() > 0),
@@ -257,6 +265,29 @@ impl Registry {
     pub async fn release(&mut self, lease: &Lease) -> Result<(), Error> {
         self.client.lease_revoke(lease.id).await?;
         Ok(())
+    }
+
+    /// Deletes every subnet record whose `PublicIP` is `node` (teardown of a node whose agent
+    /// is gone); returns the subnets released.
+    pub async fn release_node(&mut self, node: Ipv4Addr) -> Result<Vec<Ipv4Net>, Error> {
+        let mut released = Vec::new();
+        for r in self.records().await? {
+            if r.node.as_ref().is_some_and(|n| n.public_ip == node) {
+                let key = subnet_key(&self.prefix, r.subnet);
+                // Only the record we read: a node that took the subnet since keeps it.
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        r.mod_revision,
+                    )])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                if self.client.txn(txn).await?.succeeded() {
+                    released.push(r.subnet);
+                }
+            }
+        }
+        Ok(released)
     }
 
     /// Watches every change under `<prefix>/subnets/`.

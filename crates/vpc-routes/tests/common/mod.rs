@@ -112,6 +112,17 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// EC2 requests moto has served so far (its request log has one line per request).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"POST / HTTP"))
+            .count()
+    }
+}
+
 pub fn credentials() -> Credentials {
     Credentials::new("testing", "testing", None, None, "vpc-routes-tests")
 }

@@ -1,0 +1,185 @@
+//! `vpc-route`: a chained CNI plugin that makes the node's pod CIDR routable in the AWS VPC
+//! route tables, and the node commands `register | deregister | status | gc [--dry-run]`.
+//! The work is in the `vpc-routes` crate; this file parses, calls it, and maps its errors to
+//! CNI codes once.
+
+use cni_skel::cni_spec::{code, Attachment, CniError};
+use cni_skel::{About, AddOutput, Plugin, Request};
+use serde_json::Value;
+use vpc_routes::{Config, ErrorKind, Registrar};
+
+const ABOUT: About = About {
+    name: "vpc-route",
+    version: env!("CARGO_PKG_VERSION"),
+    summary: "Chained after kubenet-bridge: registers the node's pod CIDR -> primary ENI in every \
+              cluster route table of the VPC (zero EC2 calls once registered) and passes the \
+              previous result on unchanged. Node commands: vpc-route register | deregister | \
+              status | gc [--dry-run] --config <conflist>.",
+};
+
+/// What can fail here: the registrar, or (never in practice) the async runtime.
+enum VpcError {
+    Vpc(vpc_routes::Error),
+    Runtime(std::io::Error),
+}
+
+impl From<vpc_routes::Error> for VpcError {
+    fn from(e: vpc_routes::Error) -> Self {
+        VpcError::Vpc(e)
+    }
+}
+
+/// The one place where vpc-route's errors become CNI codes.
+impl From<VpcError> for CniError {
+    fn from(e: VpcError) -> CniError {
+        let e = match e {
+            VpcError::Vpc(e) => e,
+            VpcError::Runtime(e) => {
+                return CniError::new(code::IO_FAILURE, format!("tokio runtime: {e}"))
+            }
+        };
+        let c = match e.kind() {
+            ErrorKind::Config => code::INVALID_NETWORK_CONFIG,
+            ErrorKind::Unavailable => code::TRY_AGAIN_LATER,
+            ErrorKind::Quota => code::ROUTE_QUOTA,
+            ErrorKind::Conflict => code::ROUTE_CONFLICT,
+            ErrorKind::Deadline => code::CLOUD_DEADLINE,
+            ErrorKind::Api => code::CLOUD_API,
+            ErrorKind::NoRouteTables => code::NO_ROUTE_TABLES,
+            ErrorKind::RouteMissing => code::CHECK_MISMATCH,
+            ErrorKind::State => code::IO_FAILURE,
+            ErrorKind::Incomplete => code::CLOUD_INCOMPLETE,
+        };
+        CniError::new(c, e.to_string())
+    }
+}
+
+/// Runs one async registrar call on a single-threaded runtime (no worker threads on the
+/// per-pod path).
+fn block_on<T>(
+    f: impl std::future::Future<Output = Result<T, vpc_routes::Error>>,
+) -> Result<T, VpcError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(VpcError::Runtime)?;
+    Ok(rt.block_on(f)?)
+}
+
+struct VpcRoute;
+
+impl Plugin for VpcRoute {
+    type Config = Value;
+    type Error = VpcError;
+
+    fn add(&self, req: &Request<Value>) -> Result<AddOutput, VpcError> {
+        let config = Config::from_value(req.config.clone())?;
+        let plan = block_on(async { Registrar::connect(config).await?.ensure().await })?;
+        log::debug!("vpc-route ADD: {plan}");
+        Ok(AddOutput::PrevResult)
+    }
+
+    /// A pod leaving does not take the node's route with it.
+    fn del(&self, req: &Request<Value>) -> Result<Option<String>, VpcError> {
+        Config::from_value(req.config.clone())?;
+        Ok(None)
+    }
+
+    fn check(&self, req: &Request<Value>) -> Result<(), VpcError> {
+        let config = Config::from_value(req.config.clone())?;
+        block_on(async { Registrar::connect(config).await?.check().await })
+    }
+
+    /// From the node state only: runtimes poll STATUS, it never calls EC2.
+    fn status(&self, req: &Request<Value>) -> Result<(), VpcError> {
+        let config = Config::from_value(req.config.clone())?;
+        vpc_routes::status(&config)?;
+        Ok(())
+    }
+
+    /// Pods hold nothing of ours; node routes are collected by `vpc-route gc`.
+    fn gc(&self, req: &Request<Value>, _valid: &[Attachment]) -> Result<Option<String>, VpcError> {
+        Config::from_value(req.config.clone())?;
+        Ok(None)
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("register" | "deregister" | "status" | "gc") => {
+            std::process::exit(node_command(&args))
+        }
+        _ => std::process::exit(cni_skel::run(&VpcRoute, &ABOUT)),
+    }
+}
+
+/// `vpc-route <command> [--dry-run] --config <conflist>`: prints the plan or status.
+fn node_command(args: &[String]) -> i32 {
+    let mut path = None;
+    let mut dry_run = false;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => path = it.next().cloned(),
+            "--dry-run" => dry_run = true,
+            other => return usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    let Some(path) = path else {
+        return usage("--config <conflist> is required");
+    };
+    if dry_run && args[0] != "gc" {
+        return usage("--dry-run applies to gc");
+    }
+    let entry = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(raw) => match raw.get("plugins").and_then(Value::as_array) {
+            Some(list) => list.iter().find(|p| p["type"] == "vpc-route").cloned(),
+            None => (raw["type"] == "vpc-route").then_some(raw),
+        },
+        Err(e) => return usage(&format!("{path}: {e}")),
+    };
+    let Some(entry) = entry else {
+        return usage(&format!("{path} has no vpc-route plugin"));
+    };
+    cni_skel::log_file::init_with(&entry, "vpc-route", log::LevelFilter::Info);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage(&format!("tokio runtime: {e}")),
+    };
+    let outcome = Config::from_value(entry).and_then(|config| {
+        if args[0] == "status" {
+            return vpc_routes::status(&config).map(|s| s.to_string());
+        }
+        rt.block_on(async {
+            let r = Registrar::connect(config).await?;
+            let plan = match args[0].as_str() {
+                "register" => r.register().await?,
+                "deregister" => r.deregister().await?,
+                _ => r.gc(dry_run).await?,
+            };
+            Ok(plan.to_string())
+        })
+    });
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("vpc-route {}: {e}", args[0]);
+            1
+        }
+    }
+}
+
+fn usage(why: &str) -> i32 {
+    eprintln!("vpc-route: {why}\nusage: vpc-route register | deregister | status | gc [--dry-run] --config <conflist>");
+    2
+}
