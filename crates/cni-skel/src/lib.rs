@@ -149,7 +149,7 @@ fn dispatch<P: Plugin>(
     if command == Command::Version {
         return Ok(version_info(stdin));
     }
-    let conf = NetConf::parse(stdin)?;
+    let conf = NetConf::parse_with(stdin, command == Command::Del)?;
     let v = conf.cni_version;
     if command == Command::Check && !v.has_check() {
         return Err(CniError::new(

@@ -57,6 +57,12 @@ impl NetConf {
     /// Parses stdin: undecodable input is code 6, an unsupported `cniVersion` code 1, a
     /// missing or invalid `name` or `type` code 7.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        NetConf::parse_with(stdin, false)
+    }
+
+    /// As [`NetConf::parse`]; with `lenient_prev_result` (DEL), a `prevResult` that does not
+    /// decode is dropped instead of failing the verb.
+    pub fn parse_with(stdin: &[u8], lenient_prev_result: bool) -> Result<NetConf, CniError> {
         let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(
                 code::DECODING_FAILURE,
@@ -105,10 +111,13 @@ impl NetConf {
         let prev_result_raw = obj.get("prevResult").filter(|v| !v.is_null()).cloned();
         let prev_result = match &prev_result_raw {
             None => None,
-            Some(v) => Some(CniResult::from_json(v).map_err(|e| {
-                CniError::new(code::DECODING_FAILURE, "prevResult does not decode")
-                    .with_details(e.to_string())
-            })?),
+            Some(v) => match decode_prev_result(v) {
+                Ok(r) => Some(r),
+                // DEL must clean up even when a runtime's cached result is corrupt: the
+                // prevResult is only a hint there.
+                Err(_) if lenient_prev_result => None,
+                Err(e) => return Err(e),
+            },
         };
         let valid_attachments = ["cni.dev/valid-attachments", "cni.dev/attachments"]
             .iter()
@@ -143,6 +152,25 @@ impl NetConf {
                 .with_details(e.to_string())
         })
     }
+}
+
+/// A prevResult in the newest shape; its own `cniVersion`, when present, must be one we speak.
+fn decode_prev_result(v: &Value) -> Result<CniResult, CniError> {
+    if let Some(version) = v.get("cniVersion") {
+        let ok = version
+            .as_str()
+            .is_some_and(|s| s.parse::<Version>().is_ok());
+        if !ok {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("prevResult has unsupported cniVersion {version}"),
+            ));
+        }
+    }
+    CniResult::from_json(v).map_err(|e| {
+        CniError::new(code::DECODING_FAILURE, "prevResult does not decode")
+            .with_details(e.to_string())
+    })
 }
 
 fn string_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<String, CniError> {
@@ -203,6 +231,13 @@ mod tests {
         assert_eq!(parse(escape).unwrap_err().code, 7);
         let prev = r#"{"cniVersion":"1.0.0","name":"n","type":"t","prevResult":{"ip4":{}}}"#;
         assert_eq!(parse(prev).unwrap_err().code, 6);
+        assert!(NetConf::parse_with(prev.as_bytes(), true)
+            .unwrap()
+            .prev_result
+            .is_none());
+        let future =
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t","prevResult":{"cniVersion":"9.9.9"}}"#;
+        assert_eq!(parse(future).unwrap_err().code, 1);
     }
 
     #[test]

@@ -67,15 +67,16 @@ impl Pool {
     /// Leasable addresses in round-robin order, starting after `last_reserved` (or at the
     /// start of the range) and wrapping around once.
     pub fn candidates(&self, last_reserved: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> {
-        let (first, last) = (self.first(), self.last());
+        let (first, last) = (u64::from(self.first()), u64::from(self.last()));
         let size = last - first + 1;
-        let start = match last_reserved.map(u32::from) {
+        let start = match last_reserved.map(|a| u64::from(u32::from(a))) {
             Some(n) if n >= first && n <= last => n - first + 1,
             _ => 0,
         };
         let gateway = self.gateway;
+        // u64: for very short prefixes start + i would overflow u32.
         (0..size)
-            .map(move |i| Ipv4Addr::from(first + (start + i) % size))
+            .map(move |i| Ipv4Addr::from((first + (start + i) % size) as u32))
             .filter(move |ip| *ip != gateway)
     }
 }
