@@ -1,8 +1,9 @@
 //! Network namespaces: open one by path (checking that it is one), and step into it on the
 //! calling thread with a guard that always steps back.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
@@ -24,10 +25,16 @@ impl Netns {
     /// Opens the namespace at `path` (a bind mount under /var/run/netns, or /proc/PID/ns/net)
     /// and checks that it is a network namespace, not some other file.
     pub fn open(path: &Path) -> Result<Netns, Error> {
-        let file = File::open(path).map_err(|source| Error::Netns {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // O_NONBLOCK: open(2) of a FIFO blocks until a writer comes, which would hang the
+        // plugin on a bogus CNI_NETNS before the type check below could refuse it.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| Error::Netns {
+                path: path.to_path_buf(),
+                source,
+            })?;
         // SAFETY: ioctl on a file descriptor we own, with no argument.
         let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
         if kind != libc::CLONE_NEWNET {

@@ -86,9 +86,21 @@ impl Store {
             .map_err(|e| Error::io(&lock_path, e))?;
         let store = Store { dir, lock };
         let index = store.dir.join(INDEX_DIR);
-        if !index.is_dir() {
-            let _held = store.lock()?;
-            store.build_index()?;
+        // symlink_metadata, not is_dir: a symlink planted in place of the index would send
+        // every index write to the directory it points at.
+        match fs::symlink_metadata(&index) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::io(
+                    &index,
+                    std::io::Error::other("not a directory (symlinks are not followed)"),
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let _held = store.lock()?;
+                store.build_index()?;
+            }
+            Err(e) => return Err(Error::io(&index, e)),
         }
         Ok(store)
     }
@@ -133,11 +145,7 @@ impl Store {
                     // The index entry was written but its address file not (a crash in
                     // between): finish the job if nobody took the address meanwhile.
                     None if self.link_address(address, &owner)? => {
-                        self.write_last_reserved(address)?;
-                        return Ok(Reservation {
-                            address,
-                            existing: false,
-                        });
+                        return self.commit(address, &index);
                     }
                     _ => {}
                 }
@@ -150,11 +158,7 @@ impl Store {
             }
             write_atomic(&index, address.to_string().as_bytes())?;
             if self.link_address(address, &owner)? {
-                self.write_last_reserved(address)?;
-                return Ok(Reservation {
-                    address,
-                    existing: false,
-                });
+                return self.commit(address, &index);
             }
         }
         remove_file(&index)?;
@@ -291,6 +295,21 @@ impl Store {
         }
     }
 
+    /// Records a newly linked `address` as the last one handed out. If that fails (a full
+    /// disk), the address file and then the index entry are removed again, so a failed
+    /// reservation holds nothing.
+    fn commit(&self, address: Ipv4Addr, index: &Path) -> Result<Reservation, Error> {
+        if let Err(e) = self.write_last_reserved(address) {
+            let _ = remove_file(&self.addr_path(address));
+            let _ = remove_file(index);
+            return Err(e);
+        }
+        Ok(Reservation {
+            address,
+            existing: false,
+        })
+    }
+
     fn write_last_reserved(&self, address: Ipv4Addr) -> Result<(), Error> {
         write_atomic(
             &self.dir.join(LAST_RESERVED),
@@ -367,7 +386,11 @@ fn write_new(path: &Path, content: &[u8]) -> Result<(), Error> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    f.write_all(content).map_err(|e| Error::io(path, e))
+    f.write_all(content).map_err(|e| {
+        // A full disk fails the write after the create: leave no empty or torn file behind.
+        let _ = fs::remove_file(path);
+        Error::io(path, e)
+    })
 }
 
 /// Temp file + rename: readers see the old or the new content, never a torn one.
