@@ -4,9 +4,13 @@
 # reference CNI plugins in /usr/lib/cni (portmap and bandwidth are chained after ours; bridge
 # proves the harness), jq, python3 (the UDP listener that reports source addresses), iperf3,
 # and cnitool, built offline from Debian's CNI 1.1.2 source package with Debian's Go.
+# For the vxlan-overlay tests and bench: etcd-server, etcd-client, protobuf-compiler, ethtool.
+# For the runtime and packaging tests: containerd, runc, podman, busybox-static, a CRI client
+# (grpcio venv + stubs from Debian's containerd source) and cargo-deb, all under $TOOLS.
 #
 # Idempotent: apt skips installed packages and the cnitool build is skipped when
-# ${CNI_SUITE_TOOLS:-/var/tmp/cni-suite-tools}/bin/cnitool already exists.
+# ${CNI_SUITE_TOOLS:-/var/tmp/cni-suite-tools}/bin/cnitool already exists (the CRI client and
+# cargo-deb likewise, when present).
 # Quiet on success; on failure prints the failing step and its captured output, exits non-zero.
 set -euo pipefail
 
@@ -33,6 +37,14 @@ PACKAGES=(
     # cnitool's build: Go, the CNI library sources it imports, and what `apt-get source` needs
     golang-go golang-github-appc-cni-dev golang-github-containernetworking-plugins-dev
     dpkg-dev xz-utils ca-certificates
+    # vxlan-overlay (tests/vxlan_overlay.rs, vxlan-bench): Debian's etcd 3.4 server and
+    # etcdctl, protoc for the etcd-client crate's build, ethtool for the bench's offload
+    # settings (iperf3 is above)
+    etcd-server etcd-client protobuf-compiler ethtool
+    # Runtimes end to end (tests/runtimes.rs): containerd 1.6 with its CRI plugin, podman 4
+    # with its CNI backend, runc for both, busybox-static for local images, python3-venv for
+    # the CRI client
+    containerd runc podman busybox-static python3-venv
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -72,6 +84,38 @@ if [ ! -x "$CNITOOL" ]; then
         go build -o "$CNITOOL.tmp" ./cnitool >>"$LOG" 2>&1
     mv "$CNITOOL.tmp" "$CNITOOL"
     rm -rf "$W"
+fi
+
+# The CRI v1 client of tests/runtimes.rs (crictl is not packaged): grpcio in a venv, and
+# Python stubs generated from the CRI api.proto vendored in Debian's containerd source package.
+CRI="$TOOLS/cri"
+if [ ! -f "$CRI/api_pb2_grpc.py" ] || [ ! -x "$CRI/venv/bin/python" ]; then
+    W=$(mktemp -d "$TOOLS/cri-build.XXXXXX")
+    mkdir -p "$W/apt/lists/partial" "$W/src" "$CRI"
+    echo 'deb-src http://deb.debian.org/debian bookworm main' >"$W/apt/src.list"
+    APT_SRC=(-o "Dir::Etc::SourceList=$W/apt/src.list" -o Dir::Etc::SourceParts=/nonexistent
+             -o "Dir::State::Lists=$W/apt/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
+    step apt-get "${APT_SRC[@]}" update -qq
+    cd "$W/src"
+    step apt-get "${APT_SRC[@]}" source --download-only containerd
+    STEP="extract the CRI api.proto"
+    tar xOf "$(ls containerd_*.orig.tar.*)" --wildcards '*/vendor/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto' \
+        | sed '/gogoproto/d' >"$W/api.proto" 2>>"$LOG"
+    grep -q 'service RuntimeService' "$W/api.proto" || { echo "no RuntimeService in api.proto" >>"$LOG"; exit 1; }
+    [ -x "$CRI/venv/bin/python" ] || step /usr/bin/python3 -m venv "$CRI/venv"
+    step "$CRI/venv/bin/pip" install -q grpcio grpcio-tools
+    cp "$W/api.proto" "$CRI/api.proto"
+    cd "$CRI"
+    step "$CRI/venv/bin/python" -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. api.proto
+    rm -rf "$W"
+fi
+
+# cargo-deb for packaging/release.sh's .deb (tests/packaging.rs), built once into $TOOLS/bin.
+# From /, with its own target dir, so this workspace's static-target config does not apply.
+if [ ! -x "$TOOLS/bin/cargo-deb" ]; then
+    STEP="cargo install cargo-deb"
+    (cd / && CARGO_TARGET_DIR="$TOOLS/cargo-deb-build" \
+        cargo install cargo-deb --version 3.8.0 --locked --root "$TOOLS") >>"$LOG" 2>&1
 fi
 
 STEP="check cnitool"

@@ -1,0 +1,1079 @@
+//! Packaging and the operator command, black-box: `packaging/release.sh` (tarball whose
+//! SHA256SUMS verify, binaries that run, the .deb's layout), `install-cni.sh` into temp dirs
+//! (idempotent, atomic under a concurrent reader, refusing a foreign conflist), `cni-suite
+//! doctor` in a node namespace (healthy: every check ok or skipped; broken: the right checks
+//! fail), `cni-suite teardown` (a dry run changes nothing; `--yes` removes the suite's state
+//! and nothing else), and every binary's `--help`/`--version`.
+//!
+//! Run as root (after `cargo build --release -p kubenet-bridge -p vxlan-overlay -p cni-suite`):
+//! ```text
+//! cargo test --release -p cni-conformance --test packaging
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cni_conformance::netns::{Netns, Node};
+use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
+use cni_conformance::{eventually, require_root, unique_link_name, unique_name};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("conformance/ has a parent")
+        .to_path_buf()
+}
+
+/// The cargo target dir the test binary was built in (`<dir>/<triple>/release/deps/<test>`).
+fn target_dir() -> PathBuf {
+    bin_dir()
+        .parent()
+        .and_then(Path::parent)
+        .expect("bin dir is <target>/<triple>/release")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    o
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn write(path: &Path, content: impl AsRef<[u8]>) {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).expect("create dir");
+    }
+    fs::write(path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn copy_exec(from: &Path, to_dir: &Path) {
+    fs::create_dir_all(to_dir).expect("create bin dir");
+    let to = to_dir.join(from.file_name().expect("file name"));
+    fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Every file below `dir` (relative path → (size, inode, mtime)), for "nothing changed".
+fn tree(dir: &Path) -> BTreeMap<String, (u64, u64, i64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).expect("metadata");
+            let rel = p
+                .strip_prefix(dir)
+                .expect("below dir")
+                .display()
+                .to_string();
+            if m.is_dir() {
+                stack.push(p);
+                out.insert(format!("{rel}/"), (0, m.ino(), 0));
+            } else {
+                out.insert(
+                    rel,
+                    (m.len(), m.ino(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+                );
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// release.sh
+
+#[test]
+fn release_tarball_verifies_and_its_binaries_run() {
+    require_root();
+    let out = TempDir::new_in("/var/tmp").expect("temp dir");
+    let o = run(Command::new("bash")
+        .arg(repo_root().join("packaging/release.sh"))
+        .args(["--out"])
+        .arg(out.path())
+        .env("CARGO_TARGET_DIR", target_dir()));
+    assert!(o.status.success(), "release.sh failed: {}", text(&o));
+    let log = stdout(&o);
+    let has_vpc = target_dir()
+        .join("x86_64-unknown-linux-gnu/release/vpc-route")
+        .is_file();
+    if has_vpc {
+        assert!(log.contains("vpc-route: included"), "{log}");
+    } else {
+        assert!(
+            log.contains("vpc-route: not in"),
+            "release.sh must say vpc-route is left out: {log}"
+        );
+    }
+
+    let tgz_name = format!("cni-suite-linux-amd64-{VERSION}.tgz");
+    let tgz = out.path().join(&tgz_name);
+    assert!(
+        tgz.is_file(),
+        "{} missing; release.sh said:\n{log}",
+        tgz.display()
+    );
+    run_ok(
+        Command::new("sha256sum")
+            .args(["-c", &format!("{tgz_name}.sha256")])
+            .current_dir(out.path()),
+    );
+
+    let x = TempDir::new().expect("temp dir");
+    run_ok(
+        Command::new("tar")
+            .arg("xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(x.path()),
+    );
+    let root = x.path().join(format!("cni-suite-{VERSION}"));
+    let sums = fs::read_to_string(root.join("SHA256SUMS")).expect("SHA256SUMS in the tarball");
+    run_ok(
+        Command::new("sha256sum")
+            .args(["-c", "--strict", "SHA256SUMS"])
+            .current_dir(&root),
+    );
+    let mut plugins = vec!["kubenet-bridge", "vxlan-overlay"];
+    if has_vpc {
+        plugins.push("vpc-route");
+    } else {
+        assert!(!root.join("bin/vpc-route").exists());
+    }
+    for (rel, name) in plugins
+        .iter()
+        .map(|p| (format!("bin/{p}"), *p))
+        .chain([("sbin/cni-suite".to_string(), "cni-suite")])
+    {
+        assert!(
+            sums.contains(&format!("  {rel}\n")),
+            "SHA256SUMS does not cover {rel}:\n{sums}"
+        );
+        let bin = root.join(&rel);
+        let mode = fs::metadata(&bin).expect("binary").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "{rel} mode");
+        let v = run_ok(Command::new(&bin).arg("--version"));
+        let v = stdout(&v);
+        assert!(
+            v.starts_with(&format!("{name} {VERSION}\n")),
+            "{rel} --version: {v}"
+        );
+        assert!(
+            v.contains("1.1.0"),
+            "{rel} --version names no CNI versions: {v}"
+        );
+        let ldd = run(Command::new("ldd").arg(&bin));
+        let l = format!("{}{}", stdout(&ldd), String::from_utf8_lossy(&ldd.stderr));
+        assert!(
+            l.contains("statically linked") || l.contains("not a dynamic executable"),
+            "{rel} is not static: {l}"
+        );
+    }
+    for f in [
+        "examples/kubenet.conflist",
+        "examples/kops-cluster.yaml",
+        "examples/containerd-config.toml",
+        "examples/kubenet-bridge.conflist.template",
+        "examples/podman-containers.conf",
+        "examples/podman-kubenet.conflist",
+        "examples/vxlan-overlay.conflist",
+        "examples/kubenet-vpc-route.conflist",
+        "kubernetes/daemonset.yaml",
+        "kubernetes/install-cni.sh",
+        "kubernetes/Containerfile",
+        "kubernetes/conflists/kubenet.conflist.in",
+    ] {
+        assert!(root.join(f).is_file(), "{f} missing from the tarball");
+        assert!(
+            sums.contains(&format!("  {f}\n")),
+            "SHA256SUMS does not cover {f}"
+        );
+    }
+    for f in fs::read_dir(root.join("examples"))
+        .expect("examples")
+        .flatten()
+    {
+        let p = f.path();
+        if p.extension().is_some_and(|e| e == "conflist") {
+            serde_json::from_slice::<Value>(&fs::read(&p).expect("read"))
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
+        }
+    }
+    // The Containerfile's own check of its build context, run on the tarball's layout as the
+    // image has it (/opt/cni-suite/{bin,conflists,install-cni.sh,SHA256SUMS}).
+    let image = TempDir::new().expect("temp dir");
+    let opt = image.path().join("opt/cni-suite");
+    fs::create_dir_all(&opt).expect("mkdir");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root.join("bin"))
+            .arg(opt.join("bin")),
+    );
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root.join("kubernetes/conflists"))
+            .arg(opt.join("conflists")),
+    );
+    fs::copy(
+        root.join("kubernetes/install-cni.sh"),
+        opt.join("install-cni.sh"),
+    )
+    .expect("copy");
+    fs::copy(root.join("SHA256SUMS"), opt.join("SHA256SUMS")).expect("copy");
+    let containerfile =
+        fs::read_to_string(root.join("kubernetes/Containerfile")).expect("Containerfile");
+    let check = containerfile
+        .split("RUN cd /opt/cni-suite && ")
+        .nth(1)
+        .and_then(|s| s.split("\\\n && ln").next())
+        .expect("the Containerfile verifies SHA256SUMS")
+        .replace("\\\n", " ");
+    let o = run_ok(Command::new("sh").args(["-c", &check]).current_dir(&opt));
+    assert!(
+        stdout(&o).contains("bin/kubenet-bridge: OK"),
+        "{}",
+        text(&o)
+    );
+
+    // The sums are checked, not decoration: a changed byte is caught.
+    let victim = root.join("bin/kubenet-bridge");
+    let mut bytes = fs::read(&victim).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&victim, bytes).expect("write");
+    let o = run(Command::new("sha256sum")
+        .args(["-c", "--quiet", "SHA256SUMS"])
+        .current_dir(&root));
+    assert!(!o.status.success(), "a corrupted binary passed SHA256SUMS");
+
+    // The .deb: plugins in the CNI bin dir, the operator command outside it, docs.
+    let deb = out.path().join(format!("cni-suite_{VERSION}-1_amd64.deb"));
+    assert!(
+        deb.is_file(),
+        "{} missing; release.sh said:\n{log}",
+        deb.display()
+    );
+    let contents = stdout(&run_ok(
+        Command::new("dpkg-deb").arg("--contents").arg(&deb),
+    ));
+    for p in plugins.iter().map(|p| format!("./opt/cni/bin/{p}")).chain([
+        "./usr/sbin/cni-suite".to_string(),
+        "./usr/share/doc/cni-suite/examples/kops-cluster.yaml".to_string(),
+        "./usr/share/doc/cni-suite/examples/kubenet-bridge.conflist.template".to_string(),
+        "./usr/share/doc/cni-suite/kubernetes/daemonset.yaml".to_string(),
+    ]) {
+        assert!(
+            contents.lines().any(|l| l.ends_with(&format!(" {p}"))),
+            "{p} not in the .deb:\n{contents}"
+        );
+    }
+    assert!(
+        !contents.contains("./opt/cni/bin/cni-suite"),
+        "cni-suite must stay out of the CNI bin dir"
+    );
+    let fields = stdout(&run_ok(Command::new("dpkg-deb").arg("--field").arg(&deb)));
+    assert!(fields.contains("Package: cni-suite\n"), "{fields}");
+    assert!(
+        fields.contains(&format!("Version: {VERSION}-1\n")),
+        "{fields}"
+    );
+    assert!(fields.contains("Depends: nftables"), "{fields}");
+    let ex = TempDir::new().expect("temp dir");
+    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(ex.path()));
+    let v = stdout(&run_ok(
+        Command::new(ex.path().join("usr/sbin/cni-suite")).arg("--version"),
+    ));
+    assert!(v.starts_with(&format!("cni-suite {VERSION}")), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------
+// install-cni.sh
+
+struct Installer {
+    dir: TempDir,
+}
+
+impl Installer {
+    /// A source bin dir with kubenet-bridge and portmap, and empty target dirs.
+    fn new() -> Installer {
+        let dir = TempDir::new().expect("temp dir");
+        copy_exec(&plugin_binary("kubenet-bridge"), &dir.path().join("src"));
+        copy_exec(&reference_plugin("portmap"), &dir.path().join("src"));
+        Installer { dir }
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    fn conflist(&self) -> PathBuf {
+        self.conf().join("10-cni-suite.conflist")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("sh");
+        c.arg(repo_root().join("packaging/kubernetes/install-cni.sh"));
+        for var in [
+            "POD_CIDR",
+            "FORCE",
+            "NODE_NAME",
+            "CLUSTER_CIDR",
+            "NON_MASQUERADE_CIDR",
+            "BRIDGE",
+            "MTU",
+            "LOG_DIR",
+            "CNI_NETWORK",
+            "CNI_CONF_NAME",
+            "TEMPLATE_DIR",
+            "SKIP_PLUGIN_CHECK",
+        ] {
+            c.env_remove(var);
+        }
+        c.env("SRC_BIN_DIR", self.dir.path().join("src"))
+            .env("CNI_BIN_DIR", self.bin())
+            .env("CNI_CONF_DIR", self.conf())
+            .env("PLUGINS", "kubenet-bridge portmap");
+        c
+    }
+
+    fn install(&self, pod_cidr: &str) -> Output {
+        run(self.command().env("POD_CIDR", pod_cidr))
+    }
+
+    /// Hidden temp files the installer may have left.
+    fn leftovers(&self) -> Vec<String> {
+        [self.bin(), self.conf()]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    }
+}
+
+#[test]
+fn install_cni_is_idempotent_and_writes_a_working_conflist() {
+    require_root();
+    let inst = Installer::new();
+    let o = inst.install("10.244.9.0/24");
+    assert!(o.status.success(), "{}", text(&o));
+    for p in ["kubenet-bridge", "portmap"] {
+        let m = fs::metadata(inst.bin().join(p)).expect("installed");
+        assert_eq!(m.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::read(inst.bin().join(p)).expect("read"),
+            fs::read(inst.dir.path().join("src").join(p)).expect("read")
+        );
+    }
+    let conf: Value =
+        serde_json::from_slice(&fs::read(inst.conflist()).expect("conflist")).expect("JSON");
+    assert_eq!(conf["plugins"][0]["type"], "kubenet-bridge");
+    assert_eq!(conf["plugins"][0]["podCIDR"], "10.244.9.0/24");
+    assert_eq!(conf["plugins"][0]["nonMasqueradeCIDR"], "10.0.0.0/8");
+    assert_eq!(conf["plugins"][0]["mtu"], 0);
+    assert_eq!(
+        fs::metadata(inst.conflist())
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+    assert!(
+        inst.leftovers().is_empty(),
+        "temp files left: {:?}",
+        inst.leftovers()
+    );
+
+    let before = tree(inst.dir.path());
+    let o = inst.install("10.244.9.0/24");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(stdout(&o).matches("unchanged").count(), 3, "{}", text(&o));
+    assert_eq!(
+        tree(inst.dir.path()),
+        before,
+        "a second identical run changed files"
+    );
+
+    // A new pod CIDR replaces the conflist (a new inode: renamed into place), nothing else.
+    let o = inst.install("10.244.10.0/24");
+    assert!(o.status.success(), "{}", text(&o));
+    let after = tree(inst.dir.path());
+    let key = "net.d/10-cni-suite.conflist".to_string();
+    assert_ne!(
+        after[&key].1, before[&key].1,
+        "the conflist was rewritten in place, not renamed"
+    );
+    assert_eq!(after["bin/kubenet-bridge"], before["bin/kubenet-bridge"]);
+    let conf: Value =
+        serde_json::from_slice(&fs::read(inst.conflist()).expect("conflist")).expect("JSON");
+    assert_eq!(conf["plugins"][0]["podCIDR"], "10.244.10.0/24");
+
+    // The rendered conflist works: the plugin it names attaches a pod with it.
+    let node = Node::new();
+    let pod = Netns::new("pkg-pod-");
+    let mut net = conf["plugins"][0].clone();
+    net["cniVersion"] = conf["cniVersion"].clone();
+    net["name"] = conf["name"].clone();
+    net["bridge"] = json!(unique_link_name("pki"));
+    net["dataDir"] = json!(inst.dir.path().join("ipam"));
+    net["logFile"] = json!(inst.dir.path().join("kb.log"));
+    let add = PluginRun::new(&inst.bin().join("kubenet-bridge"), &node)
+        .command("ADD")
+        .container_id("pkg-install-1")
+        .netns(&pod.path())
+        .ifname("eth0")
+        .cni_path(&inst.bin().to_string_lossy())
+        .config(&net)
+        .exec();
+    let r = add.expect_success("ADD with the installed conflist");
+    assert!(
+        r["ips"][0]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.244.10.")),
+        "{r}"
+    );
+}
+
+#[test]
+fn install_cni_replaces_files_atomically_under_a_reader() {
+    require_root();
+    let inst = Installer::new();
+    // Two large, different "binaries": a reader that ever sees a mix or a short file caught
+    // an in-place write.
+    let a: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let b: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 241) as u8).collect();
+    let src_a = inst.dir.path().join("a");
+    let src_b = inst.dir.path().join("b");
+    write(&src_a.join("kubenet-bridge"), &a);
+    write(&src_b.join("kubenet-bridge"), &b);
+    let install = |src: &Path, cidr: &str| {
+        let o = run(inst
+            .command()
+            .env("SRC_BIN_DIR", src)
+            .env("PLUGINS", "kubenet-bridge")
+            .env("SKIP_PLUGIN_CHECK", "1")
+            .env("POD_CIDR", cidr));
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    install(&src_a, "10.1.0.0/24");
+    let stop = Arc::new(AtomicBool::new(false));
+    let target = inst.bin().join("kubenet-bridge");
+    let conflist = inst.conflist();
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let bin = fs::read(&target).expect("the binary never disappears");
+                assert!(
+                    bin == a || bin == b,
+                    "a reader saw a partial binary ({} bytes)",
+                    bin.len()
+                );
+                let conf = fs::read(&conflist).expect("the conflist never disappears");
+                serde_json::from_slice::<Value>(&conf).expect("a reader saw a partial conflist");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..8 {
+        let (src, cidr) = if i % 2 == 0 {
+            (&src_b, "10.2.0.0/24")
+        } else {
+            (&src_a, "10.1.0.0/24")
+        };
+        install(src, cidr);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("reader saw only whole files");
+    assert!(reads > 8, "the reader hardly ran ({reads} reads)");
+    assert!(
+        inst.leftovers().is_empty(),
+        "temp files left: {:?}",
+        inst.leftovers()
+    );
+}
+
+#[test]
+fn install_cni_refuses_a_foreign_conflist_unless_forced() {
+    require_root();
+    let inst = Installer::new();
+    let foreign = r#"{"cniVersion":"0.4.0","name":"calico","plugins":[{"type":"calico"}]}"#;
+    write(&inst.conflist(), foreign);
+    let o = inst.install("10.244.9.0/24");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refusing"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        fs::read_to_string(inst.conflist()).expect("read"),
+        foreign,
+        "the foreign conflist changed"
+    );
+    assert!(
+        inst.leftovers().is_empty(),
+        "temp files left: {:?}",
+        inst.leftovers()
+    );
+
+    let o = run(inst
+        .command()
+        .env("POD_CIDR", "10.244.9.0/24")
+        .arg("--force"));
+    assert!(o.status.success(), "{}", text(&o));
+    let conf: Value =
+        serde_json::from_slice(&fs::read(inst.conflist()).expect("read")).expect("JSON");
+    assert_eq!(conf["plugins"][0]["type"], "kubenet-bridge");
+    let backup = inst
+        .conf()
+        .join("10-cni-suite.conflist.replaced-by-cni-suite");
+    assert_eq!(fs::read_to_string(backup).expect("backup kept"), foreign);
+
+    // Our own conflist is ours to replace without --force.
+    assert!(inst.install("10.244.11.0/24").status.success());
+
+    // Nothing is written without what the template needs, or with unsafe values.
+    let empty = Installer::new();
+    let o = run(&mut empty.command());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("POD_CIDR"),
+        "{}",
+        text(&o)
+    );
+    let o = empty.install("10.0.0.0/8\",\"x\":\"y");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = empty.install("not-a-cidr");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(!empty.conflist().exists());
+    // A conflist naming a plugin that is not installed is not written.
+    let o = run(empty
+        .command()
+        .env("POD_CIDR", "10.244.9.0/24")
+        .env("PLUGINS", "kubenet-bridge"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("portmap"),
+        "{}",
+        text(&o)
+    );
+    assert!(!empty.conflist().exists());
+    assert!(
+        empty.leftovers().is_empty(),
+        "temp files left: {:?}",
+        empty.leftovers()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// cni-suite doctor and teardown, in a node namespace
+
+/// A node namespace with the suite installed in temp dirs: bin dir (kubenet-bridge,
+/// portmap), conf dir (one kubenet-bridge conflist), a containerd config naming both, and a
+/// libcni cache dir.
+struct SuiteNode {
+    node: Node,
+    dir: TempDir,
+    bridge: String,
+    network: String,
+    pods: Vec<Netns>,
+}
+
+const POD_CIDR: &str = "10.245.3.0/24";
+
+impl SuiteNode {
+    fn new() -> SuiteNode {
+        let dir = TempDir::new().expect("temp dir");
+        let bridge = unique_link_name("dkb");
+        let network = unique_name("docnet-");
+        let s = SuiteNode {
+            node: Node::new(),
+            dir,
+            bridge,
+            network,
+            pods: Vec::new(),
+        };
+        copy_exec(&plugin_binary("kubenet-bridge"), &s.bin());
+        copy_exec(&reference_plugin("portmap"), &s.bin());
+        write(
+            &s.conf().join("10-suite.conflist"),
+            s.conflist().to_string(),
+        );
+        write(
+            &s.dir.path().join("containerd.toml"),
+            format!(
+                "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{}\"\n  conf_dir = \"{}\"\n",
+                s.bin().display(),
+                s.conf().display()
+            ),
+        );
+        fs::create_dir_all(s.dir.path().join("cache/results")).expect("mkdir");
+        s
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+    fn ipam_root(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("kubenet-bridge.log")
+    }
+    fn table(&self) -> String {
+        format!(
+            "cni_suite_{}",
+            self.bridge
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        )
+    }
+
+    fn conflist(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": self.network,
+            "plugins": [
+                {
+                    "type": "kubenet-bridge",
+                    "bridge": self.bridge,
+                    "podCIDR": POD_CIDR,
+                    "dataDir": self.ipam_root(),
+                    "logFile": self.log(),
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } }
+            ]
+        })
+    }
+
+    fn plugin(&self, verb: &str, id: &str, pod: &Netns) -> Value {
+        let mut conf = self.conflist()["plugins"][0].clone();
+        conf["cniVersion"] = json!("1.0.0");
+        conf["name"] = json!(self.network);
+        PluginRun::new(&self.bin().join("kubenet-bridge"), &self.node)
+            .command(verb)
+            .container_id(id)
+            .netns(&pod.path())
+            .ifname("eth0")
+            .cni_path(&self.bin().to_string_lossy())
+            .config(&conf)
+            .exec()
+            .expect_success(&format!("{verb} {id}"))
+    }
+
+    /// ADDs a pod; returns its index in `pods`.
+    fn add_pod(&mut self, id: &str) -> usize {
+        let pod = Netns::new("doc-pod-");
+        self.plugin("ADD", id, &pod);
+        self.pods.push(pod);
+        self.pods.len() - 1
+    }
+
+    fn suite(&self, args: &[&str]) -> Output {
+        run(self
+            .node
+            .netns()
+            .command(plugin_binary("cni-suite"))
+            .args(args))
+    }
+
+    fn doctor(&self) -> (Output, Value) {
+        let o = self.suite(&[
+            "doctor",
+            "--json",
+            "--conf-dir",
+            &self.conf().to_string_lossy(),
+            "--bin-dir",
+            &self.bin().to_string_lossy(),
+            "--containerd-config",
+            &self.dir.path().join("containerd.toml").to_string_lossy(),
+            "--cache-dir",
+            &self.dir.path().join("cache").to_string_lossy(),
+        ]);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
+        (o, v)
+    }
+
+    fn teardown(&self, extra: &[&str]) -> (Output, Value) {
+        let conf = self.conf().to_string_lossy().into_owned();
+        let cache = self.dir.path().join("cache").to_string_lossy().into_owned();
+        let mut args = vec![
+            "teardown",
+            "--json",
+            "--conf-dir",
+            &conf,
+            "--cache-dir",
+            &cache,
+        ];
+        args.extend_from_slice(extra);
+        let o = self.suite(&args);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("teardown --json is not JSON ({e}): {}", text(&o)));
+        (o, v)
+    }
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
+}
+
+fn status<'a>(report: &'a Value, name: &str) -> &'a str {
+    check(report, name)["status"].as_str().unwrap_or("?")
+}
+
+#[test]
+fn doctor_passes_a_healthy_node() {
+    require_root();
+    let mut s = SuiteNode::new();
+    s.add_pod("doc-healthy-a");
+    let b = s.add_pod("doc-healthy-b");
+    s.plugin("DEL", "doc-healthy-b", &s.pods[b]);
+    let (o, report) = s.doctor();
+    for c in report["checks"].as_array().expect("checks") {
+        assert!(
+            c["status"] == "ok" || c["status"] == "skip",
+            "on a healthy node every check is ok or skipped, {} is not: {c}\n{report:#}",
+            c["name"]
+        );
+        if c["status"] == "skip" {
+            assert!(
+                c["message"].as_str().is_some_and(|m| m.len() > 10),
+                "a skip says why: {c}"
+            );
+        }
+    }
+    assert!(o.status.success(), "doctor exit: {}", text(&o));
+    assert_eq!(report["passed"], true);
+    for name in [
+        "runtime-cni".to_string(),
+        "bin-dir".into(),
+        "conf-dir".into(),
+        "conflist:10-suite.conflist".into(),
+        "ip-forward".into(),
+        format!("bridge:{}", s.bridge),
+        format!("ipam:{}", s.network),
+        // The fingerprint the doctor expects is the one netsetup wrote.
+        format!("masquerade:{}", s.table()),
+        format!("log:{}", s.network),
+        "results-cache".into(),
+    ] {
+        assert_eq!(
+            status(&report, &name),
+            "ok",
+            "{name}: {:#}",
+            check(&report, &name)
+        );
+    }
+    let log = check(&report, &format!("log:{}", s.network))["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(log.contains("2 ADD, 1 DEL"), "{log}");
+    for skipped in ["cluster-dns", "node-pod-cidr"] {
+        assert!(check(&report, skipped)["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("kubeconfig"));
+    }
+    // The text report says the same.
+    let o = s.suite(&[
+        "doctor",
+        "--conf-dir",
+        &s.conf().to_string_lossy(),
+        "--bin-dir",
+        &s.bin().to_string_lossy(),
+        "--containerd-config",
+        &s.dir.path().join("containerd.toml").to_string_lossy(),
+        "--cache-dir",
+        &s.dir.path().join("cache").to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("0 failures"), "{}", text(&o));
+}
+
+#[test]
+fn doctor_fails_a_broken_node_on_the_right_checks() {
+    require_root();
+    let mut s = SuiteNode::new();
+    s.add_pod("doc-broken-a");
+    // A leaked lease: the pod's namespace is deleted without a DEL (its veth pair goes with it).
+    let c = s.add_pod("doc-broken-leak");
+    let leaked = s.pods.remove(c);
+    leaked.delete();
+    assert!(
+        eventually(Duration::from_secs(10), || s
+            .node
+            .netns()
+            .links_of_kind("veth")
+            .len()
+            == 1),
+        "the leaked pod's veth did not go away"
+    );
+    // The bridge deleted, forwarding off, a conflist naming a plugin that is not installed.
+    s.node.netns().ip_ok(&["link", "del", &s.bridge]);
+    s.node.netns().set_sysctl("net/ipv4/ip_forward", "0");
+    write(
+        &s.conf().join("20-broken.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "broken", "plugins": [{"type": "no-such-plugin"}]})
+            .to_string(),
+    );
+
+    let (o, report) = s.doctor();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "doctor must exit 1 on failures: {}",
+        text(&o)
+    );
+    assert_eq!(report["passed"], false);
+    assert_eq!(status(&report, &format!("bridge:{}", s.bridge)), "fail");
+    assert_eq!(status(&report, "ip-forward"), "fail");
+    let ipam = check(&report, &format!("ipam:{}", s.network));
+    assert_eq!(ipam["status"], "fail", "{ipam}");
+    assert!(
+        ipam["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 of 2 lease"),
+        "{ipam}"
+    );
+    let broken = check(&report, "conflist:20-broken.conflist");
+    assert_eq!(broken["status"], "fail");
+    assert!(
+        broken["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no-such-plugin"),
+        "{broken}"
+    );
+    for c in report["checks"].as_array().expect("checks") {
+        if c["status"] == "fail" || c["status"] == "warn" {
+            assert!(
+                c["hint"].as_str().is_some_and(|h| !h.is_empty()),
+                "a failure carries a fix: {c}"
+            );
+        }
+    }
+    // What is still right stays ok.
+    assert_eq!(status(&report, "conflist:10-suite.conflist"), "ok");
+    assert_eq!(status(&report, "runtime-cni"), "ok");
+    assert_eq!(status(&report, &format!("masquerade:{}", s.table())), "ok");
+}
+
+#[test]
+fn teardown_dry_run_changes_nothing_and_yes_removes_only_the_suites_state() {
+    require_root();
+    let mut s = SuiteNode::new();
+    let a = s.add_pod("td-pod-a");
+    let netns = s.node.netns();
+    // Another provider's state that must stay: a host-local network, its cached result, a
+    // bridge and an nftables table.
+    let foreign_ipam = s.ipam_root().join("foreign-net");
+    write(&foreign_ipam.join("10.99.0.5"), "other-container\r\neth0");
+    write(&foreign_ipam.join("last_reserved_ip.0"), "10.99.0.5");
+    let results = s.dir.path().join("cache/results");
+    write(
+        &results.join("foreign-net-other-container-eth0"),
+        json!({"kind": "cniCacheV1", "containerId": "other-container", "ifName": "eth0", "networkName": "foreign-net"}).to_string(),
+    );
+    let ours = results.join(format!("{}-td-pod-a-eth0", s.network));
+    write(
+        &ours,
+        json!({"kind": "cniCacheV1", "containerId": "td-pod-a", "ifName": "eth0", "networkName": s.network}).to_string(),
+    );
+    let other_bridge = unique_link_name("fbr");
+    netns.ip_ok(&["link", "add", &other_bridge, "type", "bridge"]);
+    let nft = |args: &[&str]| run(netns.command("nft").args(args));
+    assert!(nft(&["add", "table", "ip", "other_provider"])
+        .status
+        .success());
+
+    let links = || {
+        netns
+            .ip_json(&["link", "show"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let ruleset = || stdout(&nft(&["list", "ruleset"]));
+    let (links0, rules0, files0) = (links(), ruleset(), tree(s.dir.path()));
+    assert!(links0.contains(&s.bridge), "{links0:?}");
+    assert!(rules0.contains(&s.table()), "{rules0}");
+
+    let (o, plan) = s.teardown(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(plan["dryRun"], true);
+    let actions: Vec<String> = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in [
+        format!("delete link {} ", s.bridge),
+        format!("delete nftables table ip {}", s.table()),
+        format!("remove {}/", s.ipam_root().join(&s.network).display()),
+        format!("remove {} ", ours.display()),
+    ] {
+        assert!(
+            actions.iter().any(|a| a.starts_with(&want)),
+            "plan lacks {want:?}: {actions:#?}"
+        );
+    }
+    assert!(
+        actions.iter().any(|a| a.starts_with("delete link veth")),
+        "{actions:#?}"
+    );
+    for a in &actions {
+        assert!(
+            !a.contains("foreign") && !a.contains("other_provider") && !a.contains(&other_bridge),
+            "plan touches another provider: {a}"
+        );
+    }
+    assert_eq!(links(), links0, "the dry run changed links");
+    assert_eq!(ruleset(), rules0, "the dry run changed the firewall");
+    assert_eq!(tree(s.dir.path()), files0, "the dry run changed files");
+
+    let (o, done) = s.teardown(&["--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(done["dryRun"], false);
+    for a in done["actions"].as_array().expect("actions") {
+        assert_eq!(a["result"], "done", "{a}");
+    }
+    let left = links();
+    assert!(!left.contains(&s.bridge), "bridge left: {left:?}");
+    assert!(
+        left.iter().all(|l| !l.starts_with("veth")),
+        "veths left: {left:?}"
+    );
+    assert!(
+        left.contains(&other_bridge),
+        "another provider's bridge was removed: {left:?}"
+    );
+    let rules = ruleset();
+    assert!(!rules.contains("cni_suite_"), "suite table left:\n{rules}");
+    assert!(
+        rules.contains("table ip other_provider"),
+        "another provider's table was removed:\n{rules}"
+    );
+    assert!(
+        !s.ipam_root().join(&s.network).exists(),
+        "suite IPAM state left"
+    );
+    assert!(
+        foreign_ipam.join("10.99.0.5").is_file(),
+        "another network's IPAM state was removed"
+    );
+    assert!(!ours.exists(), "suite cached result left");
+    assert!(
+        results.join("foreign-net-other-container-eth0").is_file(),
+        "another network's cached result was removed"
+    );
+    // The pod lost its interface with its veth.
+    assert!(!s.pods[a].has_link("eth0"));
+
+    // Idempotent: nothing left to do.
+    let (o, again) = s.teardown(&["--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        again["actions"].as_array().map(Vec::len),
+        Some(0),
+        "{again:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// --help and --version
+
+#[test]
+fn every_binary_answers_help_and_version() {
+    let mut bins = vec!["kubenet-bridge", "vxlan-overlay", "cni-suite"];
+    if bin_dir().join("vpc-route").is_file() {
+        bins.push("vpc-route");
+    }
+    for b in bins {
+        let p = plugin_binary(b);
+        let v = run_ok(Command::new(&p).arg("--version").env_clear());
+        let v = stdout(&v);
+        assert!(
+            v.starts_with(&format!("{b} {VERSION}")),
+            "{b} --version: {v}"
+        );
+        assert!(
+            v.contains("0.3.0") && v.contains("1.1.0"),
+            "{b} --version lacks CNI versions: {v}"
+        );
+        let h = run_ok(Command::new(&p).arg("--help").env_clear());
+        let h = stdout(&h);
+        assert!(h.len() > 100 && h.contains("--version"), "{b} --help: {h}");
+    }
+    let agent = stdout(&run_ok(
+        Command::new(plugin_binary("vxlan-overlay")).args(["agent", "--help"]),
+    ));
+    assert!(agent.contains("--config"), "{agent}");
+    for sub in ["doctor", "teardown"] {
+        let h = stdout(&run_ok(
+            Command::new(plugin_binary("cni-suite")).args([sub, "--help"]),
+        ));
+        assert!(
+            h.contains("--json") && h.contains("--conf-dir"),
+            "cni-suite {sub} --help: {h}"
+        );
+    }
+    let o = run(Command::new(plugin_binary("cni-suite")).arg("no-such-command"));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a usage error exits 2: {}",
+        text(&o)
+    );
+}

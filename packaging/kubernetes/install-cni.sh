@@ -1,0 +1,198 @@
+#!/bin/sh
+# install-cni.sh: installs the suite's plugins into the node's CNI bin dir and writes the
+# suite's conflist into the CNI conf dir. The DaemonSet's init container runs it; any root
+# shell can. Idempotent: identical files are left untouched (same inode, same mtime).
+#
+#   install-cni.sh [--force]
+#
+# Every file is written next to its destination under a hidden temp name and renamed into
+# place, so a runtime never execs a half-copied plugin or reads a half-written config (libcni
+# only loads *.conf, *.conflist and *.json, and the temp names are none of those).
+#
+# A conflist of the same name that is not the suite's (it names neither kubenet-bridge nor
+# vxlan-overlay) is another provider's: refused unless --force (or FORCE=1), which keeps it as
+# <name>.replaced-by-cni-suite (a name runtimes do not load).
+#
+# Environment, [defaults]:
+#   CNI_NETWORK          kubenet | vxlan-overlay | kubenet-vpc-route                [kubenet]
+#   POD_CIDR             the node's pod CIDR (kubenet, kubenet-vpc-route). When unset, it is
+#                        read from the Node object $NODE_NAME through the in-cluster API (the
+#                        pod's service account token; needs curl and RBAC "get nodes")
+#   CLUSTER_CIDR         the cluster's pod range (vxlan-overlay, kubenet-vpc-route)
+#   NON_MASQUERADE_CIDR  destinations never masqueraded          [CLUSTER_CIDR, else 10.0.0.0/8]
+#   ETCD_ENDPOINTS       comma-separated etcd v3 URLs (vxlan-overlay)
+#   CLUSTER_NAME         the cluster's name in route table tags (kubenet-vpc-route)
+#   BRIDGE [cbr0]   MTU [0]   LOG_DIR [/var/log]   CNI_VERSION [1.0.0]
+#   NETWORK_NAME [k8s-pod-network]
+#   CNI_BIN_DIR          [/host/opt/cni/bin]
+#   CNI_CONF_DIR         [/host/etc/cni/net.d]
+#   CNI_CONF_NAME        [10-cni-suite.conflist]
+#   SRC_BIN_DIR          the binaries to install            [<this script's dir>/bin]
+#   TEMPLATE_DIR         the conflist templates             [<this script's dir>/conflists]
+#   PLUGINS              installed when present in SRC_BIN_DIR
+#                        [kubenet-bridge vxlan-overlay vpc-route]
+#   SKIP_PLUGIN_CHECK=1  write the conflist even if a plugin it names is not in CNI_BIN_DIR
+#
+# Exit status: 0 installed (or already up to date), 1 error, 3 refused a foreign conflist.
+set -eu
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+FORCE=${FORCE:-0}
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        -h|--help) sed -n '2,/^set -eu/p' "$0" | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install-cni: unknown argument $arg (see --help)" >&2; exit 1 ;;
+    esac
+done
+
+CNI_NETWORK=${CNI_NETWORK:-kubenet}
+CNI_BIN_DIR=${CNI_BIN_DIR:-/host/opt/cni/bin}
+CNI_CONF_DIR=${CNI_CONF_DIR:-/host/etc/cni/net.d}
+CNI_CONF_NAME=${CNI_CONF_NAME:-10-cni-suite.conflist}
+SRC_BIN_DIR=${SRC_BIN_DIR:-$HERE/bin}
+TEMPLATE_DIR=${TEMPLATE_DIR:-$HERE/conflists}
+PLUGINS=${PLUGINS:-kubenet-bridge vxlan-overlay vpc-route}
+BRIDGE=${BRIDGE:-cbr0}
+MTU=${MTU:-0}
+LOG_DIR=${LOG_DIR:-/var/log}
+CNI_VERSION=${CNI_VERSION:-1.0.0}
+NETWORK_NAME=${NETWORK_NAME:-k8s-pod-network}
+POD_CIDR=${POD_CIDR:-}
+CLUSTER_CIDR=${CLUSTER_CIDR:-}
+NON_MASQUERADE_CIDR=${NON_MASQUERADE_CIDR:-${CLUSTER_CIDR:-10.0.0.0/8}}
+ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-}
+CLUSTER_NAME=${CLUSTER_NAME:-}
+
+TMP_FILES=""
+cleanup() { for f in $TMP_FILES; do rm -f "$f"; done; }
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+die() { echo "install-cni: $*" >&2; exit 1; }
+say() { echo "install-cni: $*"; }
+
+# Sets TMP to a new temp file beside $1 (same filesystem, so the rename is atomic), removed
+# at exit unless renamed into place. Not called in $(...): the list must survive.
+temp_beside() {
+    TMP=$(mktemp "$(dirname "$1")/.$(basename "$1").tmp.XXXXXX") || die "cannot create a temp file beside $1"
+    TMP_FILES="$TMP_FILES $TMP"
+}
+
+# install_file SRC DEST MODE: copy to a temp name beside DEST, then rename over it.
+install_file() {
+    if [ -f "$2" ] && cmp -s "$1" "$2"; then
+        chmod "$3" "$2"
+        say "$2 unchanged"
+        return 0
+    fi
+    temp_beside "$2"
+    cp "$1" "$TMP"
+    chmod "$3" "$TMP"
+    mv -f "$TMP" "$2"
+    say "installed $2"
+}
+
+# Values end up inside JSON strings and sed expressions: allow only what CIDRs, URLs, names
+# and paths need.
+check_value() {
+    case "$2" in
+        *[!A-Za-z0-9./:_,@-]*) die "$1=\"$2\" has characters outside [A-Za-z0-9./:_,@-]" ;;
+    esac
+}
+
+is_cidr() { echo "$1" | grep -Eq '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$'; }
+
+# The node's spec.podCIDR from the API server, with the pod's service account.
+pod_cidr_from_node() {
+    sa=/var/run/secrets/kubernetes.io/serviceaccount
+    [ -n "${NODE_NAME:-}" ] || return 1
+    [ -r "$sa/token" ] && [ -n "${KUBERNETES_SERVICE_HOST:-}" ] || return 1
+    command -v curl >/dev/null || die "POD_CIDR is unset and curl is missing to read it from node $NODE_NAME"
+    body=$(curl -sS --fail --max-time 10 --cacert "$sa/ca.crt" \
+        -H "Authorization: Bearer $(cat "$sa/token")" \
+        "https://${KUBERNETES_SERVICE_HOST}:${KUBERNETES_SERVICE_PORT:-443}/api/v1/nodes/${NODE_NAME}") \
+        || die "cannot read node $NODE_NAME from the API server"
+    if command -v jq >/dev/null; then
+        echo "$body" | jq -r '.spec.podCIDR // empty'
+    else
+        echo "$body" | tr -d '\n' | sed -n 's/.*"podCIDR" *: *"\([^"]*\)".*/\1/p'
+    fi
+}
+
+template="$TEMPLATE_DIR/$CNI_NETWORK.conflist.in"
+[ -f "$template" ] || die "no template $template (CNI_NETWORK: kubenet, vxlan-overlay, kubenet-vpc-route)"
+mkdir -p "$CNI_BIN_DIR" "$CNI_CONF_DIR"
+
+needed=$(grep -o '@@[A-Z_]*@@' "$template" | sort -u | tr -d @)
+if echo "$needed" | grep -qx POD_CIDR && [ -z "$POD_CIDR" ]; then
+    POD_CIDR=$(pod_cidr_from_node) || true
+    [ -n "$POD_CIDR" ] || die "POD_CIDR is unset (set it, or run in a pod with NODE_NAME and a service account that may get nodes)"
+    say "pod CIDR $POD_CIDR from node $NODE_NAME"
+fi
+ETCD_ENDPOINTS_JSON=""
+if [ -n "$ETCD_ENDPOINTS" ]; then
+    check_value ETCD_ENDPOINTS "$ETCD_ENDPOINTS"
+    ETCD_ENDPOINTS_JSON=$(echo "$ETCD_ENDPOINTS" | sed -e 's/^/"/' -e 's/,/", "/g' -e 's/$/"/')
+fi
+
+sed_args=""
+for var in $needed; do
+    eval "value=\${$var:-}"
+    [ -n "$value" ] || die "$CNI_NETWORK needs $var"
+    [ "$var" = ETCD_ENDPOINTS_JSON ] || check_value "$var" "$value"
+    case "$var" in
+        *CIDR) is_cidr "$value" || die "$var=$value is not an IPv4 CIDR" ;;
+        MTU) case "$value" in *[!0-9]*) die "MTU=$value is not a number" ;; esac ;;
+    esac
+    sed_args="$sed_args -e 's|@@$var@@|$value|g'"
+done
+
+# 1. Binaries.
+installed=0
+for p in $PLUGINS; do
+    if [ -f "$SRC_BIN_DIR/$p" ]; then
+        install_file "$SRC_BIN_DIR/$p" "$CNI_BIN_DIR/$p" 0755
+        installed=$((installed + 1))
+    else
+        say "$p is not in $SRC_BIN_DIR: not installed"
+    fi
+done
+[ "$installed" -gt 0 ] || die "no plugin binary in $SRC_BIN_DIR"
+
+# 2. The conflist, rendered to a temp file beside its destination.
+dest="$CNI_CONF_DIR/$CNI_CONF_NAME"
+temp_beside "$dest"
+rendered=$TMP
+eval "sed $sed_args" <"$template" >"$rendered"
+if command -v jq >/dev/null; then
+    jq empty "$rendered" 2>/dev/null || die "rendered $template is not valid JSON"
+fi
+if [ "${SKIP_PLUGIN_CHECK:-0}" != 1 ]; then
+    for t in $(grep -o '"type" *: *"[^"]*"' "$rendered" | sed 's/.*"\([^"]*\)"$/\1/'); do
+        [ -x "$CNI_BIN_DIR/$t" ] || die "the conflist names plugin $t, which is not in $CNI_BIN_DIR (reference plugins: containernetworking-plugins; SKIP_PLUGIN_CHECK=1 writes it anyway)"
+    done
+fi
+
+if [ -f "$dest" ] && cmp -s "$rendered" "$dest"; then
+    say "$dest unchanged"
+else
+    if [ -e "$dest" ] && ! grep -Eq '"type"[[:space:]]*:[[:space:]]*"(kubenet-bridge|vxlan-overlay)"' "$dest"; then
+        if [ "$FORCE" != 1 ]; then
+            echo "install-cni: $dest exists and is not the suite's (another provider's?): refusing to overwrite it; --force (FORCE=1) replaces it and keeps it as $dest.replaced-by-cni-suite" >&2
+            exit 3
+        fi
+        cp -p "$dest" "$dest.replaced-by-cni-suite"
+        say "kept the previous $dest as $dest.replaced-by-cni-suite"
+    fi
+    chmod 0644 "$rendered"
+    mv -f "$rendered" "$dest"
+    say "wrote $dest ($CNI_NETWORK)"
+fi
+
+# Runtimes use the first config by name (containerd's max_conf_num is 1).
+first=$(ls "$CNI_CONF_DIR" | grep -E '\.(conf|conflist|json)$' | LC_ALL=C sort | head -n 1)
+if [ -n "$first" ] && [ "$first" != "$CNI_CONF_NAME" ]; then
+    echo "install-cni: warning: $CNI_CONF_DIR/$first sorts before $CNI_CONF_NAME: runtimes use it, not the suite's (remove the previous provider's config)" >&2
+fi
+exit 0
