@@ -23,3 +23,6 @@ cargo build --release --workspace --bins
 
 echo "== tests"
 cargo test --release --workspace --no-fail-fast
+
+echo "== fuzz (a short run of every target)"
+bash conformance/fuzz/short.sh

@@ -16,12 +16,20 @@
 //!   network, and traffic only goes to namespaces the test created;
 //! - guards ([`netns::Netns`], [`traffic::UdpSourceListener`], [`cnitool::CnitoolNetwork`])
 //!   clean up in `Drop` without panicking, so a failing test leaves nothing behind.
+//!
+//! [`overlay`] builds a whole VXLAN overlay out of namespaces (underlay bridge, etcd from
+//! [`etcd`], node agents, pods) for the vxlan-overlay tests and `vxlan-bench`;
+//! [`ping_stream`] accounts for every echo request during an outage.
 
 pub mod cnitool;
+pub mod etcd;
 pub mod leases;
 pub mod netns;
+pub mod overlay;
+pub mod ping_stream;
 pub mod plugin;
 pub mod result;
+pub mod runner;
 pub mod scenarios;
 pub mod topology;
 pub mod traffic;

@@ -1,0 +1,588 @@
+//! Black-box tests of the `vxlan-overlay` plugin and its node agent in network namespaces: an
+//! underlay bridge, etcd on it, an agent per node namespace, pods attached through cnitool.
+//! Outcomes are judged by what really happens: the VXLAN neighbours, FDB entries and routes
+//! the kernel holds (`ip -j`, `bridge -j`), the records in etcd, the agent's files, and pings
+//! between pods on different nodes.
+//!
+//! Run as root on Debian bookworm:
+//! ```text
+//! conformance/scripts/install-test-deps.sh
+//! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
+//! cargo build --release -p vxlan-overlay
+//! cargo test --release -p cni-conformance --test vxlan_overlay
+//! ```
+//! Every test builds its own underlay, etcd and nodes (names unique per process), so the tests
+//! run in parallel with each other and with the other suites; everything is killed and
+//! deleted when a test ends, pass or fail. On failure the nodes' logs, the agents' output, the
+//! VXLAN state and etcd's log are printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use cni_conformance::netns::Netns;
+use cni_conformance::overlay::{
+    link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, CLUSTER_CIDR, DEVICE,
+    ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
+};
+use cni_conformance::ping_stream::PingStream;
+use cni_conformance::traffic::ping;
+use cni_conformance::{eventually, require_root};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+
+/// `leaseTTL` of every agent: short, so a dead node disappears quickly.
+const LEASE_TTL: u64 = 6;
+/// `resyncSeconds` of every agent.
+const RESYNC: u64 = 2;
+/// Slack on top of a bound the agent promises (`leaseTTL`, `resyncSeconds`): our polling
+/// (`ip` runs every 20 ms on up to three nodes) and process scheduling on a busy 2-core machine.
+const GRACE: Duration = Duration::from_secs(1);
+/// The underlay links are veths with the default MTU.
+const UNDERLAY_MTU: u32 = 1500;
+/// VXLAN over IPv4 costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const OVERLAY_MTU: u32 = UNDERLAY_MTU - 50;
+/// The spec's "try again later" error code.
+const TRY_AGAIN_LATER: u64 = 11;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// How long, after a change in etcd, every agent may take to reflect it: the change is
+/// reported by a watch at once, and a periodic resync catches a missed event.
+fn reconcile_bound() -> Duration {
+    secs(RESYNC) + GRACE
+}
+
+/// Polls `condition` every 100 ms for `duration`; returns false as soon as it does not hold.
+fn holds_for(duration: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        if !condition() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    condition()
+}
+
+/// Three nodes with agents on etcd, converged, with `pods_per_node` pods on each node attached
+/// through cnitool; checks the leases and the devices first.
+fn three_node_cluster(pods_per_node: usize) -> OverlayCluster {
+    require_root();
+    let mut c = OverlayCluster::start(3, LEASE_TTL, RESYNC);
+    assert_leases_and_devices(&c);
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after start");
+    for node in 0..c.nodes.len() {
+        for _ in 0..pods_per_node {
+            c.add_pod(node);
+        }
+    }
+    c
+}
+
+/// Every node's subnet.env, agent.json, etcd record and VXLAN device agree, and the subnets
+/// are distinct /24s of the cluster CIDR.
+fn assert_leases_and_devices(c: &OverlayCluster) {
+    let cluster: Ipv4Net = CLUSTER_CIDR.parse().expect("valid cluster CIDR");
+    let records = c.records().expect("etcd answers");
+    assert_eq!(
+        records.len(),
+        c.nodes.len(),
+        "etcd should hold one record per node: {records:?}"
+    );
+    let mut subnets = BTreeSet::new();
+    for node in &c.nodes {
+        let ctx = format!("node {}", node.underlay_ip());
+        let env = node
+            .subnet_env()
+            .unwrap_or_else(|| panic!("{ctx}: no valid subnet.env"));
+        let subnet = env.node_subnet();
+        assert_eq!(env.network, cluster, "{ctx}: FLANNEL_NETWORK");
+        assert!(
+            cluster.contains(&subnet) && subnet.prefix_len() == SUBNET_LEN,
+            "{ctx}: subnet {subnet} must be a /{SUBNET_LEN} of {cluster}"
+        );
+        assert_eq!(
+            env.gateway(),
+            Ipv4Addr::from(u32::from(subnet.network()) + 1),
+            "{ctx}: FLANNEL_SUBNET must name the gateway .1"
+        );
+        assert_eq!(env.mtu, OVERLAY_MTU, "{ctx}: FLANNEL_MTU");
+        assert!(
+            env.ipmasq,
+            "{ctx}: FLANNEL_IPMASQ should default to true:\n{}",
+            env.text
+        );
+        subnets.insert(subnet);
+
+        let mac = node
+            .device_mac()
+            .unwrap_or_else(|| panic!("{ctx}: no {DEVICE}"));
+        let state = node
+            .agent_state()
+            .unwrap_or_else(|| panic!("{ctx}: no agent.json"));
+        assert_eq!(
+            state["subnet"].as_str(),
+            Some(subnet.to_string().as_str()),
+            "{ctx}: agent.json subnet: {state}"
+        );
+        assert_eq!(
+            state["vtepMac"].as_str().map(str::to_ascii_lowercase),
+            Some(mac.clone()),
+            "{ctx}: agent.json vtepMac must be the device's MAC: {state}"
+        );
+        let record = records
+            .iter()
+            .find(|r| r.underlay == node.underlay_ip())
+            .unwrap_or_else(|| panic!("{ctx}: no record in etcd: {records:?}"));
+        assert_eq!(
+            (record.subnet, record.vtep_mac.as_str()),
+            (subnet, mac.as_str()),
+            "{ctx}: etcd record"
+        );
+        assert_vxlan_device(node, subnet);
+    }
+    assert_eq!(
+        subnets.len(),
+        c.nodes.len(),
+        "nodes must lease distinct subnets: {subnets:?}"
+    );
+}
+
+/// The device: VNI 1, port 8472, learning off, on the underlay, MTU underlay − 50, up, with
+/// the subnet's network address /32.
+fn assert_vxlan_device(node: &OverlayNode, subnet: Ipv4Net) {
+    let ctx = format!("node {} {DEVICE}", node.underlay_ip());
+    let link = node
+        .netns()
+        .link_details(DEVICE)
+        .unwrap_or_else(|| panic!("{ctx}: missing"));
+    let data = &link["linkinfo"]["info_data"];
+    assert_eq!(
+        link["linkinfo"]["info_kind"].as_str(),
+        Some("vxlan"),
+        "{ctx}: {link}"
+    );
+    assert_eq!(data["id"].as_u64(), Some(1), "{ctx}: VNI: {link}");
+    assert_eq!(data["port"].as_u64(), Some(8472), "{ctx}: port: {link}");
+    assert_eq!(
+        data["learning"].as_bool(),
+        Some(false),
+        "{ctx}: learning: {link}"
+    );
+    assert_eq!(
+        data["local"].as_str(),
+        Some(node.underlay_ip().to_string().as_str()),
+        "{ctx}: local: {link}"
+    );
+    assert_eq!(
+        data["link"].as_str(),
+        Some("eth0"),
+        "{ctx}: underlay: {link}"
+    );
+    assert_eq!(
+        link["mtu"].as_u64(),
+        Some(u64::from(OVERLAY_MTU)),
+        "{ctx}: MTU: {link}"
+    );
+    assert!(
+        link["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|v| v == "UP")),
+        "{ctx}: not up: {link}"
+    );
+    let vtep = Ipv4Net::new(subnet.network(), 32).expect("/32 is valid");
+    assert_eq!(
+        node.netns().ipv4_addresses(DEVICE),
+        vec![vtep],
+        "{ctx}: VTEP address"
+    );
+}
+
+/// Every pod on a node of `nodes` pings every pod on the other nodes of `nodes`.
+fn assert_pods_reach_across(c: &OverlayCluster, nodes: &[usize], ctx: &str) {
+    let mut failed = Vec::new();
+    let mut tried = 0;
+    for from in c.pods.iter().filter(|p| nodes.contains(&p.node)) {
+        for to in c
+            .pods
+            .iter()
+            .filter(|p| nodes.contains(&p.node) && p.node != from.node)
+        {
+            tried += 1;
+            if !ping(&from.netns, to.addr) {
+                failed.push(format!(
+                    "{} (node {}) -> {} (node {})",
+                    from.addr, from.node, to.addr, to.node
+                ));
+            }
+        }
+    }
+    assert!(tried > 0, "{ctx}: no pod pairs to ping");
+    if !failed.is_empty() {
+        panic!(
+            "{ctx}: {} of {tried} cross-node pings failed: {failed:#?}\n{}",
+            failed.len(),
+            c.diagnostics()
+        );
+    }
+}
+
+/// The record etcd holds for `node`, if any.
+fn record_of(c: &OverlayCluster, node: usize) -> Option<Peer> {
+    let ip = c.nodes[node].underlay_ip();
+    c.records()?.into_iter().find(|r| r.underlay == ip)
+}
+
+/// The etcd lease each record of `peers` is attached to, by subnet (0 = none).
+fn record_leases(c: &OverlayCluster, peers: &BTreeSet<Peer>) -> BTreeMap<Ipv4Net, i64> {
+    peers
+        .iter()
+        .map(|p| {
+            let key = subnet_key(ETCD_PREFIX, p.subnet);
+            (p.subnet, c.etcd.key_lease(&key).unwrap_or(0))
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_lease_distinct_subnets_pods_reach_across_and_a_dead_node_is_removed() {
+    let mut c = three_node_cluster(2);
+    assert_eq!(c.pods.len(), 6);
+    assert_pods_reach_across(&c, &[0, 1, 2], "three nodes");
+
+    // Node 2 dies: SIGKILL, so its lease is not released and must expire.
+    let dead = record_of(&c, 2).expect("node 2 has a record");
+    let killed = Instant::now();
+    c.nodes[2].take_agent().kill();
+    let bound = secs(LEASE_TTL + RESYNC);
+    let gone = eventually(bound, || {
+        [0, 1].iter().all(|&i| {
+            c.nodes[i]
+                .vxlan_state()
+                .is_some_and(|st| !st.mentions(&dead))
+        })
+    });
+    let took = killed.elapsed();
+    assert!(
+        gone,
+        "dead node {dead:?}: its route, neighbour and FDB entry must leave the other nodes \
+         within leaseTTL + resyncSeconds = {bound:?}; after {took:?}:\n{}",
+        c.diagnostics()
+    );
+    assert!(
+        record_of(&c, 2).is_none(),
+        "the dead node's record should have expired from etcd"
+    );
+    eprintln!("dead node removed from its peers {took:?} after SIGKILL (bound {bound:?})");
+    // The survivors still hold each other, and their pods still talk.
+    assert!(c.converged(&[0, 1]), "survivors lost each other");
+    assert_pods_reach_across(&c, &[0, 1], "survivors");
+}
+
+#[test]
+fn restarted_agent_keeps_its_subnet_and_vtep_mac_and_traffic_resumes() {
+    let mut c = three_node_cluster(1);
+    assert_pods_reach_across(&c, &[0, 1, 2], "before the restart");
+    let node = 1;
+    let env_before = c.nodes[node].subnet_env().expect("subnet.env");
+    let state_before = c.nodes[node].agent_state().expect("agent.json");
+    let mac_before = c.nodes[node].device_mac().expect("device");
+    let record_before = record_of(&c, node).expect("record");
+
+    let status = c.nodes[node].take_agent().terminate();
+    assert!(
+        status.success(),
+        "agent should exit 0 on SIGTERM, got {status}:\n{}",
+        c.nodes[node].diagnostics()
+    );
+    // releaseOnExit (default true): the lease is revoked before exit, so peers drop the node
+    // without waiting for the TTL.
+    assert!(
+        record_of(&c, node).is_none(),
+        "SIGTERM with releaseOnExit should have revoked the record"
+    );
+    let me = record_before.clone();
+    assert!(
+        eventually(reconcile_bound(), || [0, 2].iter().all(|&i| c.nodes[i]
+            .vxlan_state()
+            .is_some_and(|st| !st.mentions(&me)))),
+        "peers should drop a released node within resyncSeconds:\n{}",
+        c.diagnostics()
+    );
+
+    c.nodes[node].start_agent();
+    assert!(
+        eventually(LEASE_TIMEOUT, || record_of(&c, node).is_some()),
+        "restarted agent did not publish its record:\n{}",
+        c.diagnostics()
+    );
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after the restart");
+    assert_eq!(
+        record_of(&c, node),
+        Some(record_before),
+        "the restarted agent must lease the same subnet with the same VTEP MAC"
+    );
+    let env_after = c.nodes[node].subnet_env().expect("subnet.env");
+    assert_eq!(env_after.text, env_before.text, "subnet.env changed");
+    assert_eq!(
+        c.nodes[node].agent_state(),
+        Some(state_before),
+        "agent.json changed"
+    );
+    assert_eq!(
+        c.nodes[node].device_mac(),
+        Some(mac_before),
+        "VTEP MAC changed"
+    );
+    assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
+}
+
+#[test]
+fn dataplane_survives_an_etcd_restart_and_agents_republish() {
+    let mut c = three_node_cluster(1);
+    let all = [0, 1, 2];
+    let before: BTreeSet<Peer> = c.records().expect("etcd answers").into_iter().collect();
+
+    // A ping stream between every ordered pair of nodes for the whole outage and restart.
+    let mut streams = Vec::new();
+    for from in &c.pods {
+        for to in c.pods.iter().filter(|p| p.node != from.node) {
+            streams.push(PingStream::start(
+                &from.netns,
+                to.addr,
+                Duration::from_millis(200),
+            ));
+        }
+    }
+    let started = Instant::now();
+
+    c.etcd.kill();
+    // Longer than the TTL and several resyncs and renewals, all failing: the agents must keep
+    // the dataplane and keep running.
+    let outage = secs(LEASE_TTL + 2 * RESYNC);
+    let peers_of: Vec<Vec<Peer>> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            before
+                .iter()
+                .filter(|p| p.underlay != n.underlay_ip())
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let kept = holds_for(outage, || {
+        c.nodes.iter_mut().zip(&peers_of).all(|(node, peers)| {
+            node.agent_mut().is_some_and(|a| a.exited().is_none())
+                && node
+                    .vxlan_state()
+                    .is_some_and(|st| st.programs_exactly(peers))
+        })
+    });
+    assert!(
+        kept,
+        "with etcd down the agents must keep running and keep every peer programmed:\n{}",
+        c.diagnostics()
+    );
+
+    c.etcd.start_again();
+    // etcd restores leases with a fresh TTL on restart, so the records outlive it only if
+    // the agents renew them: watch them for two TTLs.
+    let republished = holds_for(secs(2 * LEASE_TTL) + GRACE, || {
+        c.records()
+            .is_some_and(|r| r.into_iter().collect::<BTreeSet<_>>() == before)
+    });
+    assert!(
+        republished,
+        "after etcd restarted, every agent's record must stay (renewed); etcd holds {:?}:\n{}",
+        c.records(),
+        c.diagnostics()
+    );
+    // The agents watch etcd again: a new peer appears on every node, and goes when its lease
+    // is revoked.
+    let probe = Peer {
+        subnet: "10.200.250.0/24".parse().expect("valid"),
+        underlay: "172.30.0.250".parse().expect("valid"),
+        vtep_mac: "0e:00:00:00:00:fa".into(),
+    };
+    let lease = c.etcd.lease_grant(LEASE_TTL);
+    c.etcd.put(
+        &subnet_key(ETCD_PREFIX, probe.subnet),
+        &probe.record_json(1),
+        Some(lease),
+    );
+    assert!(
+        eventually(reconcile_bound(), || all.iter().all(|&i| c.nodes[i]
+            .vxlan_state()
+            .is_some_and(|st| st.programs(&probe)))),
+        "after the etcd restart, agents did not program a new peer:\n{}",
+        c.diagnostics()
+    );
+    c.etcd.lease_revoke(lease);
+    assert!(
+        eventually(reconcile_bound(), || all.iter().all(|&i| c.nodes[i]
+            .vxlan_state()
+            .is_some_and(|st| !st.mentions(&probe)))),
+        "after the etcd restart, agents did not remove a revoked peer:\n{}",
+        c.diagnostics()
+    );
+
+    let elapsed = started.elapsed();
+    for stream in streams {
+        let label = stream.label();
+        let report = stream.stop();
+        // At 5/s, the stream must have run the whole time (allowing for ping's own pacing).
+        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
+        assert!(
+            report.sent >= expected,
+            "ping {label} sent only {} requests in {elapsed:?}",
+            report.sent
+        );
+        assert!(
+            report.lost().is_empty(),
+            "ping {label}: requests {:?} of {} went unanswered during the etcd outage and restart",
+            report.lost(),
+            report.sent
+        );
+    }
+    assert_pods_reach_across(&c, &all, "after the etcd restart");
+}
+
+#[test]
+fn agents_republish_after_etcd_loses_its_data() {
+    let mut c = three_node_cluster(1);
+    let before: BTreeSet<Peer> = c.records().expect("etcd answers").into_iter().collect();
+    let leases_before = record_leases(&c, &before);
+    c.etcd.kill();
+    c.etcd.wipe_data();
+    c.etcd.start_again();
+    // Each agent finds its lease gone at its next renewal (every leaseTTL/3) and claims its
+    // subnet again; the bound allows for reconnecting first.
+    let back = eventually(LEASE_TIMEOUT, || {
+        c.records()
+            .is_some_and(|r| r.into_iter().collect::<BTreeSet<_>>() == before)
+    });
+    assert!(
+        back,
+        "agents must re-publish the same subnets and MACs; etcd holds {:?}:\n{}",
+        c.records(),
+        c.diagnostics()
+    );
+    // New etcd leases: the records were claimed again, not restored from old data.
+    let leases_after = record_leases(&c, &before);
+    for (subnet, lease) in &leases_after {
+        assert!(
+            *lease != 0 && leases_before.get(subnet) != Some(lease),
+            "record of {subnet} should carry a new etcd lease: {leases_before:?} -> {leases_after:?}"
+        );
+    }
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after etcd lost its data");
+    assert_pods_reach_across(&c, &[0, 1, 2], "after etcd lost its data");
+}
+
+#[test]
+fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_nodes() {
+    require_root();
+    let underlay = Underlay::new();
+    let dir = tempfile::Builder::new()
+        .prefix("cnit-vx-static-")
+        .tempdir()
+        .expect("tempdir");
+    let peers_file = dir.path().join("peers.json");
+    let fields = json!({"peersFile": peers_file, "resyncSeconds": RESYNC});
+    let mut a = OverlayNode::new(&underlay, 1, &fields);
+    let mut b = OverlayNode::new(&underlay, 2, &fields);
+
+    // A fresh node with no agent: nothing leased, so ADD must ask the runtime to retry.
+    let pod_a = Netns::new("cnit-vxpod-");
+    let ctx = "ADD before the agent";
+    let out = a.plugin_run("ADD", &pod_a, "early-pod").exec();
+    out.expect_cni_error_code(ctx, TRY_AGAIN_LATER, Some("1.0.0"));
+    assert!(!pod_a.has_link("eth0"), "{ctx}: pod interface created");
+    assert!(
+        a.leases().reserved_addresses().is_empty(),
+        "{ctx}: an address was reserved"
+    );
+    let veths: Vec<String> = a
+        .netns()
+        .links_of_kind("veth")
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(veths, ["eth0"], "{ctx}: only the underlay veth may exist");
+    let out = a.cnitool_add(&pod_a);
+    assert!(
+        !out.status.success(),
+        "{ctx}: cnitool add should fail: {}",
+        out.describe()
+    );
+
+    // Static mode: both nodes from one peers file.
+    let peers = [
+        Peer {
+            subnet: "10.200.1.0/24".parse().expect("valid"),
+            underlay: a.underlay_ip(),
+            vtep_mac: "0e:00:0a:c8:01:00".into(),
+        },
+        Peer {
+            subnet: "10.200.2.0/24".parse().expect("valid"),
+            underlay: b.underlay_ip(),
+            vtep_mac: "0e:00:0a:c8:02:00".into(),
+        },
+    ];
+    let list: Vec<Value> = peers
+        .iter()
+        .map(|p| json!({"subnet": p.subnet.to_string(), "underlay": p.underlay.to_string(), "vtepMac": p.vtep_mac}))
+        .collect();
+    fs::write(&peers_file, Value::Array(list).to_string()).expect("write peers file");
+    a.start_agent();
+    b.start_agent();
+    for (node, me, other) in [
+        (&mut a, &peers[0], &peers[1]),
+        (&mut b, &peers[1], &peers[0]),
+    ] {
+        let env = node.wait_for_lease();
+        let ctx = format!("static node {}", node.underlay_ip());
+        assert_eq!(
+            env.node_subnet(),
+            me.subnet,
+            "{ctx}: subnet from the peers file"
+        );
+        assert_eq!(
+            link_mac(node.netns(), DEVICE).as_deref(),
+            Some(me.vtep_mac.as_str()),
+            "{ctx}: VTEP MAC from the peers file"
+        );
+        assert_vxlan_device(node, me.subnet);
+        let other = other.clone();
+        assert!(
+            eventually(reconcile_bound(), || {
+                node.vxlan_state()
+                    .is_some_and(|st| st.programs_exactly(std::slice::from_ref(&other)))
+            }),
+            "{ctx}: peer {other:?} not programmed:\n{}",
+            node.diagnostics()
+        );
+    }
+
+    // The runtime's retry now succeeds, and pods on the two nodes reach each other.
+    let addr_a = a.add_pod(&pod_a);
+    let pod_b = Netns::new("cnit-vxpod-");
+    let addr_b = b.add_pod(&pod_b);
+    assert!(
+        ping(&pod_a, addr_b),
+        "static mode: {addr_a} cannot reach {addr_b}:\n{}\n{}",
+        a.diagnostics(),
+        b.diagnostics()
+    );
+    assert!(
+        ping(&pod_b, addr_a),
+        "static mode: {addr_b} cannot reach {addr_a}:\n{}\n{}",
+        a.diagnostics(),
+        b.diagnostics()
+    );
+}
