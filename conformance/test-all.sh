@@ -22,7 +22,15 @@ echo "== build (release, once)"
 cargo build --release --workspace --bins
 
 echo "== tests"
-cargo test --release --workspace --no-fail-fast
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+set +e
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$RESULTS"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: cargo prints a result line per test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo tests: %d passed, %d failed\n", p, f }' "$RESULTS"
+[ "$status" -eq 0 ] || exit "$status"
 
 echo "== fuzz (a short run of every target)"
 bash conformance/fuzz/short.sh

@@ -86,7 +86,7 @@ impl Dataplane {
                 spec.mtu
             );
         }
-        if let Err(e) = vxlan::set_tx_checksum(&spec.name, cfg.tx_checksum_offload) {
+        if let Err(e) = vxlan::set_tx_checksum(&spec.name, cfg.tx_checksum()) {
             log::warn!("cannot set tx checksum offload on {}: {e}", spec.name);
         }
         Ok(Dataplane { sock, device })
