@@ -29,7 +29,7 @@ cargo test --release --workspace --no-fail-fast 2>&1 | tee "$RESULTS"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run: cargo prints a result line per test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo tests: %d passed, %d failed\n", p, f }' "$RESULTS"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$RESULTS"
 [ "$status" -eq 0 ] || exit "$status"
 
 echo "== fuzz (a short run of every target)"
