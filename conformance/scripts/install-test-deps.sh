@@ -4,7 +4,8 @@
 # reference CNI plugins in /usr/lib/cni (portmap and bandwidth are chained after ours; bridge
 # proves the harness), jq, python3 (the UDP listener that reports source addresses), iperf3,
 # and cnitool, built offline from Debian's CNI 1.1.2 source package with Debian's Go.
-# For the vxlan-overlay tests and bench: etcd-server, etcd-client, protobuf-compiler, ethtool.
+# For the vxlan-overlay tests and bench: etcd-server, etcd-client, protobuf-compiler and
+# libprotobuf-dev (protoc and the well-known types it imports), ethtool.
 # For the runtime and packaging tests: containerd, runc, podman, busybox-static, a CRI client
 # (grpcio venv + stubs from Debian's containerd source) and cargo-deb, all under $TOOLS.
 #
@@ -38,9 +39,10 @@ PACKAGES=(
     golang-go golang-github-appc-cni-dev golang-github-containernetworking-plugins-dev
     dpkg-dev xz-utils ca-certificates
     # vxlan-overlay (tests/vxlan_overlay.rs, vxlan-bench): Debian's etcd 3.4 server and
-    # etcdctl, protoc for the etcd-client crate's build, ethtool for the bench's offload
+    # etcdctl, protoc and its well-known .proto files (libprotobuf-dev: protobuf-compiler only
+    # recommends it) for the etcd-client crate's build, ethtool for the bench's offload
     # settings (iperf3 is above)
-    etcd-server etcd-client protobuf-compiler ethtool
+    etcd-server etcd-client protobuf-compiler libprotobuf-dev ethtool
     # Runtimes end to end (tests/runtimes.rs): containerd 1.6 with its CRI plugin, podman 4
     # with its CNI backend, runc for both, busybox-static for local images, python3-venv for
     # the CRI client
