@@ -289,8 +289,9 @@ fn check_env(command: Command, env: &Env) {
         return;
     }
     assert!(
-        is_safe_component(&env.container_id),
-        "[{command}] CNI_CONTAINERID {:?} accepted, but it names state files",
+        is_safe_component(&env.container_id) && env.container_id.len() + 1 + 15 <= 255,
+        "[{command}] CNI_CONTAINERID {:?} accepted, but it names state files \
+         (`<id>@<ifname>` must fit in 255 bytes)",
         env.container_id
     );
     let ifname = &env.ifname;

@@ -7,6 +7,7 @@
 pub mod log_file;
 
 use std::io::{Read, Write};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use cni_spec::{code, Attachment, CniError, CniResult, Command, Env, NetConf, Version, SUPPORTED};
@@ -79,7 +80,11 @@ pub type ExitCode = i32;
 /// in argv are answered without CNI. Returns the exit code.
 pub fn run<P: Plugin>(plugin: &P, about: &About) -> ExitCode {
     install_panic_guard();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // args_os: a non-UTF-8 argument must not panic before anything is printed.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if let Some(code) = answer_flags(&args, about) {
         return code;
     }
@@ -89,6 +94,7 @@ pub fn run<P: Plugin>(plugin: &P, about: &About) -> ExitCode {
     let read = std::io::stdin().read_to_end(&mut stdin);
     let version_hint =
         cni_spec::version_hint(&stdin).unwrap_or_else(|| Version::LATEST.to_string());
+    let _ = PANIC_VERSION.set(version_hint.clone());
     let outcome = match (command, read) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => {
@@ -164,15 +170,38 @@ fn dispatch<P: Plugin>(
         ));
     }
     log_file::init(&conf.raw, about.name);
-    let env = Env::from_process(command)?;
-    let config: P::Config = conf.plugin_config()?;
+    let started = Instant::now();
+    // A request refused before the plugin runs (bad CNI_* variables, an invalid plugin
+    // config, GC without its list) still gets its log line: the operator sees the rejected
+    // pod, not silence.
+    let checked = Env::from_process(command).and_then(|env| {
+        let config: P::Config = conf.plugin_config()?;
+        if command == Command::Gc && conf.valid_attachments.is_none() && !conf.disable_gc {
+            // Without the list every attachment would look stale: refuse rather than tear
+            // down every pod of the network.
+            return Err(CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                "GC needs cni.dev/valid-attachments",
+            )
+            .with_details("an empty list releases everything; a missing one is refused"));
+        }
+        Ok((env, config))
+    });
+    let (env, config) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            if command != Command::Status {
+                log_file::rejected_line(command, &conf.name, started.elapsed(), &e);
+            }
+            return Err(e);
+        }
+    };
     let req = Request {
         command,
         env,
         conf,
         config,
     };
-    let started = Instant::now();
     let (outcome, note) = match command {
         Command::Add => match plugin.add(&req).map_err(Into::into) {
             Ok(AddOutput::Result(result)) => {
@@ -207,8 +236,8 @@ fn dispatch<P: Plugin>(
             if req.conf.disable_gc {
                 (Ok(Value::Null), Some("disableGC set".to_string()))
             } else {
-                let valid = req.conf.valid_attachments.clone().unwrap_or_default();
-                split_note(plugin.gc(&req, &valid).map_err(Into::into))
+                let valid = req.conf.valid_attachments.as_deref().unwrap_or_default();
+                split_note(plugin.gc(&req, valid).map_err(Into::into))
             }
         }
         Command::Version => return Ok(version_info(stdin)),
@@ -250,6 +279,9 @@ fn version_info(stdin: &[u8]) -> Value {
     })
 }
 
+/// The `cniVersion` a panic's error object carries: the config's, once stdin is read.
+static PANIC_VERSION: OnceLock<String> = OnceLock::new();
+
 /// A panic is a bug, but the runtime must still get the spec's JSON and no stack trace.
 fn install_panic_guard() {
     std::panic::set_hook(Box::new(|info| {
@@ -265,11 +297,10 @@ fn install_panic_guard() {
             .unwrap_or_default();
         let err = CniError::new(code::INTERNAL, "internal error (a bug: please report it)")
             .with_details(format!("{msg} at {at}"));
-        let _ = writeln!(
-            std::io::stdout(),
-            "{}",
-            err.to_json(Version::LATEST.as_str())
-        );
+        let version = PANIC_VERSION
+            .get()
+            .map_or(Version::LATEST.as_str(), String::as_str);
+        let _ = writeln!(std::io::stdout(), "{}", err.to_json(version));
         let _ = writeln!(std::io::stderr(), "internal error: {msg} at {at}");
         std::process::exit(1);
     }));

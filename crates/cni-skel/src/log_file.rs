@@ -132,6 +132,50 @@ pub fn verb_line<C>(
     );
 }
 
+/// The line for a request refused before the plugin ran (bad `CNI_*` variables, an invalid
+/// plugin config): the variables as the runtime set them, escaped, since they were not
+/// validated and must not forge log lines.
+pub fn rejected_line(command: cni_spec::Command, network: &str, took: Duration, error: &CniError) {
+    let var = |key: &str| {
+        std::env::var_os(key)
+            .map(|v| {
+                let v = v.to_string_lossy();
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    printable(&v.chars().take(300).collect::<String>())
+                }
+            })
+            .unwrap_or_else(|| "-".to_string())
+    };
+    log::error!(
+        "{} network={} container={} netns={} ifname={} address=- duration_ms={:.2} outcome=error {}",
+        command,
+        printable(network),
+        var("CNI_CONTAINERID"),
+        var("CNI_NETNS"),
+        var("CNI_IFNAME"),
+        took.as_secs_f64() * 1000.0,
+        printable(&error.to_string())
+    );
+}
+
+/// `s` with control characters and whitespace other than a plain space escaped, so that a
+/// value cannot start a forged line of its own.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escape = c.is_control() || (c.is_whitespace() && c != ' ');
+            let text: Vec<char> = if escape {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            text
+        })
+        .collect()
+}
+
 fn dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -172,6 +216,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unvalidated_values_cannot_forge_lines() {
+        assert_eq!(printable("a\nb\tc d"), "a\\nb\\tc d");
+        assert_eq!(printable("../../etc/x"), "../../etc/x");
+    }
 
     #[test]
     fn formats_utc_timestamps() {

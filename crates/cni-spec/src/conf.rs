@@ -123,6 +123,10 @@ impl NetConf {
             .iter()
             .find_map(|key| obj.get(*key))
             .map(|v| {
+                // libcni marshals an empty Go slice as null: no valid attachment at all.
+                if v.is_null() {
+                    return Ok(Vec::new());
+                }
                 serde_json::from_value::<Vec<Attachment>>(v.clone()).map_err(|e| {
                     CniError::new(
                         code::DECODING_FAILURE,
@@ -251,6 +255,18 @@ mod tests {
             assert_eq!(a[0].container_id, "a");
             assert_eq!(a[0].ifname, "eth0");
         }
+    }
+
+    #[test]
+    fn gc_attachment_list_null_is_empty_and_absent_is_none() {
+        let null =
+            r#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":null}"#;
+        assert_eq!(parse(null).unwrap().valid_attachments, Some(Vec::new()));
+        let absent = r#"{"cniVersion":"1.1.0","name":"n","type":"t"}"#;
+        assert_eq!(parse(absent).unwrap().valid_attachments, None);
+        let wrong =
+            r#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":{}}"#;
+        assert_eq!(parse(wrong).unwrap_err().code, 6);
     }
 
     #[test]

@@ -156,8 +156,21 @@ pub fn is_valid_identifier(id: &str) -> bool {
     chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The longest container id accepted. Runtimes use 64 hex digits; state files are named
+/// `<container id>@<ifname>`, and 239 + 1 + 15 bytes is the kernel's 255-byte file name
+/// limit, so a longer id is refused here, before anything is set up on the node.
+pub const MAX_CONTAINER_ID_LEN: usize = 239;
+
 fn validate_container_id(id: &str) -> Result<(), CniError> {
-    if is_valid_identifier(id) {
+    if id.len() > MAX_CONTAINER_ID_LEN {
+        Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!(
+                "CNI_CONTAINERID is {} bytes long, at most {MAX_CONTAINER_ID_LEN} are accepted",
+                id.len()
+            ),
+        ))
+    } else if is_valid_identifier(id) {
         Ok(())
     } else {
         Err(CniError::new(
@@ -255,6 +268,21 @@ mod tests {
             assert_eq!(e.code, code::INVALID_ENVIRONMENT, "{bad:?}");
         }
         assert!(is_valid_identifier("a1._-Z"));
+        let longest = "a".repeat(MAX_CONTAINER_ID_LEN);
+        let too_long = "a".repeat(MAX_CONTAINER_ID_LEN + 1);
+        let with_id = |id: &str| {
+            let pairs = [
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", "/n"),
+                ("CNI_IFNAME", "eth0"),
+            ];
+            Env::from_lookup(Command::Del, env(&pairs)).map(|e| e.container_id.len())
+        };
+        assert_eq!(with_id(&longest), Ok(MAX_CONTAINER_ID_LEN));
+        assert_eq!(
+            with_id(&too_long).unwrap_err().code,
+            code::INVALID_ENVIRONMENT
+        );
     }
 
     #[test]
