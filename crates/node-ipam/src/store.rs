@@ -10,6 +10,18 @@
 //!   the whole directory to find a container's address; this index makes lookup and release
 //!   cost the same at 1 or 250 pods.
 //!
+//! Allocation looks at the address after the last one handed out (one `stat`, free in the
+//! usual round-robin case); only when that one is taken does it list the directory once (one
+//! or two `getdents` calls for a /24) instead of a `stat` per taken address, so its system
+//! calls do not grow with the number of pods.
+//!
+//! An attachment lock serializes the verbs of one (container id, ifname): a byte-range OFD
+//! lock on the `lock` file at an offset hashed from both, taken for a whole ADD or DEL. Two
+//! ADDs of the same pod (a runtime retrying after a timeout) then run one after the other
+//! instead of sharing a lease that the loser's rollback would release under the winner. OFD
+//! locks and host-local's flock on the same file do not interact, and the kernel drops both
+//! when a killed process's file is closed.
+//!
 //! Crash ordering: the index entry is written before the address file, and the address file
 //! is removed before the index entry, so every address file has an index entry at every
 //! instant. An index entry without its address file is stale and is ignored or cleaned.
@@ -53,6 +65,21 @@ pub struct Reservation {
     pub existing: bool,
 }
 
+/// Holds one attachment's lock (see the module docs); dropped, it unlocks.
+#[derive(Debug)]
+pub struct AttachmentLock<'a> {
+    store: &'a Store,
+    offset: i64,
+}
+
+impl Drop for AttachmentLock<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .store
+            .range_lock(self.offset, libc::F_UNLCK as libc::c_short, false);
+    }
+}
+
 /// Holds the store's flock; dropped, it unlocks.
 struct Locked<'a> {
     store: &'a Store,
@@ -74,6 +101,19 @@ impl Store {
         }
         let dir = data_dir.join(network);
         create_dir(&dir)?;
+        // The network directory itself must not be a symlink: every lease, the lock and the
+        // index would be written wherever it points. (dataDir above it may be one: operators
+        // move /var/lib that way.)
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::io(
+                    &dir,
+                    std::io::Error::other("not a directory (symlinks are not followed)"),
+                ))
+            }
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .read(true)
@@ -122,6 +162,69 @@ impl Store {
         Ok(Locked { store: self })
     }
 
+    /// Waits for and takes the lock of one attachment, held until the guard is dropped; ADD
+    /// and DEL of the same (container id, ifname) hold it for their whole run.
+    pub fn lock_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<AttachmentLock<'_>, Error> {
+        let offset = attachment_offset(container_id, ifname);
+        self.range_lock(offset, libc::F_WRLCK as libc::c_short, true)
+            .map_err(|e| Error::io(&self.dir.join(LOCK), e))?;
+        Ok(AttachmentLock {
+            store: self,
+            offset,
+        })
+    }
+
+    /// Takes the attachment's lock only if nobody holds it (GC skips an attachment whose ADD
+    /// or DEL is running).
+    fn try_lock_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<AttachmentLock<'_>>, Error> {
+        let offset = attachment_offset(container_id, ifname);
+        match self.range_lock(offset, libc::F_WRLCK as libc::c_short, false) {
+            Ok(()) => Ok(Some(AttachmentLock {
+                store: self,
+                offset,
+            })),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(&self.dir.join(LOCK), e)),
+        }
+    }
+
+    /// One byte of the lock file at `offset`, locked (`F_WRLCK`) or unlocked (`F_UNLCK`)
+    /// with an open-file-description lock; `wait` blocks until it is free.
+    fn range_lock(&self, offset: i64, kind: libc::c_short, wait: bool) -> std::io::Result<()> {
+        // SAFETY: a zeroed flock is a valid value; every field the call reads is set below.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = offset;
+        fl.l_len = 1;
+        let cmd = if wait {
+            libc::F_OFD_SETLKW
+        } else {
+            libc::F_OFD_SETLK
+        };
+        loop {
+            // SAFETY: fcntl on a file descriptor we own with a pointer to a live flock.
+            let rc = unsafe { libc::fcntl(self.lock.as_raw_fd(), cmd, &mut fl) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// Returns the attachment's address, reserving the next free one round-robin if it has
     /// none. Fails with [`Error::Exhausted`] when every address is leased.
     pub fn reserve(
@@ -152,8 +255,9 @@ impl Store {
             }
         }
         let last = read_addr(&self.dir.join(LAST_RESERVED))?;
+        let mut taken = Taken::Unknown;
         for address in pool.candidates(last) {
-            if self.addr_path(address).symlink_metadata().is_ok() {
+            if self.is_taken(address, &mut taken)? {
                 continue;
             }
             write_atomic(&index, address.to_string().as_bytes())?;
@@ -166,6 +270,34 @@ impl Store {
             subnet: pool.subnet(),
             capacity: pool.capacity(),
         })
+    }
+
+    /// Whether `address` has a lease file. The first question costs one `stat`; once an
+    /// address turns out taken, the directory is listed once and the rest are answered from
+    /// that list (see the module docs).
+    fn is_taken(&self, address: Ipv4Addr, taken: &mut Taken) -> Result<bool, Error> {
+        match taken {
+            Taken::Listed(set) => Ok(set.contains(&address)),
+            Taken::Unknown => {
+                let exists = match self.addr_path(address).symlink_metadata() {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == ErrorKind::NotFound => false,
+                    Err(e) => return Err(Error::io(&self.addr_path(address), e)),
+                };
+                if exists {
+                    *taken = Taken::Listed(self.leased_addresses()?);
+                }
+                Ok(exists)
+            }
+        }
+    }
+
+    /// The addresses that have a lease file, from one listing of the directory.
+    fn leased_addresses(&self) -> Result<HashSet<Ipv4Addr>, Error> {
+        Ok(read_dir(&self.dir)?
+            .iter()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect())
     }
 
     /// The attachment's address, if it holds one.
@@ -196,17 +328,32 @@ impl Store {
 
     /// Releases every lease whose (container id, ifname) is not in `valid`, drops stale index
     /// entries and leftover temp files. Returns the released addresses.
-    pub fn gc(&self, valid: &HashSet<Owner>) -> Result<Vec<Ipv4Addr>, Error> {
+    ///
+    /// `before_release` runs for each stale owner before its lease goes (to remove what the
+    /// attachment left on the node), under the store's lock and the attachment's, so no ADD
+    /// or DEL of it runs meanwhile; an attachment whose ADD or DEL is running right now is not
+    /// stale and is left alone. If `before_release` fails, GC stops with that error.
+    pub fn gc<E: From<Error>>(
+        &self,
+        valid: &HashSet<Owner>,
+        mut before_release: impl FnMut(&Owner) -> Result<(), E>,
+    ) -> Result<Vec<Ipv4Addr>, E> {
         let _held = self.lock()?;
         let mut released = Vec::new();
         for (address, owner) in self.leases()? {
-            let keep = owner
-                .as_ref()
-                .is_some_and(|(id, ifname)| valid.contains(&(id.clone(), ifname.clone())));
-            if !keep {
-                remove_file(&self.addr_path(address))?;
-                released.push(address);
-            }
+            let _attachment = match &owner {
+                Some(o) if valid.contains(o) => continue,
+                Some(o) => match self.try_lock_attachment(&o.0, &o.1)? {
+                    Some(guard) => {
+                        before_release(o)?;
+                        Some(guard)
+                    }
+                    None => continue,
+                },
+                None => None,
+            };
+            remove_file(&self.addr_path(address))?;
+            released.push(address);
         }
         let index_dir = self.dir.join(INDEX_DIR);
         for entry in read_dir(&index_dir)? {
@@ -248,13 +395,17 @@ impl Store {
     }
 
     /// True when at least one address is free, looking round-robin from the last reserved
-    /// one (so usually after one stat).
+    /// one (one `stat`, or one listing of the directory when that address is taken).
     pub fn has_free(&self, pool: &Pool) -> Result<bool, Error> {
         let _held = self.lock()?;
         let last = read_addr(&self.dir.join(LAST_RESERVED))?;
-        Ok(pool
-            .candidates(last)
-            .any(|a| self.addr_path(a).symlink_metadata().is_err()))
+        let mut taken = Taken::Unknown;
+        for address in pool.candidates(last) {
+            if !self.is_taken(address, &mut taken)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn addr_path(&self, address: Ipv4Addr) -> PathBuf {
@@ -330,6 +481,31 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What a search for a free address knows of the taken ones.
+enum Taken {
+    /// Nothing yet: ask the file system about one address.
+    Unknown,
+    /// Every address with a lease file, from one listing.
+    Listed(HashSet<Ipv4Addr>),
+}
+
+/// A stable 64-bit hash of an attachment (FNV-1a of container id, NUL, ifname): it places the
+/// attachment's lock here and names its host veth in pod-bridge.
+pub fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Where in the lock file an attachment's lock lives: one of 2^20 offsets, so two
+/// attachments share a lock (and wait for each other) only rarely.
+fn attachment_offset(container_id: &str, ifname: &str) -> i64 {
+    (attachment_hash(container_id, ifname) % (1 << 20)) as i64
 }
 
 fn owner_line(container_id: &str, ifname: &str) -> String {

@@ -104,7 +104,15 @@ fn gc_frees_what_is_not_valid_and_cleans_stale_index_entries() {
     fs::write(dir.join("attachments").join("ghost@eth0"), "10.1.0.99").unwrap();
     fs::write(dir.join(".tmp.4242"), "x").unwrap();
     let valid: HashSet<_> = [("a".to_string(), "eth0".to_string())].into();
-    assert_eq!(store.gc(&valid).unwrap(), vec![b]);
+    let mut stale = Vec::new();
+    let released = store
+        .gc(&valid, |owner| {
+            stale.push(owner.clone());
+            Ok::<(), Error>(())
+        })
+        .unwrap();
+    assert_eq!(released, vec![b]);
+    assert_eq!(stale, vec![("b".to_string(), "eth0".to_string())]);
     assert_eq!(store.lookup("a", "eth0").unwrap(), Some(a));
     assert_eq!(store.lookup("b", "eth0").unwrap(), None);
     assert!(!dir.join("attachments").join("ghost@eth0").exists());
@@ -175,4 +183,83 @@ fn concurrent_reservations_never_share_an_address() {
         .collect();
     let got: HashSet<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(got.len(), 40);
+}
+
+#[test]
+fn a_dense_range_is_searched_from_one_listing_and_finds_every_hole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/27");
+    let all: Vec<_> = (0..p.capacity())
+        .map(|i| store.reserve(&p, &format!("c{i}"), "eth0").unwrap().address)
+        .collect();
+    assert_eq!(all.len(), 29);
+    assert_eq!(all[28], ip("10.1.0.30"));
+    assert!(!store.has_free(&p).unwrap());
+    // Two holes behind the last reserved address: the search wraps, finds .2 taken, lists
+    // the directory and must still find both, in round-robin order.
+    store.release("c3", "eth0").unwrap();
+    store.release("c20", "eth0").unwrap();
+    assert!(store.has_free(&p).unwrap());
+    assert_eq!(store.reserve(&p, "x", "eth0").unwrap().address, all[3]);
+    assert_eq!(store.reserve(&p, "y", "eth0").unwrap().address, all[20]);
+    assert!(matches!(
+        store.reserve(&p, "z", "eth0").unwrap_err(),
+        Error::Exhausted { .. }
+    ));
+}
+
+#[test]
+fn a_symlinked_network_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, tmp.path().join("n")).unwrap();
+    let err = Store::open(tmp.path(), "n").unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
+}
+
+#[test]
+fn an_attachment_lock_makes_a_second_holder_wait_and_gc_skip_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pool("10.1.0.0/24");
+    // Stores opened separately, as two plugin processes do: separate lock file descriptions.
+    let first = Store::open(tmp.path(), "n").unwrap();
+    let a = first.reserve(&p, "a", "eth0").unwrap().address;
+    first.reserve(&p, "b", "eth0").unwrap();
+    let held = first.lock_attachment("a", "eth0").unwrap();
+
+    let root = tmp.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let second = Store::open(&root, "n").unwrap();
+        let _lock = second.lock_attachment("a", "eth0").unwrap();
+        tx.send(()).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "a second lock of the same attachment was granted while the first is held"
+    );
+
+    // GC from a third store while "a" is busy: "b" goes, "a" (mid-ADD) stays.
+    let third = Store::open(tmp.path(), "n").unwrap();
+    let released = third.gc(&HashSet::new(), |_| Ok::<(), Error>(())).unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(third.lookup("a", "eth0").unwrap(), Some(a));
+    assert_eq!(third.lookup("b", "eth0").unwrap(), None);
+
+    // Another attachment's lock is independent.
+    let _other = third.lock_attachment("c", "eth0").unwrap();
+    drop(held);
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the waiter got the lock once it was released");
+    waiter.join().unwrap();
+    let released = third.gc(&HashSet::new(), |_| Ok::<(), Error>(())).unwrap();
+    assert_eq!(released, vec![a]);
 }

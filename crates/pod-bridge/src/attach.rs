@@ -10,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net};
 use netsetup::link::{self, BridgeSpec, VethSpec};
 use netsetup::masquerade::{self, MasqueradeSpec};
 use netsetup::{sysctl, Netns, Socket};
-use node_ipam::{Pool, Store};
+use node_ipam::{attachment_hash, Pool, Store};
 
 use crate::Error;
 
@@ -52,16 +52,7 @@ impl BridgeNetwork {
 /// it without the pod's namespace. 15 bytes, never the 12 of the reference bridge plugin's
 /// random `vethXXXXXXXX` names.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    format!("veth{:011x}", fnv1a(container_id, ifname) >> 20)
-}
-
-fn fnv1a(container_id: &str, ifname: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    format!("veth{:011x}", attachment_hash(container_id, ifname) >> 20)
 }
 
 /// The pod end's MAC, derived from its address as kubenet and the reference plugins do
@@ -73,7 +64,7 @@ fn pod_mac(ip: Ipv4Addr) -> link::Mac {
 
 /// The host end's MAC: locally administered, from the same hash as its name.
 fn host_mac(container_id: &str, ifname: &str) -> link::Mac {
-    let h = fnv1a(container_id, ifname).to_be_bytes();
+    let h = attachment_hash(container_id, ifname).to_be_bytes();
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
@@ -99,6 +90,8 @@ pub fn add(net: &BridgeNetwork, env: &Env) -> Result<CniResult, Error> {
     };
 
     let store = net.store()?;
+    // Held to the end of the ADD: a second ADD of the same pod waits, then finds it attached.
+    let _attachment = store.lock_attachment(&env.container_id, &env.ifname)?;
     let lease = store.reserve(&net.pool, &env.container_id, &env.ifname)?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     if lease.existing && link::get_link(&mut host, &host_name)?.is_some() {
@@ -269,9 +262,13 @@ fn ensure_masquerade(net: &BridgeNetwork) -> Result<(), Error> {
 /// DEL: removes the pod's veth pair (found by name, so a deleted netns does not matter) and
 /// releases its address. Succeeds when either is already gone.
 pub fn del(net: &BridgeNetwork, env: &Env) -> Result<Option<Ipv4Addr>, Error> {
+    let store = net.store()?;
+    // A DEL sent while the pod's ADD still runs (a runtime's timeout) waits for it, so it
+    // removes what that ADD made instead of racing it.
+    let _attachment = store.lock_attachment(&env.container_id, &env.ifname)?;
     let mut host = Socket::new()?;
     remove_veth(&mut host, &host_veth_name(&env.container_id, &env.ifname))?;
-    Ok(net.store()?.release(&env.container_id, &env.ifname)?)
+    Ok(store.release(&env.container_id, &env.ifname)?)
 }
 
 fn remove_veth(host: &mut Socket, name: &str) -> Result<(), Error> {
@@ -362,22 +359,16 @@ pub fn status(net: &BridgeNetwork) -> Result<(), Error> {
     }
 }
 
-/// GC: releases every lease not in `valid` and removes its veth if one is left.
+/// GC: releases every lease not in `valid` and removes its veth if one is left (under the
+/// store's lock, so an ADD finishing meanwhile keeps its lease).
 pub fn gc(net: &BridgeNetwork, valid: &[Attachment]) -> Result<Vec<Ipv4Addr>, Error> {
     let store = net.store()?;
     let keep: HashSet<(String, String)> = valid
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    let stale: Vec<(String, String)> = store
-        .leases()?
-        .into_iter()
-        .filter_map(|(_, owner)| owner)
-        .filter(|owner| !keep.contains(owner))
-        .collect();
     let mut host = Socket::new()?;
-    for (id, ifname) in &stale {
-        remove_veth(&mut host, &host_veth_name(id, ifname))?;
-    }
-    Ok(store.gc(&keep)?)
+    store.gc(&keep, |(id, ifname)| {
+        remove_veth(&mut host, &host_veth_name(id, ifname))
+    })
 }
