@@ -55,13 +55,18 @@ for p in "${PODS[@]}"; do
     echo "$out"
     ADDR[$p]=$(sed -E 's/.*"address":"([0-9.]+)\/.*/\1/' <<<"$out")
 done
-echo "== ${PODS[0]} (${ADDR[${PODS[0]}]}) pings ${PODS[1]} (${ADDR[${PODS[1]}]}) and the gateway"
-ip netns exec "${PODS[0]}" ping -c 2 -W 1 "${ADDR[${PODS[1]}]}"
-ip netns exec "${PODS[1]}" ping -c 1 -W 1 10.244.7.1
+A=${PODS[0]}; B=${PODS[1]}
+echo "== $A (${ADDR[$A]}) and $B (${ADDR[$B]}) ping each other and the gateway 10.244.7.1"
+ip netns exec "$A" ping -c 2 -W 1 "${ADDR[$B]}"
+ip netns exec "$B" ping -c 2 -W 1 "${ADDR[$A]}"
+for p in "$A" "$B"; do ip netns exec "$p" ping -c 1 -W 1 10.244.7.1; done
 echo "== node view: bridge, ports, masquerade table"
 ip -n "$NODE" -br link show master cbr0
 ip netns exec "$NODE" nft list table ip cni_suite_cbr0
 for p in "${PODS[@]}"; do echo "== DEL $p"; cni DEL "$p"; done
 echo "== plugin log"; cat "$STATE/plugin.log"
-echo "== leases left: $(find "$STATE/ipam/kubenet" -maxdepth 1 -name '10.*' | wc -l)"
+left=$(find "$STATE/ipam/kubenet" -maxdepth 1 -name '10.*' | wc -l)
+veths=$(ip -n "$NODE" -br link show type veth | wc -l)
+echo "== after DEL: $left leases, $veths veths on the node"
+[ "$left" -eq 0 ] && [ "$veths" -eq 0 ] || { echo "demo: DEL left state behind" >&2; exit 1; }
 echo "demo: OK"

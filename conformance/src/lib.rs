@@ -43,6 +43,27 @@ pub const SPEC_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0
 /// Longest interface name the kernel accepts (IFNAMSIZ 16, minus the terminating NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
 
+/// Markers of a crash in a plugin's stdout or stderr: a Rust panic ("panicked"), a Rust
+/// backtrace, a Go panic's goroutine dump, a Python traceback, and the panic guard of our own
+/// plugins' skeleton (cni-skel), which turns a panic into code 199 with "internal error (a
+/// bug" on stdout and "internal error: <message> at <file:line>" on stderr, so the word
+/// "panicked" never appears.
+pub const CRASH_MARKERS: [&str; 5] = [
+    "panicked",
+    "stack backtrace:",
+    "goroutine 1 [",
+    "Traceback (most recent call last)",
+    "internal error (a bug",
+];
+
+/// The crash marker found in a plugin's output, if any (see [`CRASH_MARKERS`]).
+pub fn crash_marker(stdout: &str, stderr: &str) -> Option<&'static str> {
+    CRASH_MARKERS
+        .iter()
+        .copied()
+        .find(|m| stdout.contains(m) || stderr.contains(m))
+}
+
 /// Panics unless the test process runs as root.
 ///
 /// Conformance tests create namespaces, veths and firewall rules; without root they cannot

@@ -251,12 +251,13 @@ impl PluginOutput {
         err
     }
 
-    /// A panic is a bug whatever the input; Rust prints "panicked" on stderr, and a plugin
-    /// that catches it and still prints the message would show it on stdout.
+    /// A panic is a bug whatever the input: Rust prints "panicked" on stderr, our skeleton's
+    /// panic guard prints code 199 "internal error (a bug ..." (see [`crate::CRASH_MARKERS`]).
     fn assert_no_panic(&self, ctx: &str) {
+        let marker = crate::crash_marker(&self.stdout, &self.stderr);
         assert!(
-            !self.stdout.contains("panicked") && !self.stderr.contains("panicked"),
-            "{ctx}: plugin panicked; {}",
+            marker.is_none(),
+            "{ctx}: plugin crashed ({marker:?} in its output); {}",
             self.describe()
         );
     }

@@ -304,9 +304,10 @@ impl Harness {
             .entry(verb.to_owned())
             .or_default()
             .push(started.elapsed());
+        let marker = cni_conformance::crash_marker(&stdout, &stderr);
         assert!(
-            !stdout.contains("panicked") && !stderr.contains("panicked"),
-            "plugin panicked: stdout {stdout}; stderr {stderr}"
+            marker.is_none(),
+            "plugin crashed ({marker:?} in its output): stdout {stdout}; stderr {stderr}"
         );
         if status.success() {
             return Outcome::Ok(stdout);

@@ -151,11 +151,17 @@ impl HostileNode {
         self.config_named(&self.name)
     }
 
+    /// A run of `verb` with this node's config; GC gets an empty `cni.dev/valid-attachments`
+    /// (no pod is valid), since a GC without the list is refused.
     fn run(&self, verb: &str) -> PluginRun {
+        let mut config = self.config();
+        if verb == "GC" {
+            config["cni.dev/valid-attachments"] = json!([]);
+        }
         PluginRun::new(&self.program, &self.node)
             .command(verb)
             .cni_path(&bin_dir().to_string_lossy())
-            .config(&self.config())
+            .config(&config)
     }
 
     fn attachment(&self, verb: &str, id: &str, netns: &Path) -> PluginRun {
@@ -609,6 +615,44 @@ fn index_directory_swapped_for_a_symlink_is_never_written_through() {
     } else {
         out.expect_cni_error_code(&ctx, code::IO_FAILURE, Some("1.1.0"));
     }
+}
+
+#[test]
+fn network_directory_swapped_for_a_symlink_is_never_written_through() {
+    // `<dataDir>/<name>` itself replaced by a symlink to a directory outside: every lease,
+    // the lock and the index would land there.
+    let hn = HostileNode::new("1.1.0");
+    let (a, b) = (Pod::new(), Pod::new());
+    hn.add_ok(&a, "add pod a");
+    hn.del(&a).expect_success(&hn.ctx("del pod a"));
+    let outside = hn.outer.path().join("outside-net-dir");
+    fs::create_dir(&outside).expect("mkdir");
+    fs::remove_dir_all(hn.state_dir()).expect("rm the network directory");
+    symlink(&outside, hn.state_dir()).expect("symlink");
+    for verb in ["ADD", "DEL", "STATUS", "GC"] {
+        let ctx = hn.ctx(&format!("<dataDir>/<name> is a symlink: {verb}"));
+        let out = match verb {
+            "ADD" => hn.add(&b),
+            "DEL" => hn.del(&b),
+            verb => hn.run(verb).exec(),
+        };
+        out.expect_cni_error_code(&ctx, code::IO_FAILURE, Some("1.1.0"));
+        let written: Vec<_> = fs::read_dir(&outside)
+            .expect("outside dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            written.is_empty(),
+            "{ctx}: the plugin wrote {written:?} through the symlink"
+        );
+    }
+    assert!(hn.veths().is_empty(), "{}", hn.ctx("a veth was left"));
+    assert!(
+        !b.netns.has_link(IFNAME),
+        "{}",
+        hn.ctx("pod b got an interface")
+    );
 }
 
 #[test]

@@ -51,12 +51,16 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 const NON_MASQUERADE_CIDR: &str = "10.0.0.0/8";
 const IFNAME: &str = "eth0";
 
-/// CNI error codes from the spec (SPEC.md "Error codes").
+/// CNI error codes from the spec (SPEC.md "Error codes"), and kubenet-bridge's own (README).
 mod code {
     pub const INCOMPATIBLE_VERSION: u64 = 1;
     pub const INVALID_ENVIRONMENT: u64 = 4;
     pub const DECODING_FAILURE: u64 = 6;
     pub const INVALID_NETWORK_CONFIG: u64 = 7;
+    pub const PLUGIN_NOT_AVAILABLE: u64 = 50;
+    pub const RANGE_EXHAUSTED: u64 = 100;
+    pub const ALREADY_ATTACHED: u64 = 102;
+    pub const CHECK_MISMATCH: u64 = 104;
 }
 
 /// A pod sandbox: its namespace and the container id the runtime uses for it.
@@ -376,8 +380,11 @@ fn check_fails_after_pod_address_removed() {
         let pod = Pod::new();
         let (result, _, _) = kn.add_ok(&pod, "add");
         pod.netns.ip_ok(&["addr", "flush", "dev", IFNAME]);
-        kn.check(&pod, &result)
-            .expect_cni_error(&kn.ctx("check after the pod address was removed"));
+        kn.check(&pod, &result).expect_cni_error_code(
+            &kn.ctx("check after the pod address was removed"),
+            code::CHECK_MISMATCH,
+            Some(version),
+        );
     }
 }
 
@@ -641,6 +648,73 @@ fn gc_keeps_only_listed_attachments(key: &str) {
 }
 
 #[test]
+fn gc_without_a_valid_attachments_list_is_refused_and_releases_nothing() {
+    let kn = KubenetNode::new("1.1.0");
+    let pod = Pod::new();
+    let (_, address, host_veth) = kn.add_ok(&pod, "add");
+    let what = kn.ctx("gc without cni.dev/valid-attachments");
+    kn.run("GC")
+        .config(&kn.config())
+        .exec()
+        .expect_cni_error_code(&what, code::INVALID_NETWORK_CONFIG, Some("1.1.0"));
+    assert!(
+        kn.net.leases.is_reserved(address.addr()),
+        "{what}: the lease was released"
+    );
+    assert!(
+        kn.node.netns().has_link(&host_veth),
+        "{what}: the pod's veth was removed"
+    );
+    let log = std::fs::read_to_string(kn.data_dir.path().join("kubenet-bridge.log"))
+        .expect("the plugin writes its logFile");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("GC network=") && l.contains("outcome=error [7]")),
+        "{what}: a refused request still gets its log line:\n{log}"
+    );
+    // null is what libcni sends for an empty list: nothing is valid, everything goes.
+    let mut config = kn.config();
+    config["cni.dev/valid-attachments"] = Value::Null;
+    kn.run("GC")
+        .config(&config)
+        .exec()
+        .expect_success(&kn.ctx("gc with a null list"));
+    assert!(
+        !kn.net.leases.is_reserved(address.addr()),
+        "{what}: a null list must release the lease"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !kn
+            .node
+            .netns()
+            .has_link(&host_veth)),
+        "{what}: a null list must remove the veth"
+    );
+}
+
+#[test]
+fn a_request_refused_before_the_plugin_runs_is_logged() {
+    let kn = KubenetNode::new("1.0.0");
+    let pod = Pod::new();
+    kn.attachment("ADD", &pod)
+        .container_id("../../etc/x")
+        .exec()
+        .expect_cni_error_code(
+            &kn.ctx("add with a path in CNI_CONTAINERID"),
+            code::INVALID_ENVIRONMENT,
+            Some("1.0.0"),
+        );
+    let log = std::fs::read_to_string(kn.data_dir.path().join("kubenet-bridge.log"))
+        .expect("the plugin writes its logFile");
+    assert!(
+        log.lines().any(|l| l.contains("ADD network=")
+            && l.contains("container=../../etc/x")
+            && l.contains("outcome=error [4]")),
+        "the refused ADD must be logged with the container id it was given:\n{log}"
+    );
+}
+
+#[test]
 fn gc_releases_attachments_not_listed_as_valid() {
     gc_keeps_only_listed_attachments("cni.dev/valid-attachments");
 }
@@ -733,8 +807,25 @@ fn exhausted_pod_cidr_fails_cleanly() {
             kn.ctx("distinct addresses in a /29")
         );
         let last = &pods[USABLE];
+        if version_at_least(version, "1.1.0") {
+            kn.run("STATUS")
+                .config(&kn.config())
+                .exec()
+                .expect_cni_error_code(
+                    &kn.ctx("status of an exhausted podCIDR"),
+                    code::PLUGIN_NOT_AVAILABLE,
+                    Some(version),
+                );
+        }
         let ctx = kn.ctx("add to an exhausted podCIDR");
-        kn.add(last).expect_cni_error(&ctx);
+        let err = kn
+            .add(last)
+            .expect_cni_error_code(&ctx, code::RANGE_EXHAUSTED, Some(version));
+        assert!(
+            err.msg.contains("10.244.1.0/29"),
+            "{ctx}: the message must name the range: {}",
+            err.msg
+        );
         assert!(
             !last.netns.has_link(IFNAME),
             "{ctx}: pod interface left behind"
@@ -826,4 +917,104 @@ fn nft_tables(node: &Node) -> Vec<String> {
         .map(|l| l.trim_start_matches("table ").to_owned())
         .filter(|l| !l.is_empty())
         .collect()
+}
+
+/// The MTU of `ifname` in `netns`, from `ip -d -j link show`.
+fn link_mtu(netns: &Netns, ifname: &str) -> Option<u64> {
+    netns.link_details(ifname)?["mtu"].as_u64()
+}
+
+#[test]
+fn mtu_0_follows_the_default_route_link_and_an_explicit_mtu_wins() {
+    // mtu 0: the bridge is created with the MTU of the default route's link (1400 here), and
+    // pods get the bridge's.
+    let kn = KubenetNode::new("1.1.0");
+    let ns = kn.node.netns();
+    // The uplink is a veth pair inside the node (this kernel has no dummy driver).
+    ns.ip_ok(&[
+        "link", "add", "uplink0", "mtu", "1400", "type", "veth", "peer", "name", "uplink1", "mtu",
+        "1400",
+    ]);
+    ns.ip_ok(&["link", "set", "uplink1", "up"]);
+    ns.ip_ok(&["link", "set", "uplink0", "up"]);
+    ns.ip_ok(&["addr", "add", "192.0.2.2/24", "dev", "uplink0"]);
+    ns.ip_ok(&["route", "add", "default", "via", "192.0.2.1"]);
+    let pod = Pod::new();
+    let (result, _, _) = kn.add_ok(&pod, "add with mtu 0");
+    let ctx = kn.ctx("mtu 0");
+    assert_eq!(link_mtu(&pod.netns, IFNAME), Some(1400), "{ctx}: pod MTU");
+    assert_eq!(
+        link_mtu(ns, &kn.net.bridge),
+        Some(1400),
+        "{ctx}: bridge MTU"
+    );
+    assert_eq!(
+        result["interfaces"][2]["mtu"].as_u64(),
+        Some(1400),
+        "{ctx}: 1.1.0 results carry the pod interface's MTU: {result}"
+    );
+
+    // No default route at all: 1500.
+    let bare = KubenetNode::new("1.0.0");
+    let pod = Pod::new();
+    bare.add_ok(&pod, "add with mtu 0 and no default route");
+    assert_eq!(
+        link_mtu(&pod.netns, IFNAME),
+        Some(1500),
+        "{}",
+        bare.ctx("mtu 0 without a default route")
+    );
+
+    let fixed = KubenetNode::with_config("1.1.0", |plugin| plugin["mtu"] = json!(1300));
+    let pod = Pod::new();
+    let (result, _, _) = fixed.add_ok(&pod, "add with mtu 1300");
+    let ctx = fixed.ctx("mtu 1300");
+    assert_eq!(link_mtu(&pod.netns, IFNAME), Some(1300), "{ctx}: pod MTU");
+    assert_eq!(
+        result["interfaces"][2]["mtu"].as_u64(),
+        Some(1300),
+        "{ctx}: {result}"
+    );
+}
+
+#[test]
+fn two_concurrent_adds_of_one_pod_hold_one_address_and_del_frees_it() {
+    // A runtime retrying an ADD it timed out on: both run at once. One attaches the pod, the
+    // other fails with code 102; never two leases, never a lease released under the winner.
+    let kn = KubenetNode::new("1.0.0");
+    for round in 0..10 {
+        let pod = Pod::new();
+        let ctx = kn.ctx(&format!("round {round}: two concurrent ADDs of one pod"));
+        let outputs: Vec<PluginOutput> = thread::scope(|s| {
+            let runs: Vec<_> = (0..2).map(|_| s.spawn(|| kn.add(&pod))).collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("ADD thread panicked"))
+                .collect()
+        });
+        let won: Vec<&PluginOutput> = outputs.iter().filter(|o| o.status.success()).collect();
+        assert_eq!(won.len(), 1, "{ctx}: {outputs:?}");
+        for lost in outputs.iter().filter(|o| !o.status.success()) {
+            lost.expect_cni_error_code(&ctx, code::ALREADY_ATTACHED, Some("1.0.0"));
+        }
+        let result = won[0].expect_success(&ctx);
+        let address: Ipv4Net = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{ctx}: no address in {result}"));
+        assert_eq!(
+            kn.net.leases.reserved_addresses(),
+            vec![address.addr()],
+            "{ctx}: exactly the winner's lease"
+        );
+        assert_eq!(
+            pod.netns.ipv4_addresses(IFNAME),
+            vec![address],
+            "{ctx}: the pod has the winner's address"
+        );
+        kn.del(&pod).expect_success(&ctx);
+        assert!(
+            kn.net.leases.reserved_addresses().is_empty(),
+            "{ctx}: DEL left a lease"
+        );
+    }
 }

@@ -19,16 +19,7 @@ use serde_json::Value;
 
 use crate::runner::runtime::{shorten, ChainRun, Invocation};
 use crate::runner::verdict::{Findings, Level, Step};
-use crate::version_at_least;
-
-/// Markers of a crash on stdout or stderr: a Rust panic (the brief's "panicked"), a Rust
-/// backtrace, a Go panic's goroutine dump, a Python traceback.
-const CRASH_MARKERS: [&str; 4] = [
-    "panicked",
-    "stack backtrace:",
-    "goroutine 1 [",
-    "Traceback (most recent call last)",
-];
+use crate::{crash_marker, version_at_least};
 
 /// Why an invocation counts as a crash, if it does: killed by a signal, or a crash marker in
 /// its output.
@@ -40,17 +31,14 @@ pub fn crash(inv: &Invocation) -> Option<String> {
         ));
     }
     let out = &inv.output;
-    CRASH_MARKERS
-        .iter()
-        .find(|m| out.stdout.contains(**m) || out.stderr.contains(**m))
-        .map(|m| {
-            format!(
-                "{} {} crashed ({m:?} in its output): {}",
-                inv.plugin,
-                inv.verb,
-                inv.describe()
-            )
-        })
+    crash_marker(&out.stdout, &out.stderr).map(|m| {
+        format!(
+            "{} {} crashed ({m:?} in its output): {}",
+            inv.plugin,
+            inv.verb,
+            inv.describe()
+        )
+    })
 }
 
 /// Records a MUST violation for every crashed step.
