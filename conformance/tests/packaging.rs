@@ -326,8 +326,16 @@ struct Installer {
 impl Installer {
     /// A source bin dir with kubenet-bridge and portmap, and empty target dirs.
     fn new() -> Installer {
+        Installer::with(&["kubenet-bridge"])
+    }
+
+    /// A source bin dir with our plugins `ours` and the reference portmap (every template
+    /// chains it), and empty target dirs.
+    fn with(ours: &[&str]) -> Installer {
         let dir = TempDir::new().expect("temp dir");
-        copy_exec(&plugin_binary("kubenet-bridge"), &dir.path().join("src"));
+        for p in ours {
+            copy_exec(&plugin_binary(p), &dir.path().join("src"));
+        }
         copy_exec(&reference_plugin("portmap"), &dir.path().join("src"));
         Installer { dir }
     }
@@ -353,13 +361,18 @@ impl Installer {
             "NODE_NAME",
             "CLUSTER_CIDR",
             "NON_MASQUERADE_CIDR",
+            "ETCD_ENDPOINTS",
+            "CLUSTER_NAME",
             "BRIDGE",
             "MTU",
             "LOG_DIR",
+            "CNI_VERSION",
+            "NETWORK_NAME",
             "CNI_NETWORK",
             "CNI_CONF_NAME",
             "TEMPLATE_DIR",
             "SKIP_PLUGIN_CHECK",
+            "KUBERNETES_SERVICE_HOST",
         ] {
             c.env_remove(var);
         }
@@ -601,6 +614,278 @@ fn install_cni_refuses_a_foreign_conflist_unless_forced() {
         "temp files left: {:?}",
         empty.leftovers()
     );
+}
+
+/// The conflist the installer wrote, parsed, and the types of its plugins in order.
+fn installed_conflist(inst: &Installer) -> (Value, Vec<String>) {
+    let conf: Value = serde_json::from_slice(&fs::read(inst.conflist()).expect("conflist"))
+        .expect("the rendered conflist is JSON");
+    let types = conf["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| p["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    (conf, types)
+}
+
+#[test]
+fn install_cni_renders_the_vxlan_overlay_template() {
+    require_root();
+    let inst = Installer::with(&["vxlan-overlay"]);
+    let o = run(inst
+        .command()
+        .env("CNI_NETWORK", "vxlan-overlay")
+        .env("PLUGINS", "vxlan-overlay portmap")
+        .env("CLUSTER_CIDR", "10.200.0.0/16")
+        .env(
+            "ETCD_ENDPOINTS",
+            "http://10.0.0.5:2379,http://10.0.0.6:2379",
+        ));
+    assert!(o.status.success(), "{}", text(&o));
+    let (conf, types) = installed_conflist(&inst);
+    assert_eq!(types, ["vxlan-overlay", "portmap"], "{conf:#}");
+    let vx = &conf["plugins"][0];
+    // The cluster's range: the agent leases this node's subnet of it.
+    assert_eq!(vx["clusterCIDR"], "10.200.0.0/16", "{conf:#}");
+    assert_eq!(
+        vx["etcdEndpoints"],
+        json!(["http://10.0.0.5:2379", "http://10.0.0.6:2379"]),
+        "{conf:#}"
+    );
+    assert_eq!(vx["bridge"], "cbr0");
+    assert_eq!(vx["mtu"], 0);
+    assert_eq!(vx["logFile"], "/var/log/vxlan-overlay.log");
+    assert_eq!(conf["cniVersion"], "1.0.0");
+    assert_eq!(conf["name"], "k8s-pod-network");
+    assert!(inst.bin().join("vxlan-overlay").is_file());
+    assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+
+    // The plugin reads the rendered entry: an ADD before the agent leased a subnet is "try
+    // again later" (11), not a config error (7). State goes to temp dirs, not the node's.
+    let node = Node::new();
+    let pod = Netns::new("pkg-vxpod-");
+    let mut net = vx.clone();
+    net["cniVersion"] = conf["cniVersion"].clone();
+    net["name"] = conf["name"].clone();
+    net["dataDir"] = json!(inst.dir.path().join("overlay"));
+    net["ipamDir"] = json!(inst.dir.path().join("ipam"));
+    net["logFile"] = json!(inst.dir.path().join("vx.log"));
+    let add = PluginRun::new(&inst.bin().join("vxlan-overlay"), &node)
+        .command("ADD")
+        .container_id("pkg-install-vx")
+        .netns(&pod.path())
+        .ifname("eth0")
+        .cni_path(&inst.bin().to_string_lossy())
+        .config(&net)
+        .exec();
+    add.expect_cni_error_code(
+        "ADD before the lease, rendered vxlan-overlay entry",
+        11,
+        Some("1.0.0"),
+    );
+}
+
+#[test]
+fn install_cni_renders_the_kubenet_vpc_route_template() {
+    require_root();
+    let inst = Installer::with(&["kubenet-bridge", "vpc-route"]);
+    let o = run(inst
+        .command()
+        .env("CNI_NETWORK", "kubenet-vpc-route")
+        .env("PLUGINS", "kubenet-bridge vpc-route portmap")
+        .env("POD_CIDR", "10.244.12.0/24")
+        .env("CLUSTER_CIDR", "10.244.0.0/16")
+        .env("CLUSTER_NAME", "prod.example.com"));
+    assert!(o.status.success(), "{}", text(&o));
+    let (conf, types) = installed_conflist(&inst);
+    assert_eq!(
+        types,
+        ["kubenet-bridge", "vpc-route", "portmap"],
+        "{conf:#}"
+    );
+    let kb = &conf["plugins"][0];
+    let vpc = &conf["plugins"][1];
+    assert_eq!(kb["podCIDR"], "10.244.12.0/24", "{conf:#}");
+    // Without NON_MASQUERADE_CIDR the cluster's range is never masqueraded.
+    assert_eq!(kb["nonMasqueradeCIDR"], "10.244.0.0/16", "{conf:#}");
+    assert_eq!(vpc["podCIDR"], "10.244.12.0/24", "{conf:#}");
+    assert_eq!(vpc["clusterCIDR"], "10.244.0.0/16", "{conf:#}");
+    assert_eq!(vpc["clusterName"], "prod.example.com", "{conf:#}");
+    for p in ["kubenet-bridge", "vpc-route", "portmap"] {
+        assert!(inst.bin().join(p).is_file(), "{p} not installed");
+    }
+    assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+}
+
+#[test]
+fn install_cni_error_paths_write_nothing() {
+    require_root();
+    let inst = Installer::with(&["kubenet-bridge", "vxlan-overlay"]);
+    let vxlan = |inst: &Installer| {
+        let mut c = inst.command();
+        c.env("CNI_NETWORK", "vxlan-overlay")
+            .env("PLUGINS", "vxlan-overlay portmap")
+            .env("CLUSTER_CIDR", "10.200.0.0/16")
+            .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379");
+        c
+    };
+    let broken_templates = inst.dir.path().join("templates");
+    write(
+        &broken_templates.join("kubenet.conflist.in"),
+        r#"{"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "kubenet-bridge", "podCIDR": "@@POD_CIDR@@"}"#,
+    );
+    assert!(
+        has_program("jq"),
+        "jq is needed (the installer checks the rendered JSON with it): run conformance/scripts/install-test-deps.sh"
+    );
+    let cases: Vec<(&str, Command, &str)> = vec![
+        (
+            "unknown argument",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24").arg("--frob");
+                c
+            },
+            "unknown argument --frob",
+        ),
+        (
+            "unknown network",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24")
+                    .env("CNI_NETWORK", "calico");
+                c
+            },
+            "no template",
+        ),
+        (
+            "vxlan without CLUSTER_CIDR",
+            {
+                let mut c = vxlan(&inst);
+                c.env_remove("CLUSTER_CIDR");
+                c
+            },
+            "vxlan-overlay needs CLUSTER_CIDR",
+        ),
+        (
+            "vxlan without etcd",
+            {
+                let mut c = vxlan(&inst);
+                c.env_remove("ETCD_ENDPOINTS");
+                c
+            },
+            "vxlan-overlay needs ETCD_ENDPOINTS",
+        ),
+        (
+            "etcd endpoints that would break the JSON",
+            {
+                let mut c = vxlan(&inst);
+                c.env("ETCD_ENDPOINTS", "http://a:2379\"],\"x\":[\"");
+                c
+            },
+            "ETCD_ENDPOINTS=",
+        ),
+        (
+            "cluster CIDR that is not one",
+            {
+                let mut c = vxlan(&inst);
+                c.env("CLUSTER_CIDR", "10.200.0.0");
+                c
+            },
+            "CLUSTER_CIDR=10.200.0.0 is not an IPv4 CIDR",
+        ),
+        (
+            "MTU that is not a number",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24").env("MTU", "1500x");
+                c
+            },
+            "MTU=1500x is not a number",
+        ),
+        (
+            "vpc-route without CLUSTER_NAME",
+            {
+                let mut c = inst.command();
+                c.env("CNI_NETWORK", "kubenet-vpc-route")
+                    .env("POD_CIDR", "10.244.9.0/24")
+                    .env("CLUSTER_CIDR", "10.244.0.0/16");
+                c
+            },
+            "kubenet-vpc-route needs CLUSTER_NAME",
+        ),
+        (
+            "vpc-route template without the vpc-route binary",
+            {
+                let mut c = inst.command();
+                c.env("CNI_NETWORK", "kubenet-vpc-route")
+                    .env("POD_CIDR", "10.244.9.0/24")
+                    .env("CLUSTER_CIDR", "10.244.0.0/16")
+                    .env("CLUSTER_NAME", "prod.example.com")
+                    .env("PLUGINS", "kubenet-bridge portmap");
+                c
+            },
+            "names plugin vpc-route",
+        ),
+        (
+            "no binary to install",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24")
+                    .env("PLUGINS", "no-such-plugin");
+                c
+            },
+            "no plugin binary",
+        ),
+        (
+            "a template that renders invalid JSON",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24")
+                    .env("TEMPLATE_DIR", &broken_templates);
+                c
+            },
+            "not valid JSON",
+        ),
+    ];
+    for (what, mut cmd, message) in cases {
+        let o = run(&mut cmd);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(message),
+            "{what}: stderr lacks {message:?}: {}",
+            text(&o)
+        );
+        assert!(!inst.conflist().exists(), "{what}: a conflist was written");
+        assert!(
+            inst.leftovers().is_empty(),
+            "{what}: temp files left: {:?}",
+            inst.leftovers()
+        );
+    }
+
+    // Not an error, but said: another config sorting first is what runtimes use.
+    write(
+        &inst.conf().join("05-other.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"o","plugins":[{"type":"bridge"}]}"#,
+    );
+    let o = run(vxlan(&inst).env("CNI_CONF_NAME", "10-cni-suite.conflist"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("05-other.conflist sorts before 10-cni-suite.conflist"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Whether `name` is an executable on PATH (or in the system directories).
+fn has_program(name: &str) -> bool {
+    run(Command::new("sh").args(["-c", &format!("command -v {name}")]))
+        .status
+        .success()
 }
 
 // ---------------------------------------------------------------------------------------
