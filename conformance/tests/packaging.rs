@@ -1,11 +1,14 @@
 //! Packaging and the operator command, black-box: `packaging/release.sh` (tarball whose
-//! SHA256SUMS verify, binaries that run, the .deb's layout), `install-cni.sh` into temp dirs
-//! (idempotent, atomic under a concurrent reader, refusing a foreign conflist), `cni-suite
-//! doctor` in a node namespace (healthy: every check ok or skipped; broken: the right checks
-//! fail), `cni-suite teardown` (a dry run changes nothing; `--yes` removes the suite's state
-//! and nothing else), and every binary's `--help`/`--version`.
+//! SHA256SUMS verify, all three plugins and cni-suite, binaries that run, the .deb's layout),
+//! `install-cni.sh` into temp dirs (its three templates, idempotent, atomic under a concurrent
+//! reader, refusing a foreign conflist, every error path writing nothing), `cni-suite doctor`
+//! in a node namespace (healthy: every check ok or skipped; broken: the right checks fail),
+//! `cni-suite teardown` (a dry run changes nothing; `--yes` removes the suite's state and
+//! nothing else), both also on a vxlan-overlay node of a real overlay (etcd and agents from
+//! `cni_conformance::overlay`, nothing made by hand), and every workspace binary's
+//! `--help`/`--version`.
 //!
-//! Run as root (after `cargo build --release -p kubenet-bridge -p vxlan-overlay -p cni-suite`):
+//! Run as root, after `cargo build --release --workspace --bins` (every binary is required):
 //! ```text
 //! cargo test --release -p cni-conformance --test packaging
 //! ```
@@ -19,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
 use cni_conformance::netns::{Netns, Node};
+use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
 use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
 use cni_conformance::{eventually, require_root, unique_link_name, unique_name};
 use serde_json::{json, Value};
@@ -1304,6 +1309,375 @@ fn teardown_dry_run_changes_nothing_and_yes_removes_only_the_suites_state() {
     assert!(!s.pods[a].has_link("eth0"));
 
     // Idempotent: nothing left to do.
+    let (o, again) = s.teardown(&["--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        again["actions"].as_array().map(Vec::len),
+        Some(0),
+        "{again:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// cni-suite doctor and teardown on a vxlan-overlay node
+
+/// Node 0 of an etcd-backed overlay (etcd and real agents, from `cni_conformance::overlay`)
+/// as cni-suite sees it: a conf dir holding the conflist its agent reads, a bin dir with
+/// vxlan-overlay, and libcni's cache dir (where cnitool, which attaches the pods, caches
+/// results).
+struct OverlaySuite {
+    // Dropped first: pods, agents, etcd and namespaces go before the temp dir.
+    cluster: OverlayCluster,
+    dir: TempDir,
+}
+
+impl OverlaySuite {
+    fn start(nodes: u8) -> OverlaySuite {
+        // A leaseTTL that outlives the test, so a killed agent's record is still in etcd when
+        // teardown looks; a resync that never comes, so the agent does not repair what a test
+        // breaks on purpose.
+        let cluster = OverlayCluster::start(nodes, 300, 3600);
+        let dir = TempDir::new().expect("temp dir");
+        let s = OverlaySuite { cluster, dir };
+        write(
+            &s.conf().join("10-vxlan.conflist"),
+            fs::read(s.node().conflist_path()).expect("the node's conflist"),
+        );
+        copy_exec(&plugin_binary("vxlan-overlay"), &s.dir.path().join("bin"));
+        s
+    }
+
+    fn node(&self) -> &OverlayNode {
+        &self.cluster.nodes[0]
+    }
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+    /// The IPAM root of the node's conflist (`ipamDir`).
+    fn ipam_root(&self) -> PathBuf {
+        self.node()
+            .leases()
+            .path()
+            .parent()
+            .expect("leases are <ipamDir>/<network>")
+            .to_path_buf()
+    }
+    /// libcni's cache dir (cached results in `<dir>/results`).
+    fn cache_dir() -> &'static Path {
+        Path::new(LIBCNI_RESULT_CACHE)
+            .parent()
+            .expect("results is below the cache dir")
+    }
+    /// The node's cached results, as cnitool wrote them.
+    fn cached_results(&self) -> Vec<PathBuf> {
+        let prefix = format!("{}-", self.node().net_name());
+        fs::read_dir(LIBCNI_RESULT_CACHE)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    fn suite(&self, args: &[&str]) -> Output {
+        run(self
+            .node()
+            .netns()
+            .command(plugin_binary("cni-suite"))
+            .args(args))
+    }
+
+    fn doctor(&self) -> (Output, Value) {
+        let o = self.suite(&[
+            "doctor",
+            "--json",
+            "--conf-dir",
+            &self.conf().to_string_lossy(),
+            "--bin-dir",
+            &self.dir.path().join("bin").to_string_lossy(),
+            "--containerd-config",
+            &self.dir.path().join("containerd.toml").to_string_lossy(),
+            "--cache-dir",
+            &Self::cache_dir().to_string_lossy(),
+        ]);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
+        (o, v)
+    }
+
+    fn teardown(&self, extra: &[&str]) -> (Output, Value) {
+        let conf = self.conf().to_string_lossy().into_owned();
+        let cache = Self::cache_dir().to_string_lossy().into_owned();
+        let mut args = vec![
+            "teardown",
+            "--json",
+            "--conf-dir",
+            &conf,
+            "--cache-dir",
+            &cache,
+        ];
+        args.extend_from_slice(extra);
+        let o = self.suite(&args);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("teardown --json is not JSON ({e}): {}", text(&o)));
+        (o, v)
+    }
+
+    /// The node's links by name.
+    fn links(&self) -> Vec<String> {
+        self.node()
+            .netns()
+            .ip_json(&["link", "show"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The node's nftables ruleset.
+    fn ruleset(&self) -> String {
+        stdout(&run(self
+            .node()
+            .netns()
+            .command("nft")
+            .args(["list", "ruleset"])))
+    }
+
+    /// The underlay addresses etcd holds subnet records of.
+    fn record_owners(&self) -> Vec<String> {
+        let mut owners: Vec<String> = self
+            .cluster
+            .records()
+            .expect("etcd answers")
+            .iter()
+            .map(|p| p.underlay.to_string())
+            .collect();
+        owners.sort();
+        owners
+    }
+}
+
+fn message(c: &Value) -> &str {
+    c["message"].as_str().unwrap_or("")
+}
+
+fn hint(c: &Value) -> &str {
+    c["hint"].as_str().unwrap_or("")
+}
+
+#[test]
+fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
+    require_root();
+    let mut s = OverlaySuite::start(1);
+    let subnet = s.node().subnet_env().expect("leased").node_subnet();
+    let dev = format!("vxlan:{DEVICE}");
+    let agent = format!("agent:{}", s.node().net_name());
+
+    let (_, report) = s.doctor();
+    let c = check(&report, &dev);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        message(c).contains(&format!("VTEP {}/32", subnet.network())),
+        "the device check names the VTEP address: {c}"
+    );
+    let c = check(&report, &agent);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        message(c).contains("agent pid") && message(c).contains(&format!("leased {subnet}")),
+        "the agent check names the agent and its lease: {c}"
+    );
+
+    // The device deleted under a running agent: a failure with the fix.
+    s.node().netns().ip_ok(&["link", "del", DEVICE]);
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &dev);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(message(c).contains("missing"), "{c}");
+    assert!(hint(c).contains("restart the vxlan-overlay agent"), "{c}");
+    assert_eq!(status(&report, &agent), "ok", "the agent still runs");
+
+    // The agent killed: its lease is on file but nobody renews it.
+    s.cluster.nodes[0].take_agent().kill();
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &agent);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(message(c).contains("no agent runs"), "{c}");
+    assert!(hint(c).contains("vxlan-overlay agent --config"), "{c}");
+
+    // No lease at all: the agent check says so and what it breaks; without a lease a missing
+    // device is expected, not a fault.
+    fs::remove_file(s.node().data_dir().join("subnet.env")).expect("remove subnet.env");
+    let (_, report) = s.doctor();
+    let c = check(&report, &agent);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(message(c).contains("no subnet leased"), "{c}");
+    assert!(hint(c).contains("code 11"), "{c}");
+    let c = check(&report, &dev);
+    assert_eq!(c["status"], "skip", "{c}");
+    assert!(message(c).contains("not created yet"), "{c}");
+    for c in report["checks"].as_array().expect("checks") {
+        if c["status"] == "fail" || c["status"] == "warn" {
+            assert!(!hint(c).is_empty(), "a failure carries a fix: {c}");
+        }
+    }
+}
+
+#[test]
+fn teardown_on_a_vxlan_overlay_node_removes_the_overlay_and_its_etcd_record() {
+    require_root();
+    let mut s = OverlaySuite::start(2);
+    let pod = s.cluster.add_pod(0);
+    let net = s.node().net_name().to_string();
+    let data = s.node().data_dir();
+    let ipam = s.ipam_root().join(&net);
+    let me = s.node().underlay_ip().to_string();
+    let other = s.cluster.nodes[1].underlay_ip().to_string();
+    // Another network's host-local state in the same IPAM root must stay.
+    let foreign = s.ipam_root().join("foreign-net");
+    write(&foreign.join("10.99.0.5"), "other-container\r\neth0");
+    write(&foreign.join("last_reserved_ip.0"), "10.99.0.5");
+    let cached = s.cached_results();
+    assert_eq!(
+        cached.len(),
+        1,
+        "cnitool cached the pod's result: {cached:?}"
+    );
+    let links0 = s.links();
+    for l in [DEVICE, BRIDGE] {
+        assert!(
+            links0.iter().any(|x| x == l),
+            "{l} missing before teardown: {links0:?}"
+        );
+    }
+    assert!(
+        s.ruleset().contains("table ip cni_suite_"),
+        "{}",
+        s.ruleset()
+    );
+    assert!(
+        ipam.is_dir() && data.join("agent.json").is_file() && data.join("subnet.env").is_file()
+    );
+    assert_eq!(s.record_owners(), [me.clone(), other.clone()]);
+
+    // With the agent running, --yes refuses: it would recreate the device and subnet file.
+    let (o, plan) = s.teardown(&["--yes", "--with-etcd-lease"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        plan["blockers"].as_array().is_some_and(|b| b
+            .iter()
+            .any(|b| b.as_str().unwrap_or("").contains("agent running"))),
+        "{plan:#}"
+    );
+    assert_eq!(s.links(), links0, "a blocked teardown changed links");
+    assert!(
+        ipam.is_dir() && data.join("subnet.env").is_file(),
+        "a blocked teardown removed state"
+    );
+
+    // The agent crashed (SIGKILL releases nothing): its record stays in etcd until the TTL.
+    s.cluster.nodes[0].take_agent().kill();
+    // Only our own cached result is compared: other tests on the machine share libcni's cache.
+    let cached_text = || fs::read_to_string(&cached[0]).ok();
+    let (rules0, node_files0, cache0) = (
+        s.ruleset(),
+        tree(data.parent().expect("node dir")),
+        cached_text(),
+    );
+    let (o, plan) = s.teardown(&["--with-etcd-lease"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(plan["dryRun"], true);
+    assert_eq!(plan["blockers"], json!([]), "{plan:#}");
+    let actions: Vec<String> = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in [
+        format!("delete link {DEVICE} (VXLAN device of network {net})"),
+        format!("delete link {BRIDGE} "),
+        "delete link veth".to_string(),
+        "delete nftables table ip cni_suite_".to_string(),
+        format!("remove {}/ (IPAM state of network {net})", ipam.display()),
+        format!("remove {} ", data.join("agent.json").display()),
+        format!("remove {} ", data.join("subnet.env").display()),
+        format!("remove {}/ if empty", data.display()),
+        format!("remove {} ", cached[0].display()),
+        format!("release this node's subnet record under {ETCD_PREFIX}/subnets"),
+    ] {
+        assert!(
+            actions.iter().any(|a| a.starts_with(&want)),
+            "plan lacks {want:?}: {actions:#?}"
+        );
+    }
+    assert!(
+        actions.iter().all(|a| !a.contains("foreign")),
+        "the plan touches another network: {actions:#?}"
+    );
+    assert_eq!(s.links(), links0, "the dry run changed links");
+    assert_eq!(s.ruleset(), rules0, "the dry run changed the firewall");
+    assert_eq!(
+        tree(data.parent().expect("node dir")),
+        node_files0,
+        "the dry run changed the node's files"
+    );
+    assert!(cache0.is_some(), "the cached result is readable");
+    assert_eq!(
+        cached_text(),
+        cache0,
+        "the dry run changed the cached result"
+    );
+    assert_eq!(
+        s.record_owners(),
+        [me.clone(), other.clone()],
+        "the dry run changed etcd"
+    );
+
+    let (o, done) = s.teardown(&["--yes", "--with-etcd-lease"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(done["dryRun"], false);
+    for a in done["actions"].as_array().expect("actions") {
+        assert_eq!(a["result"], "done", "{a}");
+    }
+    let left = s.links();
+    for gone in [DEVICE, BRIDGE] {
+        assert!(!left.iter().any(|l| l == gone), "{gone} left: {left:?}");
+    }
+    assert!(
+        left.iter().all(|l| !l.starts_with("veth")),
+        "veths left: {left:?}"
+    );
+    assert!(
+        left.iter().any(|l| l == "eth0"),
+        "the underlay link was removed: {left:?}"
+    );
+    assert!(
+        !s.ruleset().contains("cni_suite_"),
+        "suite table left:\n{}",
+        s.ruleset()
+    );
+    assert!(!ipam.exists(), "the network's IPAM state is left");
+    assert!(!data.exists(), "the agent's state dir is left");
+    assert!(!cached[0].exists(), "the cached result is left");
+    assert!(
+        foreign.join("10.99.0.5").is_file() && foreign.join("last_reserved_ip.0").is_file(),
+        "another network's IPAM state was removed"
+    );
+    assert_eq!(
+        s.record_owners(),
+        [other],
+        "only this node's record goes from etcd"
+    );
+    assert!(
+        !s.cluster.pods[pod].netns.has_link("eth0"),
+        "the pod kept its interface"
+    );
+
+    // Nothing left to do.
     let (o, again) = s.teardown(&["--yes"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
