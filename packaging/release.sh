@@ -10,9 +10,9 @@
 #
 #   packaging/release.sh [--no-deb] [--out DIR]
 #
-# vpc-route goes in only if its binary is already in the target dir (it is not built here: the
-# AWS SDK takes long); WITH_VPC_ROUTE=1 builds it too. cargo-deb is installed once into
-# ${CNI_SUITE_TOOLS:-/var/tmp/cni-suite-tools}/bin when missing.
+# Every release carries all three plugins and cni-suite: they are built here (vpc-route's AWS
+# SDK takes a while on a cold target dir; cargo reuses an earlier build). cargo-deb is
+# installed once into ${CNI_SUITE_TOOLS:-/var/tmp/cni-suite-tools}/bin when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -42,19 +42,14 @@ version=$(awk '/^\[workspace\.package\]/ { s = 1; next } /^\[/ { s = 0 }
 [ -n "$version" ] || { echo "release: no [workspace.package] version in Cargo.toml" >&2; exit 1; }
 echo "== cni-suite $version"
 
-packages=(-p kubenet-bridge -p vxlan-overlay -p cni-suite)
-[ "${WITH_VPC_ROUTE:-0}" = 1 ] && packages+=(-p vpc-route)
+binaries=(kubenet-bridge vxlan-overlay vpc-route)
+packages=()
+for b in "${binaries[@]}" cni-suite; do packages+=(-p "$b"); done
 echo "== build (release, static, $TARGET): ${packages[*]}"
 cargo build --release --locked "${packages[@]}"
 
-binaries=(kubenet-bridge vxlan-overlay)
-if [ -x "$REL/vpc-route" ]; then
-    binaries+=(vpc-route)
-    echo "== vpc-route: included ($REL/vpc-route)"
-else
-    echo "== vpc-route: not in $REL, left out (build it with WITH_VPC_ROUTE=1)"
-fi
 for b in "${binaries[@]}" cni-suite; do
+    [ -x "$REL/$b" ] || { echo "release: $REL/$b missing after the build" >&2; exit 1; }
     # Plugins are exec'd per pod and may run with a minimal environment: static only.
     if ! ldd "$REL/$b" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then
         echo "release: $REL/$b is dynamically linked (.cargo/config.toml sets crt-static)" >&2
@@ -94,11 +89,9 @@ if [ "$DEB" = 1 ]; then
         (cd / && CARGO_TARGET_DIR="$TOOLS/cargo-deb-build" \
             cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --root "$TOOLS")
     fi
-    variant=()
-    [ -x "$REL/vpc-route" ] && variant=(--variant with-vpc-route)
     echo "== .deb (cargo-deb)"
     PATH="$TOOLS/bin:$PATH" cargo deb -p cni-suite --no-build --no-strip --target "$TARGET" \
-        "${variant[@]}" --output "$OUT/cni-suite_${version}-1_amd64.deb"
+        --output "$OUT/cni-suite_${version}-1_amd64.deb"
     echo "== $OUT/cni-suite_${version}-1_amd64.deb"
     dpkg-deb --contents "$OUT/cni-suite_${version}-1_amd64.deb" | awk '{ print "   " $6 }' | grep -v '/$'
 fi

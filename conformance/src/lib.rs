@@ -40,6 +40,15 @@ use std::time::{Duration, Instant};
 /// The CNI spec versions our plugins support, oldest first; conformance cases loop over these.
 pub const SPEC_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+/// `--version` of this package's binaries: `<name> <version>`, then the spec versions it
+/// speaks, in the shape every binary of the suite prints (shared through cni-spec).
+pub fn version_banner(name: &str, spoken: &[&str]) -> String {
+    format!(
+        "{name} {}",
+        cni_spec::version_text(env!("CARGO_PKG_VERSION"), spoken)
+    )
+}
+
 /// Longest interface name the kernel accepts (IFNAMSIZ 16, minus the terminating NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
 

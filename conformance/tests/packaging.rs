@@ -1,11 +1,14 @@
 //! Packaging and the operator command, black-box: `packaging/release.sh` (tarball whose
-//! SHA256SUMS verify, binaries that run, the .deb's layout), `install-cni.sh` into temp dirs
-//! (idempotent, atomic under a concurrent reader, refusing a foreign conflist), `cni-suite
-//! doctor` in a node namespace (healthy: every check ok or skipped; broken: the right checks
-//! fail), `cni-suite teardown` (a dry run changes nothing; `--yes` removes the suite's state
-//! and nothing else), and every binary's `--help`/`--version`.
+//! SHA256SUMS verify, all three plugins and cni-suite, binaries that run, the .deb's layout),
+//! `install-cni.sh` into temp dirs (its three templates, idempotent, atomic under a concurrent
+//! reader, refusing a foreign conflist, every error path writing nothing), `cni-suite doctor`
+//! in a node namespace (healthy: every check ok or skipped; broken: the right checks fail),
+//! `cni-suite teardown` (a dry run changes nothing; `--yes` removes the suite's state and
+//! nothing else), both also on a vxlan-overlay node of a real overlay (etcd and agents from
+//! `cni_conformance::overlay`, nothing made by hand), and every workspace binary's
+//! `--help`/`--version`.
 //!
-//! Run as root (after `cargo build --release -p kubenet-bridge -p vxlan-overlay -p cni-suite`):
+//! Run as root, after `cargo build --release --workspace --bins` (every binary is required):
 //! ```text
 //! cargo test --release -p cni-conformance --test packaging
 //! ```
@@ -19,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
 use cni_conformance::netns::{Netns, Node};
+use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
 use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
 use cni_conformance::{eventually, require_root, unique_link_name, unique_name};
 use serde_json::{json, Value};
@@ -125,17 +130,6 @@ fn release_tarball_verifies_and_its_binaries_run() {
         .env("CARGO_TARGET_DIR", target_dir()));
     assert!(o.status.success(), "release.sh failed: {}", text(&o));
     let log = stdout(&o);
-    let has_vpc = target_dir()
-        .join("x86_64-unknown-linux-gnu/release/vpc-route")
-        .is_file();
-    if has_vpc {
-        assert!(log.contains("vpc-route: included"), "{log}");
-    } else {
-        assert!(
-            log.contains("vpc-route: not in"),
-            "release.sh must say vpc-route is left out: {log}"
-        );
-    }
 
     let tgz_name = format!("cni-suite-linux-amd64-{VERSION}.tgz");
     let tgz = out.path().join(&tgz_name);
@@ -165,12 +159,16 @@ fn release_tarball_verifies_and_its_binaries_run() {
             .args(["-c", "--strict", "SHA256SUMS"])
             .current_dir(&root),
     );
-    let mut plugins = vec!["kubenet-bridge", "vxlan-overlay"];
-    if has_vpc {
-        plugins.push("vpc-route");
-    } else {
-        assert!(!root.join("bin/vpc-route").exists());
-    }
+    // Every release carries all three plugins and the operator command, and nothing else in
+    // bin/ (a runtime may exec every file of the CNI bin dir).
+    let plugins = ["kubenet-bridge", "vpc-route", "vxlan-overlay"];
+    let mut in_bin: Vec<String> = fs::read_dir(root.join("bin"))
+        .expect("bin/ in the tarball")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    in_bin.sort();
+    assert_eq!(in_bin, plugins, "bin/ of the tarball");
     for (rel, name) in plugins
         .iter()
         .map(|p| (format!("bin/{p}"), *p))
@@ -300,10 +298,14 @@ fn release_tarball_verifies_and_its_binaries_run() {
             "{p} not in the .deb:\n{contents}"
         );
     }
-    assert!(
-        !contents.contains("./opt/cni/bin/cni-suite"),
-        "cni-suite must stay out of the CNI bin dir"
-    );
+    // Exactly the three plugins in the CNI bin dir: cni-suite stays out of it.
+    let mut deb_bin: Vec<&str> = contents
+        .lines()
+        .filter_map(|l| l.split_whitespace().last()?.strip_prefix("./opt/cni/bin/"))
+        .filter(|f| !f.is_empty())
+        .collect();
+    deb_bin.sort_unstable();
+    assert_eq!(deb_bin, plugins, "/opt/cni/bin of the .deb:\n{contents}");
     let fields = stdout(&run_ok(Command::new("dpkg-deb").arg("--field").arg(&deb)));
     assert!(fields.contains("Package: cni-suite\n"), "{fields}");
     assert!(
@@ -329,8 +331,16 @@ struct Installer {
 impl Installer {
     /// A source bin dir with kubenet-bridge and portmap, and empty target dirs.
     fn new() -> Installer {
+        Installer::with(&["kubenet-bridge"])
+    }
+
+    /// A source bin dir with our plugins `ours` and the reference portmap (every template
+    /// chains it), and empty target dirs.
+    fn with(ours: &[&str]) -> Installer {
         let dir = TempDir::new().expect("temp dir");
-        copy_exec(&plugin_binary("kubenet-bridge"), &dir.path().join("src"));
+        for p in ours {
+            copy_exec(&plugin_binary(p), &dir.path().join("src"));
+        }
         copy_exec(&reference_plugin("portmap"), &dir.path().join("src"));
         Installer { dir }
     }
@@ -356,13 +366,18 @@ impl Installer {
             "NODE_NAME",
             "CLUSTER_CIDR",
             "NON_MASQUERADE_CIDR",
+            "ETCD_ENDPOINTS",
+            "CLUSTER_NAME",
             "BRIDGE",
             "MTU",
             "LOG_DIR",
+            "CNI_VERSION",
+            "NETWORK_NAME",
             "CNI_NETWORK",
             "CNI_CONF_NAME",
             "TEMPLATE_DIR",
             "SKIP_PLUGIN_CHECK",
+            "KUBERNETES_SERVICE_HOST",
         ] {
             c.env_remove(var);
         }
@@ -604,6 +619,278 @@ fn install_cni_refuses_a_foreign_conflist_unless_forced() {
         "temp files left: {:?}",
         empty.leftovers()
     );
+}
+
+/// The conflist the installer wrote, parsed, and the types of its plugins in order.
+fn installed_conflist(inst: &Installer) -> (Value, Vec<String>) {
+    let conf: Value = serde_json::from_slice(&fs::read(inst.conflist()).expect("conflist"))
+        .expect("the rendered conflist is JSON");
+    let types = conf["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| p["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    (conf, types)
+}
+
+#[test]
+fn install_cni_renders_the_vxlan_overlay_template() {
+    require_root();
+    let inst = Installer::with(&["vxlan-overlay"]);
+    let o = run(inst
+        .command()
+        .env("CNI_NETWORK", "vxlan-overlay")
+        .env("PLUGINS", "vxlan-overlay portmap")
+        .env("CLUSTER_CIDR", "10.200.0.0/16")
+        .env(
+            "ETCD_ENDPOINTS",
+            "http://10.0.0.5:2379,http://10.0.0.6:2379",
+        ));
+    assert!(o.status.success(), "{}", text(&o));
+    let (conf, types) = installed_conflist(&inst);
+    assert_eq!(types, ["vxlan-overlay", "portmap"], "{conf:#}");
+    let vx = &conf["plugins"][0];
+    // The cluster's range: the agent leases this node's subnet of it.
+    assert_eq!(vx["clusterCIDR"], "10.200.0.0/16", "{conf:#}");
+    assert_eq!(
+        vx["etcdEndpoints"],
+        json!(["http://10.0.0.5:2379", "http://10.0.0.6:2379"]),
+        "{conf:#}"
+    );
+    assert_eq!(vx["bridge"], "cbr0");
+    assert_eq!(vx["mtu"], 0);
+    assert_eq!(vx["logFile"], "/var/log/vxlan-overlay.log");
+    assert_eq!(conf["cniVersion"], "1.0.0");
+    assert_eq!(conf["name"], "k8s-pod-network");
+    assert!(inst.bin().join("vxlan-overlay").is_file());
+    assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+
+    // The plugin reads the rendered entry: an ADD before the agent leased a subnet is "try
+    // again later" (11), not a config error (7). State goes to temp dirs, not the node's.
+    let node = Node::new();
+    let pod = Netns::new("pkg-vxpod-");
+    let mut net = vx.clone();
+    net["cniVersion"] = conf["cniVersion"].clone();
+    net["name"] = conf["name"].clone();
+    net["dataDir"] = json!(inst.dir.path().join("overlay"));
+    net["ipamDir"] = json!(inst.dir.path().join("ipam"));
+    net["logFile"] = json!(inst.dir.path().join("vx.log"));
+    let add = PluginRun::new(&inst.bin().join("vxlan-overlay"), &node)
+        .command("ADD")
+        .container_id("pkg-install-vx")
+        .netns(&pod.path())
+        .ifname("eth0")
+        .cni_path(&inst.bin().to_string_lossy())
+        .config(&net)
+        .exec();
+    add.expect_cni_error_code(
+        "ADD before the lease, rendered vxlan-overlay entry",
+        11,
+        Some("1.0.0"),
+    );
+}
+
+#[test]
+fn install_cni_renders_the_kubenet_vpc_route_template() {
+    require_root();
+    let inst = Installer::with(&["kubenet-bridge", "vpc-route"]);
+    let o = run(inst
+        .command()
+        .env("CNI_NETWORK", "kubenet-vpc-route")
+        .env("PLUGINS", "kubenet-bridge vpc-route portmap")
+        .env("POD_CIDR", "10.244.12.0/24")
+        .env("CLUSTER_CIDR", "10.244.0.0/16")
+        .env("CLUSTER_NAME", "prod.example.com"));
+    assert!(o.status.success(), "{}", text(&o));
+    let (conf, types) = installed_conflist(&inst);
+    assert_eq!(
+        types,
+        ["kubenet-bridge", "vpc-route", "portmap"],
+        "{conf:#}"
+    );
+    let kb = &conf["plugins"][0];
+    let vpc = &conf["plugins"][1];
+    assert_eq!(kb["podCIDR"], "10.244.12.0/24", "{conf:#}");
+    // Without NON_MASQUERADE_CIDR the cluster's range is never masqueraded.
+    assert_eq!(kb["nonMasqueradeCIDR"], "10.244.0.0/16", "{conf:#}");
+    assert_eq!(vpc["podCIDR"], "10.244.12.0/24", "{conf:#}");
+    assert_eq!(vpc["clusterCIDR"], "10.244.0.0/16", "{conf:#}");
+    assert_eq!(vpc["clusterName"], "prod.example.com", "{conf:#}");
+    for p in ["kubenet-bridge", "vpc-route", "portmap"] {
+        assert!(inst.bin().join(p).is_file(), "{p} not installed");
+    }
+    assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+}
+
+#[test]
+fn install_cni_error_paths_write_nothing() {
+    require_root();
+    let inst = Installer::with(&["kubenet-bridge", "vxlan-overlay"]);
+    let vxlan = |inst: &Installer| {
+        let mut c = inst.command();
+        c.env("CNI_NETWORK", "vxlan-overlay")
+            .env("PLUGINS", "vxlan-overlay portmap")
+            .env("CLUSTER_CIDR", "10.200.0.0/16")
+            .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379");
+        c
+    };
+    let broken_templates = inst.dir.path().join("templates");
+    write(
+        &broken_templates.join("kubenet.conflist.in"),
+        r#"{"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "kubenet-bridge", "podCIDR": "@@POD_CIDR@@"}"#,
+    );
+    assert!(
+        has_program("jq"),
+        "jq is needed (the installer checks the rendered JSON with it): run conformance/scripts/install-test-deps.sh"
+    );
+    let cases: Vec<(&str, Command, &str)> = vec![
+        (
+            "unknown argument",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24").arg("--frob");
+                c
+            },
+            "unknown argument --frob",
+        ),
+        (
+            "unknown network",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24")
+                    .env("CNI_NETWORK", "calico");
+                c
+            },
+            "no template",
+        ),
+        (
+            "vxlan without CLUSTER_CIDR",
+            {
+                let mut c = vxlan(&inst);
+                c.env_remove("CLUSTER_CIDR");
+                c
+            },
+            "vxlan-overlay needs CLUSTER_CIDR",
+        ),
+        (
+            "vxlan without etcd",
+            {
+                let mut c = vxlan(&inst);
+                c.env_remove("ETCD_ENDPOINTS");
+                c
+            },
+            "vxlan-overlay needs ETCD_ENDPOINTS",
+        ),
+        (
+            "etcd endpoints that would break the JSON",
+            {
+                let mut c = vxlan(&inst);
+                c.env("ETCD_ENDPOINTS", "http://a:2379\"],\"x\":[\"");
+                c
+            },
+            "ETCD_ENDPOINTS=",
+        ),
+        (
+            "cluster CIDR that is not one",
+            {
+                let mut c = vxlan(&inst);
+                c.env("CLUSTER_CIDR", "10.200.0.0");
+                c
+            },
+            "CLUSTER_CIDR=10.200.0.0 is not an IPv4 CIDR",
+        ),
+        (
+            "MTU that is not a number",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24").env("MTU", "1500x");
+                c
+            },
+            "MTU=1500x is not a number",
+        ),
+        (
+            "vpc-route without CLUSTER_NAME",
+            {
+                let mut c = inst.command();
+                c.env("CNI_NETWORK", "kubenet-vpc-route")
+                    .env("POD_CIDR", "10.244.9.0/24")
+                    .env("CLUSTER_CIDR", "10.244.0.0/16");
+                c
+            },
+            "kubenet-vpc-route needs CLUSTER_NAME",
+        ),
+        (
+            "vpc-route template without the vpc-route binary",
+            {
+                let mut c = inst.command();
+                c.env("CNI_NETWORK", "kubenet-vpc-route")
+                    .env("POD_CIDR", "10.244.9.0/24")
+                    .env("CLUSTER_CIDR", "10.244.0.0/16")
+                    .env("CLUSTER_NAME", "prod.example.com")
+                    .env("PLUGINS", "kubenet-bridge portmap");
+                c
+            },
+            "names plugin vpc-route",
+        ),
+        (
+            "no binary to install",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24")
+                    .env("PLUGINS", "no-such-plugin");
+                c
+            },
+            "no plugin binary",
+        ),
+        (
+            "a template that renders invalid JSON",
+            {
+                let mut c = inst.command();
+                c.env("POD_CIDR", "10.244.9.0/24")
+                    .env("TEMPLATE_DIR", &broken_templates);
+                c
+            },
+            "not valid JSON",
+        ),
+    ];
+    for (what, mut cmd, message) in cases {
+        let o = run(&mut cmd);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(message),
+            "{what}: stderr lacks {message:?}: {}",
+            text(&o)
+        );
+        assert!(!inst.conflist().exists(), "{what}: a conflist was written");
+        assert!(
+            inst.leftovers().is_empty(),
+            "{what}: temp files left: {:?}",
+            inst.leftovers()
+        );
+    }
+
+    // Not an error, but said: another config sorting first is what runtimes use.
+    write(
+        &inst.conf().join("05-other.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"o","plugins":[{"type":"bridge"}]}"#,
+    );
+    let o = run(vxlan(&inst).env("CNI_CONF_NAME", "10-cni-suite.conflist"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("05-other.conflist sorts before 10-cni-suite.conflist"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Whether `name` is an executable on PATH (or in the system directories).
+fn has_program(name: &str) -> bool {
+    run(Command::new("sh").args(["-c", &format!("command -v {name}")]))
+        .status
+        .success()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1032,34 +1319,466 @@ fn teardown_dry_run_changes_nothing_and_yes_removes_only_the_suites_state() {
 }
 
 // ---------------------------------------------------------------------------------------
+// cni-suite doctor and teardown on a vxlan-overlay node
+
+/// Node 0 of an etcd-backed overlay (etcd and real agents, from `cni_conformance::overlay`)
+/// as cni-suite sees it: a conf dir holding the conflist its agent reads, a bin dir with
+/// vxlan-overlay, and libcni's cache dir (where cnitool, which attaches the pods, caches
+/// results).
+struct OverlaySuite {
+    // Dropped first: pods, agents, etcd and namespaces go before the temp dir.
+    cluster: OverlayCluster,
+    dir: TempDir,
+}
+
+impl OverlaySuite {
+    fn start(nodes: u8) -> OverlaySuite {
+        // A leaseTTL that outlives the test, so a killed agent's record is still in etcd when
+        // teardown looks; a resync that never comes, so the agent does not repair what a test
+        // breaks on purpose.
+        let cluster = OverlayCluster::start(nodes, 300, 3600);
+        let dir = TempDir::new().expect("temp dir");
+        let s = OverlaySuite { cluster, dir };
+        write(
+            &s.conf().join("10-vxlan.conflist"),
+            fs::read(s.node().conflist_path()).expect("the node's conflist"),
+        );
+        copy_exec(&plugin_binary("vxlan-overlay"), &s.dir.path().join("bin"));
+        s
+    }
+
+    fn node(&self) -> &OverlayNode {
+        &self.cluster.nodes[0]
+    }
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+    /// The IPAM root of the node's conflist (`ipamDir`).
+    fn ipam_root(&self) -> PathBuf {
+        self.node()
+            .leases()
+            .path()
+            .parent()
+            .expect("leases are <ipamDir>/<network>")
+            .to_path_buf()
+    }
+    /// libcni's cache dir (cached results in `<dir>/results`).
+    fn cache_dir() -> &'static Path {
+        Path::new(LIBCNI_RESULT_CACHE)
+            .parent()
+            .expect("results is below the cache dir")
+    }
+    /// The node's cached results, as cnitool wrote them.
+    fn cached_results(&self) -> Vec<PathBuf> {
+        let prefix = format!("{}-", self.node().net_name());
+        fs::read_dir(LIBCNI_RESULT_CACHE)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    fn suite(&self, args: &[&str]) -> Output {
+        run(self
+            .node()
+            .netns()
+            .command(plugin_binary("cni-suite"))
+            .args(args))
+    }
+
+    fn doctor(&self) -> (Output, Value) {
+        let o = self.suite(&[
+            "doctor",
+            "--json",
+            "--conf-dir",
+            &self.conf().to_string_lossy(),
+            "--bin-dir",
+            &self.dir.path().join("bin").to_string_lossy(),
+            "--containerd-config",
+            &self.dir.path().join("containerd.toml").to_string_lossy(),
+            "--cache-dir",
+            &Self::cache_dir().to_string_lossy(),
+        ]);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
+        (o, v)
+    }
+
+    fn teardown(&self, extra: &[&str]) -> (Output, Value) {
+        let conf = self.conf().to_string_lossy().into_owned();
+        let cache = Self::cache_dir().to_string_lossy().into_owned();
+        let mut args = vec![
+            "teardown",
+            "--json",
+            "--conf-dir",
+            &conf,
+            "--cache-dir",
+            &cache,
+        ];
+        args.extend_from_slice(extra);
+        let o = self.suite(&args);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("teardown --json is not JSON ({e}): {}", text(&o)));
+        (o, v)
+    }
+
+    /// The node's links by name.
+    fn links(&self) -> Vec<String> {
+        self.node()
+            .netns()
+            .ip_json(&["link", "show"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The node's nftables ruleset.
+    fn ruleset(&self) -> String {
+        stdout(&run(self
+            .node()
+            .netns()
+            .command("nft")
+            .args(["list", "ruleset"])))
+    }
+
+    /// The underlay addresses etcd holds subnet records of.
+    fn record_owners(&self) -> Vec<String> {
+        let mut owners: Vec<String> = self
+            .cluster
+            .records()
+            .expect("etcd answers")
+            .iter()
+            .map(|p| p.underlay.to_string())
+            .collect();
+        owners.sort();
+        owners
+    }
+}
+
+fn message(c: &Value) -> &str {
+    c["message"].as_str().unwrap_or("")
+}
+
+fn hint(c: &Value) -> &str {
+    c["hint"].as_str().unwrap_or("")
+}
+
+#[test]
+fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
+    require_root();
+    let mut s = OverlaySuite::start(1);
+    let subnet = s.node().subnet_env().expect("leased").node_subnet();
+    let dev = format!("vxlan:{DEVICE}");
+    let agent = format!("agent:{}", s.node().net_name());
+
+    let (_, report) = s.doctor();
+    let c = check(&report, &dev);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        message(c).contains(&format!("VTEP {}/32", subnet.network())),
+        "the device check names the VTEP address: {c}"
+    );
+    let c = check(&report, &agent);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        message(c).contains("agent pid") && message(c).contains(&format!("leased {subnet}")),
+        "the agent check names the agent and its lease: {c}"
+    );
+
+    // The device deleted under a running agent: a failure with the fix.
+    s.node().netns().ip_ok(&["link", "del", DEVICE]);
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &dev);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(message(c).contains("missing"), "{c}");
+    assert!(hint(c).contains("restart the vxlan-overlay agent"), "{c}");
+    assert_eq!(status(&report, &agent), "ok", "the agent still runs");
+
+    // The agent killed: its lease is on file but nobody renews it.
+    s.cluster.nodes[0].take_agent().kill();
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &agent);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(message(c).contains("no agent runs"), "{c}");
+    assert!(hint(c).contains("vxlan-overlay agent --config"), "{c}");
+
+    // No lease at all: the agent check says so and what it breaks; without a lease a missing
+    // device is expected, not a fault.
+    fs::remove_file(s.node().data_dir().join("subnet.env")).expect("remove subnet.env");
+    let (_, report) = s.doctor();
+    let c = check(&report, &agent);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(message(c).contains("no subnet leased"), "{c}");
+    assert!(hint(c).contains("code 11"), "{c}");
+    let c = check(&report, &dev);
+    assert_eq!(c["status"], "skip", "{c}");
+    assert!(message(c).contains("not created yet"), "{c}");
+    for c in report["checks"].as_array().expect("checks") {
+        if c["status"] == "fail" || c["status"] == "warn" {
+            assert!(!hint(c).is_empty(), "a failure carries a fix: {c}");
+        }
+    }
+}
+
+#[test]
+fn teardown_on_a_vxlan_overlay_node_removes_the_overlay_and_its_etcd_record() {
+    require_root();
+    let mut s = OverlaySuite::start(2);
+    let pod = s.cluster.add_pod(0);
+    let net = s.node().net_name().to_string();
+    let data = s.node().data_dir();
+    let ipam = s.ipam_root().join(&net);
+    let me = s.node().underlay_ip().to_string();
+    let other = s.cluster.nodes[1].underlay_ip().to_string();
+    // Another network's host-local state in the same IPAM root must stay.
+    let foreign = s.ipam_root().join("foreign-net");
+    write(&foreign.join("10.99.0.5"), "other-container\r\neth0");
+    write(&foreign.join("last_reserved_ip.0"), "10.99.0.5");
+    let cached = s.cached_results();
+    assert_eq!(
+        cached.len(),
+        1,
+        "cnitool cached the pod's result: {cached:?}"
+    );
+    let links0 = s.links();
+    for l in [DEVICE, BRIDGE] {
+        assert!(
+            links0.iter().any(|x| x == l),
+            "{l} missing before teardown: {links0:?}"
+        );
+    }
+    assert!(
+        s.ruleset().contains("table ip cni_suite_"),
+        "{}",
+        s.ruleset()
+    );
+    assert!(
+        ipam.is_dir() && data.join("agent.json").is_file() && data.join("subnet.env").is_file()
+    );
+    assert_eq!(s.record_owners(), [me.clone(), other.clone()]);
+
+    // With the agent running, --yes refuses: it would recreate the device and subnet file.
+    let (o, plan) = s.teardown(&["--yes", "--with-etcd-lease"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        plan["blockers"].as_array().is_some_and(|b| b
+            .iter()
+            .any(|b| b.as_str().unwrap_or("").contains("agent running"))),
+        "{plan:#}"
+    );
+    assert_eq!(s.links(), links0, "a blocked teardown changed links");
+    assert!(
+        ipam.is_dir() && data.join("subnet.env").is_file(),
+        "a blocked teardown removed state"
+    );
+
+    // The agent crashed (SIGKILL releases nothing): its record stays in etcd until the TTL.
+    s.cluster.nodes[0].take_agent().kill();
+    // Only our own cached result is compared: other tests on the machine share libcni's cache.
+    let cached_text = || fs::read_to_string(&cached[0]).ok();
+    let (rules0, node_files0, cache0) = (
+        s.ruleset(),
+        tree(data.parent().expect("node dir")),
+        cached_text(),
+    );
+    let (o, plan) = s.teardown(&["--with-etcd-lease"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(plan["dryRun"], true);
+    assert_eq!(plan["blockers"], json!([]), "{plan:#}");
+    let actions: Vec<String> = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in [
+        format!("delete link {DEVICE} (VXLAN device of network {net})"),
+        format!("delete link {BRIDGE} "),
+        "delete link veth".to_string(),
+        "delete nftables table ip cni_suite_".to_string(),
+        format!("remove {}/ (IPAM state of network {net})", ipam.display()),
+        format!("remove {} ", data.join("agent.json").display()),
+        format!("remove {} ", data.join("subnet.env").display()),
+        format!("remove {}/ if empty", data.display()),
+        format!("remove {} ", cached[0].display()),
+        format!("release this node's subnet record under {ETCD_PREFIX}/subnets"),
+    ] {
+        assert!(
+            actions.iter().any(|a| a.starts_with(&want)),
+            "plan lacks {want:?}: {actions:#?}"
+        );
+    }
+    assert!(
+        actions.iter().all(|a| !a.contains("foreign")),
+        "the plan touches another network: {actions:#?}"
+    );
+    assert_eq!(s.links(), links0, "the dry run changed links");
+    assert_eq!(s.ruleset(), rules0, "the dry run changed the firewall");
+    assert_eq!(
+        tree(data.parent().expect("node dir")),
+        node_files0,
+        "the dry run changed the node's files"
+    );
+    assert!(cache0.is_some(), "the cached result is readable");
+    assert_eq!(
+        cached_text(),
+        cache0,
+        "the dry run changed the cached result"
+    );
+    assert_eq!(
+        s.record_owners(),
+        [me.clone(), other.clone()],
+        "the dry run changed etcd"
+    );
+
+    let (o, done) = s.teardown(&["--yes", "--with-etcd-lease"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(done["dryRun"], false);
+    for a in done["actions"].as_array().expect("actions") {
+        assert_eq!(a["result"], "done", "{a}");
+    }
+    let left = s.links();
+    for gone in [DEVICE, BRIDGE] {
+        assert!(!left.iter().any(|l| l == gone), "{gone} left: {left:?}");
+    }
+    assert!(
+        left.iter().all(|l| !l.starts_with("veth")),
+        "veths left: {left:?}"
+    );
+    assert!(
+        left.iter().any(|l| l == "eth0"),
+        "the underlay link was removed: {left:?}"
+    );
+    assert!(
+        !s.ruleset().contains("cni_suite_"),
+        "suite table left:\n{}",
+        s.ruleset()
+    );
+    assert!(!ipam.exists(), "the network's IPAM state is left");
+    assert!(!data.exists(), "the agent's state dir is left");
+    assert!(!cached[0].exists(), "the cached result is left");
+    assert!(
+        foreign.join("10.99.0.5").is_file() && foreign.join("last_reserved_ip.0").is_file(),
+        "another network's IPAM state was removed"
+    );
+    assert_eq!(
+        s.record_owners(),
+        [other],
+        "only this node's record goes from etcd"
+    );
+    assert!(
+        !s.cluster.pods[pod].netns.has_link("eth0"),
+        "the pod kept its interface"
+    );
+
+    // Nothing left to do.
+    let (o, again) = s.teardown(&["--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        again["actions"].as_array().map(Vec::len),
+        Some(0),
+        "{again:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // --help and --version
+
+/// The binary targets of every workspace package, as cargo lists them: a binary added later
+/// is covered (or this test names it) without anyone remembering to list it here.
+fn workspace_binaries() -> Vec<String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let o = run_ok(
+        Command::new(cargo)
+            .args([
+                "metadata",
+                "--no-deps",
+                "--offline",
+                "--format-version",
+                "1",
+            ])
+            .current_dir(repo_root()),
+    );
+    let meta: Value = serde_json::from_slice(&o.stdout).expect("cargo metadata is JSON");
+    let mut bins: Vec<String> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.contains(&json!("bin")))
+        })
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect();
+    bins.sort();
+    bins
+}
+
+/// The spec versions each binary must say it speaks on `--version`: the plugins, cni-suite
+/// (which asks them VERSION) and the runner every version; the benches the one version they
+/// configure (cni-bench) or attach pods at through cnitool (vxlan-bench).
+fn spoken_versions(bin: &str) -> Vec<&'static str> {
+    match bin {
+        "kubenet-bridge" | "vpc-route" | "vxlan-overlay" | "cni-suite" | "cni-conformance" => {
+            cni_conformance::SPEC_VERSIONS.to_vec()
+        }
+        "cni-bench" | "vxlan-bench" => vec!["1.0.0"],
+        other => panic!("binary {other} is new: add the CNI versions it speaks to this test"),
+    }
+}
 
 #[test]
 fn every_binary_answers_help_and_version() {
-    let mut bins = vec!["kubenet-bridge", "vxlan-overlay", "cni-suite"];
-    if bin_dir().join("vpc-route").is_file() {
-        bins.push("vpc-route");
+    let bins = workspace_binaries();
+    for b in [
+        "kubenet-bridge",
+        "vpc-route",
+        "vxlan-overlay",
+        "cni-suite",
+        "cni-conformance",
+        "cni-bench",
+        "vxlan-bench",
+    ] {
+        assert!(
+            bins.iter().any(|x| x == b),
+            "cargo metadata lacks {b}: {bins:?}"
+        );
     }
-    for b in bins {
+    for b in &bins {
+        // The test command builds every binary first: a missing one is a failure.
         let p = plugin_binary(b);
-        let v = run_ok(Command::new(&p).arg("--version").env_clear());
-        let v = stdout(&v);
-        assert!(
-            v.starts_with(&format!("{b} {VERSION}")),
-            "{b} --version: {v}"
+        let v = stdout(&run_ok(Command::new(&p).arg("--version").env_clear()));
+        let want = format!(
+            "{b} {VERSION}\nCNI spec versions: {}\n",
+            spoken_versions(b).join(", ")
         );
+        assert_eq!(v, want, "{b} --version");
+        let h = stdout(&run_ok(Command::new(&p).arg("--help").env_clear()));
         assert!(
-            v.contains("0.3.0") && v.contains("1.1.0"),
-            "{b} --version lacks CNI versions: {v}"
+            h.len() > 300 && h.contains("--version") && h.contains("--help"),
+            "{b} --help must describe the binary and list its options: {h}"
         );
-        let h = run_ok(Command::new(&p).arg("--help").env_clear());
-        let h = stdout(&h);
-        assert!(h.len() > 100 && h.contains("--version"), "{b} --help: {h}");
     }
     let agent = stdout(&run_ok(
         Command::new(plugin_binary("vxlan-overlay")).args(["agent", "--help"]),
     ));
-    assert!(agent.contains("--config"), "{agent}");
+    for want in [
+        "usage: vxlan-overlay agent --config",
+        "-c, --config",
+        "-h, --help",
+        "SIGTERM",
+        "etcdEndpoints",
+    ] {
+        assert!(agent.contains(want), "agent --help lacks {want:?}: {agent}");
+    }
     for sub in ["doctor", "teardown"] {
         let h = stdout(&run_ok(
             Command::new(plugin_binary("cni-suite")).args([sub, "--help"]),

@@ -1,5 +1,6 @@
 //! Tests of the `cni-conformance` runner binary, exec'd as a user would: against our
-//! kubenet-bridge and vxlan-overlay (every MUST passes at every version), Debian's reference
+//! kubenet-bridge and vxlan-overlay (every MUST passes at every version, and no SHOULD warns),
+//! as a conflist and as a single binary with its config (`--plugin --config`), Debian's reference
 //! `bridge` + `host-local` (every MUST passes, 1.1.0 is skipped because it does not advertise
 //! it, its SHOULD shortcomings are warnings), a chain of kubenet-bridge and the reference
 //! `tuning`, and small plugins broken on purpose, generated into a tempdir as shell wrappers
@@ -8,11 +9,12 @@
 //! Run as root after building the plugins (cargo builds the runner itself for this test):
 //! ```text
 //! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
-//! cargo build --release -p kubenet-bridge -p vxlan-overlay
+//! cargo build --release --workspace --bins
 //! cargo test --release -p cni-conformance --test runner -- --nocapture
 //! ```
 //! `--nocapture` shows each run's table.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,17 @@ impl RunnerRun {
             "{what}: expected every MUST to pass, runner exited {}; failures:\n{}\n\n{}",
             self.status,
             failures.join("\n"),
+            self.stdout
+        );
+    }
+
+    /// Asserts that no SHOULD case warned: our plugins follow the spec's good practice too.
+    fn assert_no_warning(&self, what: &str) {
+        let warnings = self.with_outcome("warn");
+        assert!(
+            warnings.is_empty(),
+            "{what}: expected no SHOULD warning, got:\n{}\n\n{}",
+            warnings.join("\n"),
             self.stdout
         );
     }
@@ -175,19 +188,43 @@ impl Workspace {
 
     /// Runs the runner on `conflist` with `cni_path` and `extra` arguments; prints its table.
     fn run(&self, conflist: &Path, cni_path: &[&Path], extra: &[&str]) -> RunnerRun {
-        let json = self.path("report.json");
         let cni_path = cni_path
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
+        let mut args: Vec<&OsStr> = vec![
+            "--conflist".as_ref(),
+            conflist.as_os_str(),
+            "--cni-path".as_ref(),
+            cni_path.as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        self.run_args(&args)
+    }
+
+    /// Runs the runner on one plugin binary with its single network config (`--plugin
+    /// --config`, CNI_PATH defaulting to the binary's directory) and `extra` arguments.
+    fn run_plugin(&self, binary: &Path, config: &Path, extra: &[&str]) -> RunnerRun {
+        let mut args: Vec<&OsStr> = vec![
+            "--plugin".as_ref(),
+            binary.as_os_str(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        self.run_args(&args)
+    }
+
+    /// Runs the runner with `args` and `--json`, without CNI_PATH from our environment;
+    /// prints its table.
+    fn run_args(&self, args: &[&OsStr]) -> RunnerRun {
+        let json = self.path("report.json");
         let out = Command::new(RUNNER)
-            .arg("--conflist")
-            .arg(conflist)
-            .args(["--cni-path", &cni_path])
+            .args(args)
             .arg("--json")
             .arg(&json)
-            .args(extra)
+            .env_remove("CNI_PATH")
             .output()
             .expect("cannot run cni-conformance");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -237,10 +274,7 @@ fn kubenet_bridge_passes_every_must_at_every_version() {
     ] {
         assert_eq!(run.outcome(case, "1.1.0"), "pass", "[1.1.0] {case}");
     }
-    eprintln!(
-        "kubenet-bridge warnings:\n{}",
-        run.with_outcome("warn").join("\n")
-    );
+    run.assert_no_warning("kubenet-bridge");
     run.assert_no_namespace_left();
 }
 
@@ -266,10 +300,7 @@ fn vxlan_overlay_with_a_static_subnet_file_passes_every_must_at_every_version() 
     let run = ws.run(&list, &[&bin_dir()], &[]);
     run.assert_every_must_passed("vxlan-overlay");
     assert_eq!(run.outcome("gc: keeps valid attachments", "1.1.0"), "pass");
-    eprintln!(
-        "vxlan-overlay warnings:\n{}",
-        run.with_outcome("warn").join("\n")
-    );
+    run.assert_no_warning("vxlan-overlay");
     run.assert_no_namespace_left();
 }
 
@@ -336,36 +367,85 @@ fn kubenet_bridge_chained_with_reference_tuning_passes_every_must() {
     run.assert_no_namespace_left();
 }
 
-/// A shell wrapper around kubenet-bridge that breaks one thing, run at 1.0.0.
-fn broken_kubenet(name: &str, flaw: &str) -> (Workspace, RunnerRun) {
-    let ws = Workspace::new();
+/// Writes `bin/<name>`: a shell wrapper around kubenet-bridge (`$REAL`, with a state dir
+/// `$STATE`) that breaks one thing; returns its directory.
+fn flawed_kubenet(ws: &Workspace, name: &str, flaw: &str) -> PathBuf {
     let real = plugin_binary("kubenet-bridge");
     let state = ws.path("state");
     fs::create_dir_all(&state).expect("cannot create state/");
     let body = flaw
         .replace("$REAL", &format!("'{}'", real.display()))
         .replace("$STATE", &format!("'{}'", state.display()));
-    let bin = ws.script(name, &body);
+    ws.script(name, &body)
+}
+
+/// A shell wrapper around kubenet-bridge that breaks one thing, run at 1.0.0.
+fn broken_kubenet(name: &str, flaw: &str) -> (Workspace, RunnerRun) {
+    let ws = Workspace::new();
+    let bin = flawed_kubenet(&ws, name, flaw);
     let list = ws.conflist(&conflist("broken", &[ws.kubenet_plugin(name)]));
     let run = ws.run(&list, &[&bin], &["--versions", "1.0.0", "--parallel", "8"]);
     run.assert_no_namespace_left();
     (ws, run)
 }
 
-#[test]
-fn a_wrong_result_shape_fails_the_shape_case() {
-    let (_ws, run) = broken_kubenet(
-        "kb-bad-shape",
-        r#"# ADD's ips[].interface points past the end of interfaces.
+/// ADD's `ips[].interface` points past the end of `interfaces`.
+const BAD_SHAPE: &str = r#"# ADD's ips[].interface points past the end of interfaces.
 out=$($REAL); rc=$?
 if [ "$CNI_COMMAND" = ADD ] && [ $rc -eq 0 ]; then
     out=$(printf '%s' "$out" | sed 's/"interface":[0-9]*/"interface":7/g')
 fi
 [ -n "$out" ] && printf '%s\n' "$out"
 exit $rc
-"#,
+"#;
+
+#[test]
+fn a_wrong_result_shape_fails_the_shape_case() {
+    let (_ws, run) = broken_kubenet("kb-bad-shape", BAD_SHAPE);
+    run.assert_fails("add: result shape", "1.0.0");
+}
+
+/// A single network config (not a list) of kubenet-bridge's `kind` in `ws`.
+fn single_config(ws: &Workspace, kind: &str) -> PathBuf {
+    let mut config = ws.kubenet_plugin(kind);
+    config["cniVersion"] = json!("1.0.0");
+    config["name"] = json!("single");
+    let path = ws.path("single.conf");
+    fs::write(&path, config.to_string()).expect("cannot write the config");
+    path
+}
+
+#[test]
+fn single_plugin_mode_passes_kubenet_bridge_at_every_version() {
+    let ws = Workspace::new();
+    let binary = plugin_binary("kubenet-bridge");
+    let config = single_config(&ws, "kubenet-bridge");
+    let run = ws.run_plugin(&binary, &config, &[]);
+    run.assert_every_must_passed("kubenet-bridge --plugin");
+    for version in ["0.3.0", "1.1.0"] {
+        assert_eq!(
+            run.outcome("add: result shape", version),
+            "pass",
+            "[{version}] add: result shape"
+        );
+    }
+    run.assert_no_warning("kubenet-bridge --plugin");
+    run.assert_no_namespace_left();
+}
+
+#[test]
+fn single_plugin_mode_fails_a_broken_plugin() {
+    let ws = Workspace::new();
+    let bin = flawed_kubenet(&ws, "kb-bad-shape", BAD_SHAPE);
+    let config = single_config(&ws, "kb-bad-shape");
+    // No --cni-path: the binary's directory is the CNI path.
+    let run = ws.run_plugin(
+        &bin.join("kb-bad-shape"),
+        &config,
+        &["--versions", "1.0.0", "--parallel", "8"],
     );
     run.assert_fails("add: result shape", "1.0.0");
+    run.assert_no_namespace_left();
 }
 
 #[test]

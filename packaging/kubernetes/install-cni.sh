@@ -139,7 +139,8 @@ fi
 sed_args=""
 for var in $needed; do
     eval "value=\${$var:-}"
-    [ -n "$value" ] || die "$CNI_NETWORK needs $var"
+    # ETCD_ENDPOINTS_JSON is rendered from ETCD_ENDPOINTS: name what the operator sets.
+    [ -n "$value" ] || die "$CNI_NETWORK needs ${var%_JSON}"
     [ "$var" = ETCD_ENDPOINTS_JSON ] || check_value "$var" "$value"
     case "$var" in
         *CIDR) is_cidr "$value" || die "$var=$value is not an IPv4 CIDR" ;;

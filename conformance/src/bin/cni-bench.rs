@@ -17,6 +17,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The spec version both sides are configured with (one version: the table compares
+/// plugins, not versions).
+const SPEC_VERSION: &str = "1.0.0";
+
+const USAGE: &str = "\
+usage: cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]
+
+ADD and DEL latency (median, p99), one at a time and concurrent, peak RSS per exec and binary
+sizes of kubenet-bridge against the reference bridge + host-local, in one run inside a
+throwaway node namespace. Writes bench.md, bench.json and bench.svg. Needs root.
+
+options:
+  --ours DIR          where kubenet-bridge is (default: this binary's directory)
+  --reference DIR     where the reference bridge and host-local are (default /usr/lib/cni)
+  --rounds N          sequential ADD/DEL rounds (default 30)
+  --concurrency N     concurrent ADDs, then DELs (default 50)
+  --out DIR           where the tables go (default conformance/results)
+  -h, --help          this text
+  -V, --version       version and the CNI spec version it runs the plugins at";
+
 struct Args {
     ours: PathBuf,
     reference: PathBuf,
@@ -46,7 +66,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--out" => a.out = val()?.into(),
             "--help" | "-h" => {
-                println!("usage: cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]");
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--version" | "-V" => {
+                println!(
+                    "{}",
+                    cni_conformance::version_banner("cni-bench", &[SPEC_VERSION])
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -234,7 +261,7 @@ fn real_main() -> Result<(), String> {
         label: "kubenet-bridge",
         binary: args.ours.join("kubenet-bridge"),
         cni_path: args.ours.display().to_string(),
-        config: json!({"cniVersion": "1.0.0", "name": "bench-ours", "type": "kubenet-bridge",
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ours", "type": "kubenet-bridge",
             "bridge": "benchbr0", "podCIDR": "10.97.0.0/24", "ipMasq": false, "mtu": 1500,
             "dataDir": data.path().join("ours")}),
         parts: vec![args.ours.join("kubenet-bridge")],
@@ -243,7 +270,7 @@ fn real_main() -> Result<(), String> {
         label: "reference bridge+host-local",
         binary: args.reference.join("bridge"),
         cni_path: args.reference.display().to_string(),
-        config: json!({"cniVersion": "1.0.0", "name": "bench-ref", "type": "bridge",
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ref", "type": "bridge",
             "bridge": "benchbr1", "isGateway": true, "ipMasq": false, "hairpinMode": true, "mtu": 1500,
             "ipam": {"type": "host-local", "dataDir": data.path().join("ref"),
                      "ranges": [[{"subnet": "10.97.1.0/24", "gateway": "10.97.1.1"}]],

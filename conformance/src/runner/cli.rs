@@ -29,6 +29,7 @@ options:
   --parallel <n>        concurrent ADDs in the parallel case (default 20)
   --json <file>         also write the report as JSON
   -h, --help            this text
+  -V, --version         the runner's version and the spec versions it tests
 
 The network name gets a per-run suffix at every version, so state a plugin keeps per network
 (IPAM leases, which GC releases) is the run's own; state directories the configuration names
@@ -70,6 +71,8 @@ pub enum Command {
     Run(Options),
     /// `--help`.
     Help,
+    /// `--version`.
+    Version,
 }
 
 /// A command line the runner cannot use.
@@ -109,6 +112,9 @@ pub fn parse(
         };
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
+        }
+        if flag == "-V" || flag == "--version" {
+            return Ok(Command::Version);
         }
         let mut value = || {
             inline
@@ -259,6 +265,10 @@ mod tests {
         assert!(err(&["--plugin", "x"]).contains("--config"));
         assert!(err(&["--frob"]).contains("unknown"));
         assert_eq!(parse(args(&["--help"]), None), Ok(Command::Help));
+        assert_eq!(
+            parse(args(&["--conflist", "x", "-V"]), None),
+            Ok(Command::Version)
+        );
         assert!(parse(args(&["--conflist", "x"]), Some("/opt/cni/bin".into())).is_ok());
     }
 }

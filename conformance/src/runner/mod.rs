@@ -94,6 +94,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let _ = writeln!(std::io::stdout(), "{USAGE}");
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Version) => {
+            let text = crate::version_banner("cni-conformance", &crate::SPEC_VERSIONS);
+            let _ = writeln!(std::io::stdout(), "{text}");
+            return ExitCode::SUCCESS;
+        }
         Ok(Command::Run(options)) => options,
         Err(e) => {
             eprintln!("cni-conformance: {e}\n\n{USAGE}");

@@ -122,10 +122,9 @@ fn answer_flags(args: &[String], about: &About) -> Option<ExitCode> {
     match first.as_str() {
         "--version" | "-V" | "version" => {
             println!(
-                "{} {}\nCNI spec versions: {}",
+                "{} {}",
                 about.name,
-                about.version,
-                SUPPORTED.map(Version::as_str).join(", ")
+                cni_spec::version_text(about.version, &SUPPORTED.map(Version::as_str))
             );
             Some(0)
         }

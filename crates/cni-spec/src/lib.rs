@@ -13,4 +13,4 @@ pub use conf::{version_hint, Attachment, NetConf};
 pub use env::{command_from, validate_ifname, Command, Env};
 pub use error::{code, CniError};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
-pub use version::{Version, SUPPORTED};
+pub use version::{version_text, Version, SUPPORTED};

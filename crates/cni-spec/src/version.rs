@@ -27,6 +27,13 @@ pub const SUPPORTED: [Version; 5] = [
     Version::V1_1_0,
 ];
 
+/// What every binary of the suite prints after its name on `--version`: its own version, then
+/// the spec versions it speaks (`spoken`, oldest first). Plugins, `cni-suite` and the
+/// conformance tools all print this one shape, so one script reads any of them.
+pub fn version_text(version: &str, spoken: &[&str]) -> String {
+    format!("{version}\nCNI spec versions: {}", spoken.join(", "))
+}
+
 impl Version {
     /// The newest version we speak.
     pub const LATEST: Version = Version::V1_1_0;

@@ -318,6 +318,25 @@ pub fn release_node_records(cfg: &OverlayConfig) -> Result<Vec<Ipv4Net>, Error> 
     })
 }
 
+/// `vxlan-overlay agent --help`.
+pub const AGENT_HELP: &str = "\
+usage: vxlan-overlay agent --config <conflist>
+
+The node agent of the vxlan-overlay network: leases this node a subnet of clusterCIDR in etcd
+(or takes it from peersFile), writes it to subnetFile (flannel's subnet.env) for the plugin,
+creates the VXLAN device and programs a route, ARP and FDB entry per peer, and renews the
+lease every leaseTTL/3 seconds. It reads the conflist's vxlan-overlay entry (etcdEndpoints,
+etcdPrefix, leaseTTL, releaseOnExit, peersFile, subnetFile, vni, port, device,
+underlayInterface, mtu, dataDir, resyncSeconds, logFile, logLevel: see the README), the
+same entry the plugin reads. Runs until SIGTERM or SIGINT, then releases its lease unless
+releaseOnExit is false; the VXLAN device stays, so pods keep their traffic across restarts.
+
+options:
+  -c, --config <file>   the conflist (or single network config) with the vxlan-overlay entry
+  -h, --help            this text
+
+vxlan-overlay --version prints the version and the CNI spec versions.";
+
 /// `agent --config <file>`: reads a conflist (or a single plugin config), takes the
 /// `vxlan-overlay` entry, sets up logging from its `logFile`/`logLevel`, and runs.
 pub fn run_from_args(args: &[String]) -> Result<(), Error> {
@@ -327,7 +346,7 @@ pub fn run_from_args(args: &[String]) -> Result<(), Error> {
         match a.as_str() {
             "--config" | "-c" => path = it.next().cloned(),
             "--help" | "-h" => {
-                println!("usage: vxlan-overlay agent --config <conflist>");
+                println!("{AGENT_HELP}");
                 return Ok(());
             }
             other => return Err(Error::Config(format!("unknown argument {other:?}"))),

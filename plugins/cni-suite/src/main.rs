@@ -77,13 +77,12 @@ enum Cmd {
     },
 }
 
+/// The version text clap prints after the name: the shape every binary of the suite uses.
+/// cni-suite speaks the spec versions of the plugins it asks VERSION of.
 fn version() -> &'static str {
-    let spec: Vec<&str> = cni_spec::SUPPORTED.iter().map(|v| v.as_str()).collect();
-    let text = format!(
-        "{}\nCNI spec versions of the suite's plugins: {}",
-        env!("CARGO_PKG_VERSION"),
-        spec.join(", ")
-    );
+    let spec = cni_spec::SUPPORTED.map(|v| v.as_str());
+    let text = cni_spec::version_text(env!("CARGO_PKG_VERSION"), &spec);
+    // clap wants a 'static str; this runs once per process.
     Box::leak(text.into_boxed_str())
 }
 
