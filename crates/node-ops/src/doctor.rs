@@ -294,7 +294,7 @@ fn join_paths(p: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 

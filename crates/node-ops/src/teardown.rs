@@ -25,8 +25,10 @@ pub struct Options {
     pub conf_dir: PathBuf,
     /// libcni's cache dir (results in `<dir>/results`).
     pub cache_dir: PathBuf,
-    /// Also deregister the node's VPC routes.
+    /// Also deregister the node's VPC routes (by running the installed `vpc-route`).
     pub with_vpc_routes: bool,
+    /// CNI bin dirs to find `vpc-route` in, first match wins.
+    pub bin_dirs: Vec<PathBuf>,
     /// Also release the agent's subnet record in etcd.
     pub with_etcd_lease: bool,
 }
@@ -65,12 +67,16 @@ pub enum Action {
         /// The directory.
         path: PathBuf,
     },
-    /// Delete this node's routes from the VPC route tables.
+    /// Delete this node's routes from the VPC route tables: `vpc-route deregister`.
     DeregisterVpcRoutes {
         /// The network.
         network: String,
         /// The vpc-route conflist entry.
         entry: Value,
+        /// The installed `vpc-route` binary.
+        binary: PathBuf,
+        /// The conflist it reads its entry from.
+        conflist: PathBuf,
     },
     /// Release the agent's subnet record in etcd.
     ReleaseEtcdLease {
@@ -93,10 +99,17 @@ impl fmt::Display for Action {
             Action::RemoveDir { path, why } => write!(f, "remove {}/ ({why})", path.display()),
             Action::RemoveFile { path, why } => write!(f, "remove {} ({why})", path.display()),
             Action::RemoveEmptyDir { path } => write!(f, "remove {}/ if empty", path.display()),
-            Action::DeregisterVpcRoutes { network, entry } => write!(
+            Action::DeregisterVpcRoutes {
+                network,
+                entry,
+                binary,
+                conflist,
+            } => write!(
                 f,
-                "deregister the VPC routes of {} (network {network})",
-                entry["podCIDR"].as_str().unwrap_or("the pod CIDR")
+                "deregister the VPC routes of {} (network {network}): {} deregister --config {}",
+                entry["podCIDR"].as_str().unwrap_or("the pod CIDR"),
+                binary.display(),
+                conflist.display()
             ),
             Action::ReleaseEtcdLease { network, endpoints, prefix, .. } => write!(
                 f,
@@ -123,8 +136,8 @@ pub struct Plan {
 pub struct Outcome {
     /// The action.
     pub action: Action,
-    /// Its result.
-    pub result: Result<(), Error>,
+    /// Its result: on success, what the step reported (`vpc-route deregister`'s plan).
+    pub result: Result<Option<String>, Error>,
 }
 
 /// A veth of ours: `veth` + 11 hex digits (`pod_bridge::attach::host_veth_name`).
@@ -348,10 +361,27 @@ fn plan_remote(opts: &Options, nets: &[SuiteNetwork], plan: &mut Plan) {
                 continue;
             }
             if opts.with_vpc_routes {
-                plan.actions.push(Action::DeregisterVpcRoutes {
-                    network: net.name.clone(),
-                    entry: entry.clone(),
-                });
+                // The binary, not the vpc-routes crate: linking the AWS SDK into cni-suite
+                // would make it wait for the SDK's compile, and the binary is installed
+                // wherever vpc-route is in use.
+                match vpc::find_binary(&opts.bin_dirs) {
+                    Some(binary) => plan.actions.push(Action::DeregisterVpcRoutes {
+                        network: net.name.clone(),
+                        entry: entry.clone(),
+                        binary,
+                        conflist: net.file.clone(),
+                    }),
+                    None => plan.blockers.push(format!(
+                        "--with-vpc-routes: no executable {} in {} to deregister the VPC routes of network {} with; give the CNI bin dir holding it with --bin-dir",
+                        vpc::BINARY,
+                        opts.bin_dirs
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        net.name
+                    )),
+                }
             } else {
                 plan.notes.push(format!(
                     "VPC routes of network {} stay (and {} with them): add --with-vpc-routes to delete them",
@@ -396,8 +426,8 @@ pub fn execute(plan: &Plan) -> Vec<Outcome> {
 fn apply(
     action: &Action,
     sock: &mut Result<netsetup::Socket, netsetup::Error>,
-) -> Result<(), Error> {
-    match action {
+) -> Result<Option<String>, Error> {
+    let local = match action {
         Action::DeleteLink { name, .. } => {
             let sock = sock
                 .as_mut()
@@ -422,7 +452,13 @@ fn apply(
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
             r => ignore_missing(path, r),
         },
-        Action::DeregisterVpcRoutes { entry, .. } => vpc::deregister(entry).map(|_| ()),
+        // The one step that reports something: vpc-route's plan, for the operator.
+        Action::DeregisterVpcRoutes {
+            entry,
+            binary,
+            conflist,
+            ..
+        } => return vpc::deregister(binary, conflist, entry).map(Some),
         Action::ReleaseEtcdLease { config, .. } => {
             let cfg: overlay::OverlayConfig = serde_json::from_value(config.clone())
                 .map_err(|e| Error::Remote(format!("vxlan-overlay config: {e}")))?;
@@ -430,7 +466,8 @@ fn apply(
                 .map(|_| ())
                 .map_err(|e| Error::Remote(format!("releasing the etcd record: {e}")))
         }
-    }
+    };
+    local.map(|()| None)
 }
 
 fn ignore_missing(path: &Path, r: std::io::Result<()>) -> Result<(), Error> {
@@ -472,8 +509,11 @@ pub fn plan_text(plan: &Plan, outcomes: Option<&[Outcome]>) -> String {
             }
             for o in done {
                 match &o.result {
-                    Ok(()) => {
+                    Ok(detail) => {
                         let _ = writeln!(out, "  done: {}", o.action);
+                        for line in detail.iter().flat_map(|d| d.lines()) {
+                            let _ = writeln!(out, "    {line}");
+                        }
                     }
                     Err(e) => {
                         let _ = writeln!(out, "  FAILED: {}: {e}", o.action);
@@ -502,7 +542,8 @@ pub fn plan_json(plan: &Plan, outcomes: Option<&[Outcome]>) -> Value {
         Some(done) => done
             .iter()
             .map(|o| match &o.result {
-                Ok(()) => serde_json::json!({"action": o.action.to_string(), "result": "done"}),
+                Ok(None) => serde_json::json!({"action": o.action.to_string(), "result": "done"}),
+                Ok(Some(d)) => serde_json::json!({"action": o.action.to_string(), "result": "done", "output": d}),
                 Err(e) => serde_json::json!({"action": o.action.to_string(), "result": "failed", "error": e.to_string()}),
             })
             .collect(),
@@ -518,6 +559,96 @@ pub fn plan_json(plan: &Plan, outcomes: Option<&[Outcome]>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A conf dir with one kubenet-bridge + vpc-route conflist, and the opts to plan it.
+    fn vpc_node(dir: &Path, with_vpc_routes: bool) -> (Options, Vec<SuiteNetwork>) {
+        let conf = dir.join("net.d");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(
+            conf.join("10-k8s.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[
+                {"type":"kubenet-bridge","podCIDR":"10.244.3.0/24"},
+                {"type":"vpc-route","clusterName":"c","podCIDR":"10.244.3.0/24",
+                 "clusterCIDR":"10.244.0.0/16"}]}"#,
+        )
+        .unwrap();
+        let opts = Options {
+            conf_dir: conf.clone(),
+            cache_dir: dir.join("cache"),
+            with_vpc_routes,
+            with_etcd_lease: false,
+            bin_dirs: vec![dir.join("bin-a"), dir.join("bin-b")],
+        };
+        let (nets, errors) = netconf::suite_networks(&netconf::load_dir(&conf).unwrap());
+        assert!(errors.is_empty(), "{errors:?}");
+        (opts, nets)
+    }
+
+    #[test]
+    fn with_vpc_routes_runs_the_installed_vpc_route_or_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, nets) = vpc_node(dir.path(), true);
+
+        // No binary in any bin dir: blocked, naming the dirs and the flag, nothing planned.
+        let mut plan = Plan::default();
+        plan_remote(&opts, &nets, &mut plan);
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.blockers.len(), 1, "{:?}", plan.blockers);
+        let b = &plan.blockers[0];
+        assert!(
+            b.contains("bin-a") && b.contains("bin-b") && b.contains("--bin-dir"),
+            "{b}"
+        );
+
+        // Installed in the second dir: one action running it on the network's conflist.
+        let bin = dir.path().join("bin-b");
+        std::fs::create_dir_all(&bin).unwrap();
+        let vpc_route = bin.join("vpc-route");
+        std::fs::write(&vpc_route, "#!/bin/sh\necho \"did delete for $*\"\n").unwrap();
+        std::fs::set_permissions(&vpc_route, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut plan = Plan::default();
+        plan_remote(&opts, &nets, &mut plan);
+        assert!(plan.blockers.is_empty(), "{:?}", plan.blockers);
+        let conflist = opts.conf_dir.join("10-k8s.conflist");
+        let [action] = plan.actions.as_slice() else {
+            panic!("{:?}", plan.actions)
+        };
+        assert_eq!(
+            action.to_string(),
+            format!(
+                "deregister the VPC routes of 10.244.3.0/24 (network k8s): {} deregister --config {}",
+                vpc_route.display(),
+                conflist.display()
+            )
+        );
+        let outcomes = execute(&plan);
+        let output = outcomes[0].result.as_ref().unwrap();
+        assert_eq!(
+            output.as_deref(),
+            Some(format!("did delete for deregister --config {}", conflist.display()).as_str())
+        );
+        let text = plan_text(&plan, Some(&outcomes));
+        assert!(text.contains("  done: deregister the VPC routes"), "{text}");
+        assert!(text.contains("    did delete for deregister"), "{text}");
+        let json = plan_json(&plan, Some(&outcomes));
+        assert_eq!(json["actions"][0]["result"], "done");
+        assert!(json["actions"][0]["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("did delete for"));
+
+        // Without the flag: a note, no action, whatever is installed.
+        let (opts, nets) = vpc_node(dir.path(), false);
+        let mut plan = Plan::default();
+        plan_remote(&opts, &nets, &mut plan);
+        assert!(plan.actions.is_empty() && plan.blockers.is_empty());
+        assert!(
+            plan.notes[0].contains("--with-vpc-routes"),
+            "{:?}",
+            plan.notes
+        );
+    }
 
     #[test]
     fn recognises_only_the_suites_veth_names() {

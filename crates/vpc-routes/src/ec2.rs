@@ -35,6 +35,19 @@ pub enum Operation {
     ModifyNetworkInterfaceAttribute,
 }
 
+impl Operation {
+    /// Every operation: the IAM actions `ec2:<operation>` the node role needs.
+    pub const ALL: [Operation; 7] = [
+        Operation::DescribeRouteTables,
+        Operation::CreateRoute,
+        Operation::ReplaceRoute,
+        Operation::DeleteRoute,
+        Operation::DescribeInstances,
+        Operation::DescribeNetworkInterfaceAttribute,
+        Operation::ModifyNetworkInterfaceAttribute,
+    ];
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)

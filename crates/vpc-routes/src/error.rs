@@ -85,8 +85,10 @@ pub enum Error {
         destination: Ipv4Net,
     },
 
-    /// `routeQuota` is set and the table already holds that many routes: refused
-    /// without calling EC2.
+    /// `routeQuota` is set and the table, as the DescribeRouteTables of this registration
+    /// returned it, already holds that many routes: CreateRoute is not called for it. The
+    /// reads before it (source/dest check, route tables) have run, and other tables are
+    /// still registered.
     #[error(
         "route table {table_id} holds {routes} routes, at routeQuota {quota}: not adding \
          {destination}. Raise the quota ({ROUTE_QUOTA_CODE}, 1000 at most) and routeQuota, or \
@@ -100,6 +102,27 @@ pub enum Error {
         /// The configured `routeQuota`.
         quota: u32,
         /// The route that would not fit.
+        destination: Ipv4Net,
+    },
+
+    /// STATUS: the node state says a table is full (`RouteLimitExceeded` seen, or at
+    /// `routeQuota`) and this node's route is not in it, so an ADD could not be served: it
+    /// would have to call CreateRoute and the table has no room.
+    #[error(
+        "cannot serve ADD: route table {table_id} is full ({routes} routes{}, as last read) and \
+         {destination} is not in it. The quota is \"Routes per route table\" \
+         ({ROUTE_QUOTA_CODE}, 1000 at most): raise it (and routeQuota), delete stale routes \
+         (vpc-route gc), or use the vxlan-overlay plugin",
+        quota_suffix(.quota)
+    )]
+    TableFull {
+        /// The full table.
+        table_id: String,
+        /// Routes counted against the quota when last read.
+        routes: usize,
+        /// The configured `routeQuota`, if that is what it is full against.
+        quota: Option<u32>,
+        /// This node's pod CIDR.
         destination: Ipv4Net,
     },
 
@@ -181,6 +204,13 @@ fn last_error_suffix(last: &Option<String>) -> String {
     }
 }
 
+fn quota_suffix(quota: &Option<u32>) -> String {
+    match quota {
+        Some(q) => format!(" of routeQuota {q}"),
+        None => ", EC2 answered RouteLimitExceeded".to_string(),
+    }
+}
+
 fn describe_found(found: &Option<String>) -> String {
     match found {
         Some(t) => format!("points to {t}"),
@@ -190,20 +220,22 @@ fn describe_found(found: &Option<String>) -> String {
 
 /// What kind of failure an [`Error`] is: what the plugin binary maps to a CNI error code.
 ///
-/// Proposed codes (the binary owns the mapping; CNI reserves 1-99, plugins use 100+):
+/// The binary's mapping (`plugins/vpc-route/src/main.rs`; the README's error code table; CNI
+/// reserves 1-99, plugins use 100+):
 ///
 /// | kind | CNI code | meaning for the runtime |
 /// |---|---|---|
 /// | `Config` | 7 | invalid network config: fix the config |
 /// | `Unavailable` | 11 | try again later: IMDS or EC2 unreachable |
-/// | `Conflict` | 100 | another live target owns the pod CIDR's route |
-/// | `Quota` | 101 | route table full (`RouteLimitExceeded` or `routeQuota`) |
-/// | `Deadline` | 102 | not done within `deadlineSeconds` (throttling, slow EC2) |
-/// | `NoRouteTables` | 103 | no table tagged for the cluster, or a listed table missing |
+/// | `NotAvailable` | 50 | STATUS: ADD cannot be served (a full table without our route) |
+/// | `Quota` | 110 | route table full (`RouteLimitExceeded` or `routeQuota`) |
+/// | `Conflict` | 111 | another live target owns the pod CIDR's route |
+/// | `Deadline` | 112 | not done within `deadlineSeconds` (throttling, slow EC2) |
+/// | `Api` | 113 | any other EC2 error (permissions, ...) |
+/// | `NoRouteTables` | 114 | no table tagged for the cluster, or a listed table missing |
+/// | `Incomplete` | 115 | deregister/gc: some steps failed |
 /// | `RouteMissing` | 104 | CHECK: route missing, wrong, or source/dest check on |
-/// | `Api` | 105 | any other EC2 error (permissions, ...) |
-/// | `State` | 106 | node state cache unreadable or unwritable |
-/// | `Incomplete` | 107 | deregister/gc: some steps failed |
+/// | `State` | 5 | node state cache unreadable or unwritable (I/O failure) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// See [`Error::Config`].
@@ -214,6 +246,8 @@ pub enum ErrorKind {
     Conflict,
     /// See [`Error::RouteLimitExceeded`] and [`Error::QuotaReached`].
     Quota,
+    /// See [`Error::TableFull`].
+    NotAvailable,
     /// See [`Error::Deadline`].
     Deadline,
     /// See [`Error::NoRouteTables`] and [`Error::UnknownRouteTable`].
@@ -237,6 +271,7 @@ impl Error {
             Error::Api { .. } => ErrorKind::Api,
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::RouteLimitExceeded { .. } | Error::QuotaReached { .. } => ErrorKind::Quota,
+            Error::TableFull { .. } => ErrorKind::NotAvailable,
             Error::Deadline { .. } => ErrorKind::Deadline,
             Error::NoRouteTables { .. } | Error::UnknownRouteTable { .. } => {
                 ErrorKind::NoRouteTables

@@ -1,8 +1,9 @@
 //! A fault-injecting [`Ec2`] wrapper for what moto cannot emulate, with per-call counters.
 //!
 //! moto 5 has no route quota (`RouteLimitExceeded`), no throttling (`RequestLimitExceeded`),
-//! no blackhole state and answers instantly. This layer adds each of those on top of any
-//! [`Ec2`], and counts every request so tests can show that a warm ADD makes none.
+//! no blackhole state, no propagated routes, no concurrent writers and answers instantly.
+//! This layer adds each of those on top of any [`Ec2`], and counts every request so tests can
+//! show that a warm ADD makes none.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::ec2::{ApiError, Ec2, Instance, Operation, RouteState, RouteTable, TableQuery};
+use crate::ec2::{
+    ApiError, Ec2, Instance, Operation, RouteOrigin, RouteState, RouteTable, TableQuery,
+};
 
 #[derive(Debug, Default)]
 struct Faults {
@@ -18,6 +21,11 @@ struct Faults {
     errors: BTreeMap<Operation, Vec<String>>,
     /// Destinations whose routes are described as blackholes.
     blackholes: HashSet<Ipv4Net>,
+    /// Destinations whose routes are described as propagated (from a virtual private gateway).
+    propagated: HashSet<Ipv4Net>,
+    /// Per CreateRoute call, in order: the ENI another writer routes the same destination to
+    /// just before ours arrives.
+    races: Vec<String>,
     /// Added before every call.
     delay: Option<Duration>,
     /// Requests seen per operation, injected failures included.
@@ -68,6 +76,20 @@ impl<E: Ec2> FaultInjectingEc2<E> {
     /// instance is terminated.
     pub fn blackhole(&self, destination: Ipv4Net) {
         self.faults().blackholes.insert(destination);
+    }
+
+    /// Describe every route to `destination` as propagated (origin EnableVgwRoutePropagation),
+    /// which moto cannot create: such a route belongs to a gateway, never to this crate.
+    pub fn propagated(&self, destination: Ipv4Net) {
+        self.faults().propagated.insert(destination);
+    }
+
+    /// Let the next CreateRoute lose a race: another writer creates the same destination to
+    /// `eni_id` first (forwarded to the wrapped EC2), and our call is answered
+    /// `RouteAlreadyExists`, as EC2 answers the second of two concurrent writers. Queued per
+    /// call, like [`Self::fail`].
+    pub fn race_create_route(&self, eni_id: &str) {
+        self.faults().races.push(eni_id.to_string());
     }
 
     /// Make every call wait `delay` before it is answered (a slow or hung endpoint).
@@ -126,10 +148,16 @@ impl<E: Ec2> Ec2 for FaultInjectingEc2<E> {
     async fn describe_route_tables(&self, query: &TableQuery) -> Result<Vec<RouteTable>, ApiError> {
         self.enter(Operation::DescribeRouteTables).await?;
         let mut tables = self.inner.describe_route_tables(query).await?;
-        let blackholes = self.faults().blackholes.clone();
+        let (blackholes, propagated) = {
+            let f = self.faults();
+            (f.blackholes.clone(), f.propagated.clone())
+        };
         for route in tables.iter_mut().flat_map(|t| t.routes.iter_mut()) {
             if route.destination.is_some_and(|d| blackholes.contains(&d)) {
                 route.state = RouteState::Blackhole;
+            }
+            if route.destination.is_some_and(|d| propagated.contains(&d)) {
+                route.origin = RouteOrigin::Propagated;
             }
         }
         Ok(tables)
@@ -142,6 +170,23 @@ impl<E: Ec2> Ec2 for FaultInjectingEc2<E> {
         eni_id: &str,
     ) -> Result<(), ApiError> {
         self.enter(Operation::CreateRoute).await?;
+        let race = {
+            let mut f = self.faults();
+            (!f.races.is_empty()).then(|| f.races.remove(0))
+        };
+        if let Some(winner) = race {
+            self.inner
+                .create_route(table_id, destination, &winner)
+                .await?;
+            return Err(ApiError::service(
+                Operation::CreateRoute,
+                "RouteAlreadyExists",
+                format!(
+                    "the route identified by {destination} already exists \
+                     (race with {winner} injected by FaultInjectingEc2)"
+                ),
+            ));
+        }
         self.inner.create_route(table_id, destination, eni_id).await
     }
 

@@ -13,8 +13,9 @@
 //!
 //! - [`Config`]: the plugin's keys; [`NodeIdentity`]: instance, region, primary ENI, VPC from
 //!   IMDSv2, each overridable.
-//! - [`Registrar`]: `ensure` (ADD, `register`), `check` (CHECK), `deregister`, `gc`; changes
-//!   come back as a printable [`Plan`]. [`status()`] (STATUS) reads the node state only.
+//! - [`Registrar`]: `ensure` (ADD, `register`), `check` (CHECK), `deregister`, `gc` (both with
+//!   a dry run); changes come back as a printable [`Plan`]. [`status()`] (STATUS) reads the
+//!   node state only.
 //! - [`Ec2`]: the EC2 calls used, implemented by [`AwsEc2`] (aws-sdk-ec2) and wrapped by
 //!   [`FaultInjectingEc2`] in tests for what moto cannot emulate.
 //!
@@ -23,20 +24,27 @@
 //!   `kubernetes.io/cluster/<clusterName>` (owned or shared) or `KubernetesCluster=<clusterName>`.
 //! - The route targets the primary ENI (CreateRoute by instance fails with several ENIs).
 //! - An existing route for the pod CIDR pointing elsewhere is replaced only if it lies inside
-//!   `clusterCIDR`, was made by CreateRoute, and is a blackhole or targets a terminated
-//!   instance; otherwise [`Error::Conflict`]. Nothing outside `clusterCIDR` is ever changed.
+//!   `clusterCIDR`, was made by CreateRoute, and is a blackhole, targets a terminated
+//!   instance, or targets this node's instance or another of its ENIs
+//!   ([`Reason::OtherInterfaceOfThisNode`]); otherwise [`Error::Conflict`]. Nothing outside
+//!   `clusterCIDR` is ever changed.
+//! - `gc` deletes, inside `clusterCIDR` and made by CreateRoute only, blackholes of any
+//!   target kind and routes to terminated instances.
 //! - `RouteLimitExceeded` is [`Error::RouteLimitExceeded`], never retried; with `routeQuota`,
-//!   a warning at 80 % and [`Error::QuotaReached`] before any EC2 write.
+//!   a warning at 80 % and [`Error::QuotaReached`] before any EC2 write (the tables have been
+//!   read with DescribeRouteTables to count their routes).
 //! - `RequestLimitExceeded` is retried with jittered exponential backoff inside
 //!   `deadlineSeconds` (default 20); the SDK's own retries are off.
 //! - After a registration, the node state in `dataDir` lets ADD skip EC2 for
 //!   `stateMaxAgeSeconds` (default 600), until CHECK fails, or until a reboot.
+//! - [`status()`] fails with [`Error::TableFull`] only when a full table (as cached) lacks
+//!   this node's route: then an ADD cannot be served.
 //!
 //! # Error codes
-//! The binary maps [`Error::kind`] to CNI codes; the proposal is in [`ErrorKind`]:
-//! 7 config, 11 unreachable (try again later), 100 conflict, 101 quota, 102 deadline,
-//! 103 no route tables, 104 route missing (CHECK), 105 other EC2 error, 106 node state,
-//! 107 incomplete deregister/gc.
+//! The binary maps [`Error::kind`] to CNI codes (table in [`ErrorKind`], same as the README):
+//! 7 config, 11 unreachable (try again later), 50 STATUS: ADD cannot be served, 110 quota,
+//! 111 conflict, 112 deadline, 113 other EC2 error, 114 no route tables, 115 incomplete
+//! deregister/gc, 104 route missing (CHECK), 5 node state I/O.
 
 mod config;
 mod ec2;

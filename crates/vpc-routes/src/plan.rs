@@ -143,7 +143,7 @@ pub struct Step {
 pub struct Plan {
     /// Steps in order.
     pub steps: Vec<Step>,
-    /// Nothing was changed: `gc --dry-run`.
+    /// Nothing was changed: `gc --dry-run`, `deregister --dry-run`.
     pub dry_run: bool,
     /// `ensure` answered from the node state cache, without any EC2 call.
     pub cached: bool,
@@ -161,6 +161,18 @@ impl Plan {
     /// The actions, whatever their outcome.
     pub fn actions(&self) -> impl Iterator<Item = &Action> {
         self.steps.iter().map(|s| &s.action)
+    }
+
+    /// A dry run's plan: every action [`Outcome::Planned`].
+    pub(crate) fn planned(actions: Vec<Action>) -> Self {
+        let mut plan = Plan {
+            dry_run: true,
+            ..Plan::default()
+        };
+        for action in actions {
+            plan.push(action, Outcome::Planned);
+        }
+        plan
     }
 
     pub(crate) fn push(&mut self, action: Action, outcome: Outcome) {

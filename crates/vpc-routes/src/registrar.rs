@@ -491,9 +491,15 @@ impl<E: Ec2> Registrar<E> {
 
     /// Delete this node's route (to its ENI or instance) from every table and forget the
     /// node state. Routes for the pod CIDR that point elsewhere are left alone. Idempotent.
-    pub async fn deregister(&self) -> Result<Plan, Error> {
+    /// With `dry_run`, only plan: tables are read, nothing is deleted and the node state stays.
+    pub async fn deregister(&self, dry_run: bool) -> Result<Plan, Error> {
         let deadline = self.deadline();
-        let _lock = self.store.lock(&deadline).await?;
+        // A dry run writes nothing, not even the lock file in `dataDir`.
+        let _lock = if dry_run {
+            None
+        } else {
+            Some(self.store.lock(&deadline).await?)
+        };
         let destination = self.config.pod_cidr;
         let tables = self.tables(&deadline).await?;
         let mut actions = Vec::new();
@@ -512,6 +518,9 @@ impl<E: Ec2> Registrar<E> {
                 }
             }
         }
+        if dry_run {
+            return Ok(Plan::planned(actions));
+        }
         // Forget first: whatever happens next, the cache must not claim a registration.
         self.store.remove()?;
         let plan = self.apply(&deadline, actions).await;
@@ -524,8 +533,9 @@ impl<E: Ec2> Registrar<E> {
     }
 
     /// Delete, in every cluster table, routes inside clusterCIDR created by CreateRoute that
-    /// point to a node and are blackholes or whose instance is terminated. This node's own
-    /// route is never collected (ensure repairs it). With `dry_run`, only plan.
+    /// are blackholes, whatever their target (instance, ENI, NAT gateway, peering: a dead
+    /// target routes nothing), or that point to a terminated instance. This node's own route
+    /// is never collected (ensure repairs it). With `dry_run`, only plan.
     pub async fn gc(&self, dry_run: bool) -> Result<Plan, Error> {
         let deadline = self.deadline();
         let tables = self.tables(&deadline).await?;
@@ -536,7 +546,8 @@ impl<E: Ec2> Registrar<E> {
                 let d = r.destination?;
                 let eligible = self.config.cluster_cidr.contains(&d)
                     && r.origin == RouteOrigin::CreateRoute
-                    && matches!(r.target, RouteTarget::Node { .. })
+                    && (r.state == RouteState::Blackhole
+                        || matches!(r.target, RouteTarget::Node { .. }))
                     && !r.target.is_node(&self.node.instance_id, &self.node.eni_id);
                 eligible.then_some((t, r, d))
             })
@@ -570,14 +581,7 @@ impl<E: Ec2> Registrar<E> {
             })
             .collect();
         if dry_run {
-            let mut plan = Plan {
-                dry_run: true,
-                ..Plan::default()
-            };
-            for action in actions {
-                plan.push(action, Outcome::Planned);
-            }
-            return Ok(plan);
+            return Ok(Plan::planned(actions));
         }
         let plan = self.apply(&deadline, actions).await;
         match plan.failed_count() {

@@ -38,8 +38,11 @@ pub struct Status {
     pub tables: Vec<TableStatus>,
 }
 
-/// Read the node state cache and report it; fails only when a cached table is full and
-/// this node's route is not in it, since every ADD would then fail too.
+/// Read the node state cache and report it. Fails with [`Error::TableFull`] (STATUS code 50:
+/// ADD cannot be served) when a cached table is full, per the last registration's
+/// `RouteLimitExceeded` or per `routeQuota`, and this node's route is not in it: the next ADD
+/// would have to call CreateRoute and fail on the quota. A full table that already holds the
+/// node's route is fine: ADD needs no EC2 call for it.
 ///
 /// No state at all is not an error: a fresh node has not registered yet, and a failing
 /// STATUS would keep the runtime from ever sending the ADD that registers it.
@@ -47,17 +50,11 @@ pub fn status(config: &Config) -> Result<Status, Error> {
     let state = StateStore::new(&config.data_dir).load()?;
     let status = Status::from_state(config, state.as_ref());
     if let Some(full) = status.tables.iter().find(|t| t.full && !t.registered) {
-        return Err(match full.quota {
-            Some(quota) => Error::QuotaReached {
-                table_id: full.id.clone(),
-                routes: full.routes,
-                quota,
-                destination: config.pod_cidr,
-            },
-            None => Error::RouteLimitExceeded {
-                table_id: full.id.clone(),
-                destination: config.pod_cidr,
-            },
+        return Err(Error::TableFull {
+            table_id: full.id.clone(),
+            routes: full.routes,
+            quota: full.quota.filter(|q| full.routes >= *q as usize),
+            destination: config.pod_cidr,
         });
     }
     Ok(status)

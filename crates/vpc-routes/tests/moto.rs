@@ -414,6 +414,75 @@ async fn gc_and_its_dry_run_never_touch_routes_outside_cluster_cidr() {
 }
 
 #[tokio::test]
+async fn gc_deletes_blackholes_of_any_target_inside_cluster_cidr_made_by_create_route() {
+    let w = world("gc-targets").await;
+    let sdk = &w.sdk;
+    let owned = w.cluster.owned_table.as_str();
+    let igw = sdk
+        .create_internet_gateway()
+        .send()
+        .await
+        .expect("create internet gateway")
+        .internet_gateway()
+        .and_then(|g| g.internet_gateway_id())
+        .expect("igw id")
+        .to_string();
+    sdk.attach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(&w.cluster.vpc_id)
+        .send()
+        .await
+        .expect("attach internet gateway");
+    let dead_gateway = "10.244.12.0/24"; // inside, blackhole: collected
+    let live_gateway = "10.244.13.0/24"; // inside, active: a gateway is never "gone"
+    let propagated = "10.244.14.0/24"; // inside, blackhole, but not made by CreateRoute
+    let outside = "10.52.0.0/24"; // blackhole outside clusterCIDR
+    for d in [dead_gateway, live_gateway, propagated, outside] {
+        sdk.create_route()
+            .route_table_id(owned)
+            .destination_cidr_block(d)
+            .gateway_id(&igw)
+            .send()
+            .await
+            .expect("create gateway route");
+    }
+    let r = w.registrar(w.config(json!({}))).await;
+    // moto has neither blackholes nor propagated routes: the fault layer describes them.
+    for d in [dead_gateway, propagated, outside] {
+        r.ec2().blackhole(d.parse().expect("cidr"));
+    }
+    r.ec2().propagated(propagated.parse().expect("cidr"));
+
+    let plan = r.gc(true).await.expect("gc dry run");
+    let planned: Vec<String> = plan.actions().map(|a| a.to_string()).collect();
+    assert_eq!(
+        planned,
+        [format!(
+            "delete {dead_gateway} -> {igw} in {owned} (blackhole)"
+        )],
+        "{plan}"
+    );
+    assert_eq!(r.ec2().calls_of(Operation::DeleteRoute), 0);
+    assert_eq!(
+        r.ec2().calls_of(Operation::DescribeInstances),
+        0,
+        "gateways and blackholes need no instance lookup"
+    );
+    assert!(w.route(owned, dead_gateway).await.is_some());
+
+    let plan = r.gc(false).await.expect("gc");
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    assert!(
+        plan.steps.iter().all(|s| s.outcome == Outcome::Done),
+        "{plan}"
+    );
+    assert_eq!(w.route(owned, dead_gateway).await, None);
+    for kept in [live_gateway, propagated, outside] {
+        assert!(w.route(owned, kept).await.is_some(), "{kept} must stay");
+    }
+}
+
+#[tokio::test]
 async fn deregister_removes_only_this_nodes_routes() {
     let w = world("deregister").await;
     // The foreign table carries a route for the same CIDR: it is not ours to remove.
@@ -427,7 +496,27 @@ async fn deregister_removes_only_this_nodes_routes() {
     let config = w.config(json!({}));
     let r = w.registrar(config.clone()).await;
     r.ensure().await.expect("ensure");
-    let plan = r.deregister().await.expect("deregister");
+
+    // The dry run names both routes and changes nothing: routes, node state, lock file.
+    std::fs::remove_file(w.data.path().join("node.lock")).expect("lock file of the ensure");
+    let plan = r.deregister(true).await.expect("deregister --dry-run");
+    assert!(plan.dry_run);
+    assert_eq!(plan.steps.len(), 2, "{plan}");
+    assert!(plan.steps.iter().all(|s| s.outcome == Outcome::Planned));
+    for table in w.cluster.tagged_tables() {
+        let line = format!(
+            "would delete {POD_CIDR} -> {} in {table} (node deregistered)",
+            w.node.eni_id
+        );
+        assert!(plan.to_string().contains(&line), "{line} not in:\n{plan}");
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+    }
+    assert_eq!(r.ec2().calls_of(Operation::DeleteRoute), 0);
+    assert!(vpc_routes::status(&config).expect("status").registered);
+    assert!(!w.data.path().join("node.lock").exists());
+
+    let plan = r.deregister(false).await.expect("deregister");
+    assert!(!plan.dry_run);
     assert_eq!(plan.steps.len(), 2, "{plan}");
     for table in w.cluster.tagged_tables() {
         assert_eq!(w.route(table, POD_CIDR).await, None, "{table}");
@@ -439,7 +528,7 @@ async fn deregister_removes_only_this_nodes_routes() {
     let status = vpc_routes::status(&config).expect("status");
     assert!(!status.registered && status.node.is_none(), "{status}");
 
-    let again = r.deregister().await.expect("deregister twice");
+    let again = r.deregister(false).await.expect("deregister twice");
     assert!(again.steps.is_empty(), "{again}");
     // And the next ADD registers again instead of trusting a stale cache.
     let plan = r.ensure().await.expect("ensure again");
@@ -494,15 +583,25 @@ async fn route_quota_refuses_before_calling_ec2() {
     assert_eq!(r.ec2().calls_of(Operation::CreateRoute), 0);
     assert_eq!(w.route(owned, POD_CIDR).await, None);
 
-    // STATUS reports the full table from the cache, without EC2.
+    // STATUS: the cached table is full without our route, so ADD cannot be served (code 50
+    // in the binary), said from the cache: the counters do not move.
+    let calls = r.ec2().calls();
     let e = vpc_routes::status(&config).expect_err("status: full");
-    assert_eq!(e.kind(), ErrorKind::Quota, "{e}");
+    assert_eq!(e.kind(), ErrorKind::NotAvailable, "{e}");
+    assert!(
+        matches!(&e, Error::TableFull { table_id, routes: 3, quota: Some(3), .. } if table_id == owned),
+        "{e}"
+    );
+    let msg = e.to_string();
+    for needle in [owned.as_str(), "L-93826ACB", "routeQuota 3", POD_CIDR] {
+        assert!(msg.contains(needle), "{needle} missing from: {msg}");
+    }
+    assert_eq!(r.ec2().calls(), calls);
 
     // One below the quota: registered, with the 80 % warning in the log.
     warnings();
-    let r = w
-        .registrar(w.config(json!({ "routeQuota": 4, "routeTableIds": [owned] })))
-        .await;
+    let config = w.config(json!({ "routeQuota": 4, "routeTableIds": [owned] }));
+    let r = w.registrar(config.clone()).await;
     r.ensure().await.expect("ensure under quota");
     assert_eq!(w.route(owned, POD_CIDR).await, w.on_node_eni());
     let warned = warnings();
@@ -512,6 +611,53 @@ async fn route_quota_refuses_before_calling_ec2() {
             .any(|m| m.contains(owned.as_str()) && m.contains("4 of 4 routes")),
         "{warned:?}"
     );
+
+    // Now the table is full (4 of 4) but holds our route: ADD needs no EC2 call, STATUS is ok.
+    let status = vpc_routes::status(&config).expect("status: full but registered");
+    assert!(status.registered, "{status}");
+    assert!(
+        status.tables[0].full && status.tables[0].registered,
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn route_quota_warning_starts_at_80_percent_not_below() {
+    let w = world("quota-warning").await;
+    let owned = w.cluster.owned_table.clone();
+    let config = w.config(json!({ "routeQuota": 10, "routeTableIds": [owned] }));
+    warnings();
+    // Only this table's warnings: tests run in parallel and share the logger.
+    let ours = || -> Vec<String> {
+        warnings()
+            .into_iter()
+            .filter(|m| m.contains(owned.as_str()) && m.contains("of 10 routes"))
+            .collect()
+    };
+    // local + 5: ours makes 7 of 10 (70 %).
+    for i in 20..25 {
+        let d = format!("10.244.{i}.0/24");
+        common::create_instance_route(&w.sdk, &owned, &d, &w.other.instance_id).await;
+    }
+    let r = w.registrar(config.clone()).await;
+    r.ensure().await.expect("at 70 %");
+    assert_eq!(w.route(&owned, POD_CIDR).await, w.on_node_eni());
+    assert_eq!(ours(), Vec::<String>::new(), "no warning below 80 %");
+
+    // One more route elsewhere: ours makes 8 of 10 (80 %), then 9 of 10.
+    for (i, expected) in [(25, "8 of 10 routes"), (26, "9 of 10 routes")] {
+        r.deregister(false).await.expect("deregister");
+        let d = format!("10.244.{i}.0/24");
+        common::create_instance_route(&w.sdk, &owned, &d, &w.other.instance_id).await;
+        r.ensure().await.expect("under the quota");
+        assert_eq!(w.route(&owned, POD_CIDR).await, w.on_node_eni());
+        let warned = ours();
+        assert!(
+            warned.last().is_some_and(|m| m.contains(expected)),
+            "{expected}: {warned:?}"
+        );
+    }
+    assert_eq!(ours().len(), 2, "{:?}", ours());
 }
 
 #[tokio::test]
@@ -535,7 +681,56 @@ async fn route_limit_exceeded_is_a_clear_error_without_retry_loop() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     let e = vpc_routes::status(&config).expect_err("status: full");
-    assert!(matches!(e, Error::RouteLimitExceeded { .. }), "{e}");
+    assert!(matches!(e, Error::TableFull { quota: None, .. }), "{e}");
+    assert!(e.to_string().contains("RouteLimitExceeded"), "{e}");
+    assert!(e.to_string().contains("L-93826ACB"), "{e}");
+}
+
+#[tokio::test]
+async fn create_route_race_rereads_the_table_and_applies_the_same_rules() {
+    let w = world("race").await;
+    let owned = w.cluster.owned_table.clone();
+    let legacy = w.cluster.legacy_table.clone();
+
+    // A concurrent registration of this same node got there first: the route re-read is
+    // ours, nothing more to do.
+    let config = w.config(json!({ "routeTableIds": [owned] }));
+    let r = w.registrar(config.clone()).await;
+    r.ec2().race_create_route(&w.node.eni_id);
+    let plan = r
+        .ensure()
+        .await
+        .expect("ensure after losing the race to itself");
+    assert!(
+        !plan
+            .actions()
+            .any(|a| matches!(a, Action::CreateRoute { .. } | Action::ReplaceRoute { .. })),
+        "{plan}"
+    );
+    assert_eq!(r.ec2().calls_of(Operation::CreateRoute), 1);
+    assert_eq!(
+        r.ec2().calls_of(Operation::DescribeRouteTables),
+        2,
+        "the table is read once more after RouteAlreadyExists"
+    );
+    assert_eq!(w.route(&owned, POD_CIDR).await, w.on_node_eni());
+    assert!(vpc_routes::status(&config).expect("status").registered);
+
+    // Another node got there first: its live route is a conflict, not replaced.
+    let r = w
+        .registrar(w.config(json!({ "routeTableIds": [legacy] })))
+        .await;
+    r.ec2().race_create_route(&w.other.eni_id);
+    let e = r.ensure().await.expect_err("conflict after the race");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains(&legacy), "{e}");
+    assert!(e.to_string().contains(&w.other.eni_id), "{e}");
+    assert_eq!(r.ec2().calls_of(Operation::DescribeRouteTables), 2);
+    assert_eq!(r.ec2().calls_of(Operation::ReplaceRoute), 0);
+    assert_eq!(
+        w.route(&legacy, POD_CIDR).await,
+        Some((None, Some(w.other.eni_id.clone())))
+    );
 }
 
 #[tokio::test]

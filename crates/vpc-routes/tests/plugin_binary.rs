@@ -157,11 +157,36 @@ async fn add_registers_once_then_costs_no_ec2_call_and_passes_prev_result_on() {
     .expect("write conflist");
     let path = conflist.to_string_lossy().to_string();
     let out = run(&["status", "--config", &path], None, &json!({}), &[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "status: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        text.starts_with(&format!(
+            "{} ({}, {}): registered",
+            node.instance_id, node.eni_id, cluster.vpc_id
+        )),
+        "{text}"
+    );
+    for table in cluster.tagged_tables() {
+        assert!(
+            text.contains(&format!("{table}: 2 routes, route in place")),
+            "{table}: {text}"
+        );
+    }
+
+    // A route inside clusterCIDR to a terminated instance: the dry run names it, keeps it.
+    let dead = cluster.run_instance(&ec2).await;
+    common::create_instance_route(
+        &ec2,
+        &cluster.owned_table,
+        "10.244.9.0/24",
+        &dead.instance_id,
+    )
+    .await;
+    common::terminate(&ec2, &dead.instance_id).await;
     let out = run(
         &["gc", "--dry-run", "--config", &path],
         None,
@@ -173,6 +198,63 @@ async fn add_registers_once_then_costs_no_ec2_call_and_passes_prev_result_on() {
         "gc --dry-run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "would delete 10.244.9.0/24 -> {id} in {} (target instance {id} is terminated)",
+            cluster.owned_table,
+            id = dead.instance_id
+        )
+    );
+    assert!(
+        common::route_to(&ec2, &cluster.owned_table, "10.244.9.0/24")
+            .await
+            .is_some(),
+        "gc --dry-run must not delete"
+    );
+
+    let out = run(
+        &["deregister", "--dry-run", "--config", &path],
+        None,
+        &json!({}),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "deregister --dry-run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in cluster.tagged_tables() {
+        let line = format!(
+            "would delete 10.244.7.0/24 -> {} in {table} (node deregistered)",
+            node.eni_id
+        );
+        assert!(text.contains(&line), "{line} not in: {text}");
+        assert_eq!(
+            common::route_to(&ec2, table, "10.244.7.0/24").await,
+            Some((None, Some(node.eni_id.clone()))),
+            "deregister --dry-run must not delete ({table})"
+        );
+    }
+    let out = run(&["status", "--config", &path], None, &json!({}), &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": registered"),
+        "the dry run keeps the node state: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(
+        &["register", "--dry-run", "--config", &path],
+        None,
+        &json!({}),
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--dry-run is for deregister and gc"
+    );
+
     let out = run(&["deregister", "--config", &path], None, &json!({}), &[]);
     assert!(
         out.status.success(),
@@ -211,4 +293,301 @@ fn bad_config_is_a_cni_error_not_a_panic() {
     assert_eq!(err["code"], 7, "{err}");
     assert_eq!(err["cniVersion"], "1.0.0");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_50_while_a_full_table_lacks_the_route_and_ok_once_it_holds_it() {
+    let moto = Moto::start();
+    let ec2 = moto.client().await;
+    let cluster: Cluster = common::cluster(&ec2, "status").await;
+    let node = cluster.run_instance(&ec2).await;
+    let imds = ImdsFake::start(cluster.imds_values(&node));
+    let data = tempfile::tempdir().expect("tempdir");
+    let conf = |quota: u32, verb: &str| {
+        let mut c = json!({"cniVersion": "1.1.0", "name": "k8s", "type": "vpc-route",
+            "clusterName": "status", "podCIDR": "10.244.8.0/24", "clusterCIDR": "10.244.0.0/16",
+            "region": "us-east-1", "ec2Endpoint": moto.endpoint, "imdsEndpoint": imds.endpoint(),
+            "dataDir": data.path(), "routeQuota": quota,
+            "routeTableIds": [cluster.owned_table]});
+        if verb == "ADD" {
+            c["prevResult"] = json!({"cniVersion": "1.1.0"});
+        }
+        c
+    };
+
+    // Never registered: STATUS is ok (a failing STATUS would keep the first ADD from coming).
+    let out = run(&[], Some("STATUS"), &conf(1, "STATUS"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The table holds only its local route, at a routeQuota of 1: ADD is refused (110) ...
+    let out = run(&[], Some("ADD"), &conf(1, "ADD"), &[]);
+    let err: Value = serde_json::from_slice(&out.stdout).expect("ADD error JSON");
+    assert_eq!(err["code"], 110, "{err}");
+    // ... and STATUS says so from the node state alone: 50, naming table and quota.
+    let requests = moto.requests();
+    let out = run(&[], Some("STATUS"), &conf(1, "STATUS"), &[]);
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).expect("STATUS error JSON");
+    assert_eq!(err["code"], 50, "{err}");
+    let msg = err["msg"].as_str().unwrap_or_default();
+    for needle in [
+        cluster.owned_table.as_str(),
+        "L-93826ACB",
+        "routeQuota 1",
+        "10.244.8.0/24",
+    ] {
+        assert!(msg.contains(needle), "{needle} missing from: {msg}");
+    }
+    assert_eq!(moto.requests(), requests, "STATUS must not call EC2");
+
+    // Room for exactly our route: registered, and the table is now full (2 of 2) but holds
+    // it, so ADD needs no EC2 call: STATUS is ok.
+    let out = run(&[], Some("ADD"), &conf(2, "ADD"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let requests = moto.requests();
+    let out = run(&[], Some("STATUS"), &conf(2, "STATUS"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.stdout.is_empty());
+    let out = run(&[], Some("ADD"), &conf(2, "ADD"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        moto.requests(),
+        requests,
+        "a warm ADD in a full table calls no EC2"
+    );
+}
+
+/// An `ip netns` namespace of this test, with `lo` up; deleted on drop.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}{}", std::process::id());
+        let ok = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?}: {st} (root needed)");
+        };
+        ok(&["netns", "add", &name]);
+        let ns = TestNetns { name };
+        ok(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Forwards 127.0.0.1:`port` inside a namespace to 127.0.0.1:`port` here, so a process in
+/// the namespace reaches moto at the same endpoint. The listening socket is made by a thread
+/// that entered the namespace (setns moves only the calling thread; a socket stays in the
+/// namespace it was created in); upstream connections are made from this one.
+struct Forwarder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(netns: &TestNetns, port: u16) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering;
+        let path = format!("/run/netns/{}", netns.name);
+        let listener = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: a valid namespace fd; only this short-lived thread moves.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            TcpListener::bind(("127.0.0.1", port)).expect("bind in netns")
+        })
+        .join()
+        .expect("netns thread");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                for (from, to) in [(&client, &upstream), (&upstream, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Forwarder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `cni-suite teardown --with-vpc-routes` runs the installed vpc-route (here: the one next to
+/// cni-suite in the target dir, given with --bin-dir) and reports its plan. In a network
+/// namespace of its own, since teardown removes every cni_suite_* nftables table it sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_suite_teardown_with_vpc_routes_runs_vpc_route_deregister() {
+    let bin_dir = binary().parent().expect("bin dir").to_path_buf();
+    let cni_suite = bin_dir.join("cni-suite");
+    assert!(
+        cni_suite.exists(),
+        "{} missing: cargo build --release --workspace --bins",
+        cni_suite.display()
+    );
+    let moto = Moto::start();
+    let ec2 = moto.client().await;
+    let cluster: Cluster = common::cluster(&ec2, "teardown").await;
+    let node = cluster.run_instance(&ec2).await;
+    let port: u16 = moto
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("moto port");
+    let netns = TestNetns::new("vpcrt-td-");
+    let _forwarder = Forwarder::start(&netns, port);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf_dir = dir.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).expect("mkdir");
+    let conflist = conf_dir.join("10-k8s.conflist");
+    // Every identity value given: no IMDS in the namespace.
+    std::fs::write(
+        &conflist,
+        json!({"cniVersion": "1.0.0", "name": "k8s-td", "plugins": [
+            {"type": "kubenet-bridge", "podCIDR": "10.244.11.0/24",
+             "dataDir": dir.path().join("ipam")},
+            {"type": "vpc-route", "clusterName": "teardown", "podCIDR": "10.244.11.0/24",
+             "clusterCIDR": "10.244.0.0/16", "region": "us-east-1",
+             "ec2Endpoint": moto.endpoint, "instanceId": node.instance_id,
+             "eniId": node.eni_id, "vpcId": cluster.vpc_id,
+             "dataDir": dir.path().join("vpc-route")}]})
+        .to_string(),
+    )
+    .expect("write conflist");
+    let path = conflist.to_string_lossy().to_string();
+    let out = run(&["register", "--config", &path], None, &json!({}), &[]);
+    assert!(
+        out.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registered = Some((None, Some(node.eni_id.clone())));
+    for table in cluster.tagged_tables() {
+        assert_eq!(
+            common::route_to(&ec2, table, "10.244.11.0/24").await,
+            registered
+        );
+    }
+
+    let teardown = |extra: &[&str]| -> (Output, Value) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns.name])
+            .arg(&cni_suite)
+            .args(["teardown", "--json", "--with-vpc-routes", "--conf-dir"])
+            .arg(&conf_dir)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .arg("--bin-dir")
+            .arg(dir.path().join("no-such-bin"))
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .args(extra)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("run cni-suite");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "teardown --json ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out, v)
+    };
+    let action = format!(
+        "deregister the VPC routes of 10.244.11.0/24 (network k8s-td): {} deregister --config {}",
+        bin_dir.join("vpc-route").display(),
+        conflist.display()
+    );
+
+    // The dry run plans it and changes nothing.
+    let (out, plan) = teardown(&[]);
+    assert!(out.status.success(), "{plan}");
+    let step = plan["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["action"] == action.as_str()))
+        .unwrap_or_else(|| panic!("{action} not planned: {plan}"));
+    assert_eq!(step["result"], "planned");
+    assert_eq!(
+        common::route_to(&ec2, &cluster.owned_table, "10.244.11.0/24").await,
+        registered
+    );
+
+    let (out, done) = teardown(&["--yes"]);
+    assert!(out.status.success(), "{done}");
+    let step = done["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["action"] == action.as_str()))
+        .unwrap_or_else(|| panic!("{action} not done: {done}"));
+    assert_eq!(step["result"], "done", "{done}");
+    let output = step["output"].as_str().unwrap_or_default();
+    for table in cluster.tagged_tables() {
+        let line = format!(
+            "did delete 10.244.11.0/24 -> {} in {table} (node deregistered)",
+            node.eni_id
+        );
+        assert!(output.contains(&line), "{line} not in: {output}");
+        assert_eq!(common::route_to(&ec2, table, "10.244.11.0/24").await, None);
+    }
+    assert!(!dir.path().join("vpc-route/node.json").exists());
 }

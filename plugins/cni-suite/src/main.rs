@@ -62,9 +62,13 @@ enum Cmd {
         /// Print the plan and outcomes as JSON.
         #[arg(long)]
         json: bool,
-        /// Also delete this node's routes from the VPC route tables.
+        /// Also delete this node's routes from the VPC route tables, by running the installed
+        /// `vpc-route deregister --config <conflist>` (found in --bin-dir).
         #[arg(long)]
         with_vpc_routes: bool,
+        /// CNI bin dir holding vpc-route, for --with-vpc-routes (may repeat; first match wins).
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: Vec<PathBuf>,
         /// Also release the overlay agent's subnet record in etcd.
         #[arg(long)]
         with_etcd_lease: bool,
@@ -125,6 +129,7 @@ fn main() {
             json,
             with_vpc_routes,
             with_etcd_lease,
+            bin_dir,
             conf_dir,
             cache_dir,
         } => {
@@ -133,6 +138,7 @@ fn main() {
                 cache_dir,
                 with_vpc_routes,
                 with_etcd_lease,
+                bin_dirs: bin_dir,
             };
             let plan = match teardown::plan(&opts) {
                 Ok(p) => p,

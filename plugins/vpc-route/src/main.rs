@@ -1,5 +1,6 @@
 //! `vpc-route`: a chained CNI plugin that makes the node's pod CIDR routable in the AWS VPC
-//! route tables, and the node commands `register | deregister | status | gc [--dry-run]`.
+//! route tables, and the node commands `register | deregister [--dry-run] | status |
+//! gc [--dry-run]`.
 //! The work is in the `vpc-routes` crate; this file parses, calls it, and maps its errors to
 //! CNI codes once.
 
@@ -13,8 +14,8 @@ const ABOUT: About = About {
     version: env!("CARGO_PKG_VERSION"),
     summary: "Chained after kubenet-bridge: registers the node's pod CIDR -> primary ENI in every \
               cluster route table of the VPC (zero EC2 calls once registered) and passes the \
-              previous result on unchanged. Node commands: vpc-route register | deregister | \
-              status | gc [--dry-run] --config <conflist>.",
+              previous result on unchanged. Node commands: vpc-route register | deregister \
+              [--dry-run] | status | gc [--dry-run] --config <conflist>.",
 };
 
 /// What can fail here: the registrar, or (never in practice) the async runtime.
@@ -42,6 +43,7 @@ impl From<VpcError> for CniError {
             ErrorKind::Config => code::INVALID_NETWORK_CONFIG,
             ErrorKind::Unavailable => code::TRY_AGAIN_LATER,
             ErrorKind::Quota => code::ROUTE_QUOTA,
+            ErrorKind::NotAvailable => code::PLUGIN_NOT_AVAILABLE,
             ErrorKind::Conflict => code::ROUTE_CONFLICT,
             ErrorKind::Deadline => code::CLOUD_DEADLINE,
             ErrorKind::Api => code::CLOUD_API,
@@ -114,7 +116,8 @@ fn main() {
     }
 }
 
-/// `vpc-route <command> [--dry-run] --config <conflist>`: prints the plan or status.
+/// `vpc-route <command> [--dry-run] --config <conflist>`: prints the plan or status; a dry
+/// run (deregister, gc) prints what it would delete and changes nothing.
 fn node_command(args: &[String]) -> i32 {
     let mut path = None;
     let mut dry_run = false;
@@ -129,8 +132,8 @@ fn node_command(args: &[String]) -> i32 {
     let Some(path) = path else {
         return usage("--config <conflist> is required");
     };
-    if dry_run && args[0] != "gc" {
-        return usage("--dry-run applies to gc");
+    if dry_run && !matches!(args[0].as_str(), "gc" | "deregister") {
+        return usage("--dry-run applies to deregister and gc");
     }
     let entry = match std::fs::read(&path)
         .map_err(|e| e.to_string())
@@ -161,7 +164,7 @@ fn node_command(args: &[String]) -> i32 {
             let r = Registrar::connect(config).await?;
             let plan = match args[0].as_str() {
                 "register" => r.register().await?,
-                "deregister" => r.deregister().await?,
+                "deregister" => r.deregister(dry_run).await?,
                 _ => r.gc(dry_run).await?,
             };
             Ok(plan.to_string())
@@ -180,6 +183,6 @@ fn node_command(args: &[String]) -> i32 {
 }
 
 fn usage(why: &str) -> i32 {
-    eprintln!("vpc-route: {why}\nusage: vpc-route register | deregister | status | gc [--dry-run] --config <conflist>");
+    eprintln!("vpc-route: {why}\nusage: vpc-route register | deregister [--dry-run] | status | gc [--dry-run] --config <conflist>");
     2
 }
