@@ -1,6 +1,8 @@
 //! `cni-bench`: ADD and DEL latency (median, p99), single and concurrent, and peak RSS per
 //! exec of kubenet-bridge against the reference `bridge` + `host-local`, side by side in one
-//! run, inside a throwaway node namespace. Writes the table as markdown, JSON and SVG.
+//! run, inside a throwaway node namespace, with vxlan-overlay's pod path (the same attach code,
+//! plus reading the agent's subnet.env) as a third row. Writes the table as markdown, JSON and
+//! SVG.
 //!
 //! Usage: `cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]`
 //! Run as root. Masquerade is off on both sides: the reference's per-pod iptables chains
@@ -26,10 +28,12 @@ usage: cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [
 
 ADD and DEL latency (median, p99), one at a time and concurrent, peak RSS per exec and binary
 sizes of kubenet-bridge against the reference bridge + host-local, in one run inside a
-throwaway node namespace. Writes bench.md, bench.json and bench.svg. Needs root.
+throwaway node namespace; vxlan-overlay's pod path (a subnet.env as the agent writes it, no
+agent running) is measured alongside. Writes bench.md, bench.json and bench.svg. Needs root.
 
 options:
-  --ours DIR          where kubenet-bridge is (default: this binary's directory)
+  --ours DIR          where kubenet-bridge and vxlan-overlay are (default: this binary's
+                      directory)
   --reference DIR     where the reference bridge and host-local are (default /usr/lib/cni)
   --rounds N          sequential ADD/DEL rounds (default 30)
   --concurrency N     concurrent ADDs, then DELs (default 50)
@@ -280,7 +284,27 @@ fn real_main() -> Result<(), String> {
             args.reference.join("host-local"),
         ],
     };
-    for s in [&ours, &reference] {
+    // vxlan-overlay's ADD reads the lease the agent wrote; the agent itself is not part of
+    // a pod's ADD, so a subnet.env in flannel's format stands in for it.
+    let subnet_env = data.path().join("subnet.env");
+    std::fs::write(
+        &subnet_env,
+        "FLANNEL_NETWORK=10.97.0.0/16\nFLANNEL_SUBNET=10.97.2.1/24\nFLANNEL_MTU=1450\n\
+         FLANNEL_IPMASQ=false\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let overlay = Subject {
+        label: "vxlan-overlay",
+        binary: args.ours.join("vxlan-overlay"),
+        cni_path: args.ours.display().to_string(),
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-overlay", "type": "vxlan-overlay",
+            "clusterCIDR": "10.97.0.0/16", "bridge": "benchbr2", "ipMasq": false,
+            "peersFile": data.path().join("peers.json"), "subnetFile": subnet_env,
+            "ipamDir": data.path().join("overlay"), "dataDir": data.path().join("overlay-agent")}),
+        parts: vec![args.ours.join("vxlan-overlay")],
+    };
+    let subjects = [&ours, &reference, &overlay];
+    for s in subjects {
         if !s.binary.exists() {
             return Err(format!("{} not found", s.binary.display()));
         }
@@ -300,27 +324,27 @@ fn real_main() -> Result<(), String> {
     let seq_pods = &node.pods[..args.rounds];
     let conc_pods = &node.pods[..args.concurrency];
     // Warm-up: creates each bridge, so both sides are measured on a node already set up.
-    for s in [&ours, &reference] {
+    for s in subjects {
         sequential(s, &seq_pods[..1], "warm")?;
     }
     // Interleaved in rounds of 5 so that machine noise hits both sides alike.
     let mut results: BTreeMap<&str, [Vec<Sample>; 4]> = BTreeMap::new();
     for chunk in seq_pods.chunks(5) {
-        for s in [&ours, &reference] {
+        for s in subjects {
             let (a, d) = sequential(s, chunk, "seq")?;
             let e = results.entry(s.label).or_default();
             e[0].extend(a);
             e[1].extend(d);
         }
     }
-    for s in [&ours, &reference] {
+    for s in subjects {
         let (a, d) = concurrent(s, conc_pods, "conc")?;
         let e = results.entry(s.label).or_default();
         e[2].extend(a);
         e[3].extend(d);
     }
     let mut report = Vec::new();
-    for s in [&ours, &reference] {
+    for s in subjects {
         let r = &results[s.label];
         let size: u64 = s
             .parts
@@ -409,22 +433,23 @@ fn svg(doc: &Value) -> String {
                 .map(|k| r[*k]["median_ms"].as_f64().unwrap_or(0.0))
         })
         .fold(1.0_f64, f64::max);
-    let (w, h, top, left) = (640.0, 300.0, 30.0, 50.0);
+    let (w, h, top, left) = (700.0, 300.0, 30.0, 50.0);
     let plot_h = h - top - 50.0;
     let group_w = (w - left - 20.0) / keys.len() as f64;
-    let colors = ["#2b7bba", "#c0504d"];
+    let bar_w = (group_w - 20.0) / results.len().max(1) as f64;
+    let colors = ["#2b7bba", "#c0504d", "#6a9f3a"];
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{left}\" y=\"18\" font-size=\"13\">median latency (ms), lower is better</text>\n");
     for (gi, k) in keys.iter().enumerate() {
         let gx = left + gi as f64 * group_w;
         for (ri, r) in results.iter().enumerate() {
             let v = r[*k]["median_ms"].as_f64().unwrap_or(0.0);
             let bh = v / max * plot_h;
-            let x = gx + 10.0 + ri as f64 * (group_w - 20.0) / 2.0;
+            let x = gx + 10.0 + ri as f64 * bar_w;
             let y = top + plot_h - bh;
             s += &format!(
                 "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/><text x=\"{x:.1}\" y=\"{:.1}\">{v:.1}</text>\n",
-                (group_w - 20.0) / 2.0 - 4.0,
-                colors[ri % 2],
+                bar_w - 4.0,
+                colors[ri % colors.len()],
                 y - 3.0
             );
         }
@@ -436,11 +461,11 @@ fn svg(doc: &Value) -> String {
         );
     }
     for (ri, r) in results.iter().enumerate() {
-        let lx = left + ri as f64 * 220.0;
+        let lx = left + ri as f64 * 210.0;
         s += &format!(
             "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
             h - 25.0,
-            colors[ri % 2],
+            colors[ri % colors.len()],
             lx + 14.0,
             h - 16.0,
             r["plugin"].as_str().unwrap_or("?")
