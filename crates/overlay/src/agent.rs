@@ -254,20 +254,12 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
                 }
             }
         }
-        if watch.is_none() {
-            match timeout(call, reg.watch()).await {
-                Ok(Ok(w)) => {
-                    watch = Some(w);
-                    // Events may have been missed while there was no watch.
-                    full_sync = true;
-                }
-                Ok(Err(e)) => log::debug!("watch not established: {e}"),
-                Err(_) => log::debug!("watch timed out"),
-            }
-        }
+        // Without a watch, events may have been missed: list, then watch from the revision
+        // after the list, so a change between the two is still reported.
+        full_sync |= watch.is_none();
         if full_sync {
             match timeout(call, reg.list()).await {
-                Ok(Ok(records)) => {
+                Ok(Ok((records, revision))) => {
                     let peers = peers_of(&records, node.underlay.ip, cfg.vni);
                     match plane.reconcile(&peers) {
                         Ok(c) if c != Default::default() => {
@@ -275,6 +267,13 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
                         }
                         Ok(_) => {}
                         Err(e) => log::error!("reconcile failed: {e}"),
+                    }
+                    if watch.is_none() {
+                        match timeout(call, reg.watch(revision + 1)).await {
+                            Ok(Ok(w)) => watch = Some(w),
+                            Ok(Err(e)) => log::debug!("watch not established: {e}"),
+                            Err(_) => log::debug!("watch timed out"),
+                        }
                     }
                 }
                 Ok(Err(e)) => log::warn!("cannot list peers ({e}); keeping the dataplane"),

@@ -182,12 +182,18 @@ impl Registry {
     /// Every key under `<prefix>/subnets/` that names a subnet, with its record when the
     /// value parses (a malformed record still holds its subnet).
     async fn records(&mut self) -> Result<Vec<Stored>, Error> {
+        Ok(self.records_at().await?.0)
+    }
+
+    /// [`records`](Self::records) and the store revision they were read at.
+    async fn records_at(&mut self) -> Result<(Vec<Stored>, i64), Error> {
         let prefix = format!("{}/subnets/", self.prefix);
         let resp = self
             .client
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await?;
-        Ok(resp
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let stored = resp
             .kvs()
             .iter()
             .filter_map(|kv| {
@@ -201,17 +207,19 @@ impl Registry {
                     mod_revision: kv.mod_revision(),
                 })
             })
-            .collect())
+            .collect();
+        Ok((stored, revision))
     }
 
-    /// Every node record, by subnet.
-    pub async fn list(&mut self) -> Result<Vec<(Ipv4Net, NodeRecord)>, Error> {
-        Ok(self
-            .records()
-            .await?
+    /// Every node record, by subnet, and the revision of the read: a watch from the next
+    /// revision misses nothing that came after it.
+    pub async fn list(&mut self) -> Result<(Vec<(Ipv4Net, NodeRecord)>, i64), Error> {
+        let (stored, revision) = self.records_at().await?;
+        let records = stored
             .into_iter()
             .filter_map(|r| Some((r.subnet, r.node?)))
-            .collect())
+            .collect();
+        Ok((records, revision))
     }
 
     /// Leases a subnet for `me`: the one already recorded for its underlay address (a restart
@@ -339,13 +347,14 @@ impl Registry {
         Ok(released)
     }
 
-    /// Watches every change under `<prefix>/subnets/`.
-    pub async fn watch(&mut self) -> Result<WatchStream, Error> {
+    /// Watches every change under `<prefix>/subnets/` from `revision` on (events etcd has
+    /// already applied are replayed, so nothing between a list and the watch is lost).
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, Error> {
         let prefix = format!("{}/subnets/", self.prefix);
-        Ok(self
-            .client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
-            .await?)
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        Ok(self.client.watch(prefix.as_str(), Some(opts)).await?)
     }
 }
 
