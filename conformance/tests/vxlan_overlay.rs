@@ -773,9 +773,10 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
         .tempdir()
         .expect("tempdir");
     let peers_file = dir.path().join("peers.json");
-    let fields = json!({"peersFile": peers_file, "resyncSeconds": RESYNC});
-    let mut a = OverlayNode::new(&underlay, 1, &fields);
-    let mut b = OverlayNode::new(&underlay, 2, &fields);
+    // txChecksumOffload set both ways, one per node: the agent applies what it is told.
+    let fields = |tx_csum: bool| json!({"peersFile": peers_file, "resyncSeconds": RESYNC, "txChecksumOffload": tx_csum});
+    let mut a = OverlayNode::new(&underlay, 1, &fields(false));
+    let mut b = OverlayNode::new(&underlay, 2, &fields(true));
 
     // A fresh node with no agent: nothing leased, so ADD must ask the runtime to retry.
     let pod_a = Netns::new("cnit-vxpod-");
@@ -821,9 +822,9 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
     fs::write(&peers_file, Value::Array(list).to_string()).expect("write peers file");
     a.start_agent();
     b.start_agent();
-    for (node, me, other) in [
-        (&mut a, &peers[0], &peers[1]),
-        (&mut b, &peers[1], &peers[0]),
+    for (node, me, other, tx_csum) in [
+        (&mut a, &peers[0], &peers[1], "off"),
+        (&mut b, &peers[1], &peers[0], "on"),
     ] {
         let env = node.wait_for_lease();
         let ctx = format!("static node {}", node.underlay_ip());
@@ -838,6 +839,15 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
             "{ctx}: VTEP MAC from the peers file"
         );
         assert_vxlan_device(node, me.subnet);
+        let ethtool = node.netns().run("ethtool", &["-k", DEVICE]);
+        let features = String::from_utf8_lossy(&ethtool.stdout);
+        assert!(
+            features
+                .lines()
+                .any(|l| l == format!("tx-checksumming: {tx_csum}")),
+            "{ctx}: txChecksumOffload must leave tx-checksumming {tx_csum}: {features}{}",
+            String::from_utf8_lossy(&ethtool.stderr)
+        );
         let other = other.clone();
         assert!(
             eventually(reconcile_bound(), || {
