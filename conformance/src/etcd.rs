@@ -6,7 +6,7 @@
 //! directory is a temporary directory; the process is killed when the guard is dropped.
 
 use std::fs::{self, File};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
@@ -31,7 +31,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// and its data removed, when dropped.
 pub struct EtcdServer {
     child: Option<Child>,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     dir: TempDir,
     // Declared last: the process must be gone before its namespace is deleted, or it would
     // keep running in a namespace no one can reach.
@@ -41,7 +41,7 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd in `netns` (already connected to the underlay and holding `addr`) and waits
     /// until it answers; panics if it does not within [`START_TIMEOUT`].
-    pub fn start(netns: Netns, addr: Ipv4Addr) -> EtcdServer {
+    pub fn start(netns: Netns, addr: IpAddr) -> EtcdServer {
         assert!(
             Path::new(ETCD).is_file() && Path::new(ETCDCTL).is_file(),
             "{ETCD} or {ETCDCTL} missing: run conformance/scripts/install-test-deps.sh"
@@ -62,7 +62,8 @@ impl EtcdServer {
 
     /// The client URL agents are configured with.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.addr)
+        // SocketAddr brackets an IPv6 address, as a URL needs.
+        format!("http://{}", SocketAddr::new(self.addr, CLIENT_PORT))
     }
 
     /// etcd's namespace.
@@ -202,6 +203,17 @@ impl EtcdServer {
         let json: Value = serde_json::from_slice(&out.stdout).ok()?;
         let kv = json["kvs"].as_array()?.first()?;
         Some(kv["lease"].as_i64().unwrap_or(0))
+    }
+
+    /// The seconds lease `id` has left; `None` once it has expired or been revoked (etcd
+    /// reports TTL -1), or when etcd does not answer.
+    pub fn lease_remaining(&self, id: i64) -> Option<i64> {
+        let out = self.ctl(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let json: Value = serde_json::from_slice(&out.stdout).ok()?;
+        json["ttl"].as_i64().filter(|ttl| *ttl >= 0)
     }
 
     /// Writes `key` = `value`, attached to etcd lease `lease` when given.

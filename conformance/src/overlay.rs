@@ -5,13 +5,15 @@
 //!
 //! The layout mirrors a small cluster: the underlay is 172.30.0.0/24 on a bridge in its own
 //! namespace, whose address 172.30.0.254 is every node's default gateway (the agent finds its
-//! underlay from the default route); node `n` is 172.30.0.`n`; etcd is 172.30.0.100. All of
-//! it lives in namespaces the test created, so addresses never meet anything else, and every
-//! namespace name is unique per test run.
+//! underlay from the default route); node `n` is 172.30.0.`n`; etcd is 172.30.0.100. An IPv6
+//! underlay ([`Underlay::new_v6`]) is the same with fd00:30::/64 (a ULA range) and no IPv4 at
+//! all: gateway fd00:30::fe, node `n` fd00:30::`n`, etcd fd00:30::64. All of it lives in
+//! namespaces the test created, so addresses never meet anything else, and every namespace
+//! name is unique per test run.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +53,12 @@ pub const UNDERLAY_PREFIX: u8 = 24;
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
 /// etcd's address on the underlay.
 pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 100);
+/// Host number of etcd on the underlay (172.30.0.100, fd00:30::64).
+pub const ETCD_HOST: u8 = 100;
+/// Prefix length of the IPv6 underlay network.
+pub const UNDERLAY_PREFIX_V6: u8 = 64;
+/// The IPv6 underlay bridge's address: every node's default gateway there.
+pub const UNDERLAY_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0xfe);
 /// How long an agent may take from start to a written subnet.env: connecting to etcd is
 /// retried with a backoff of up to 5 s.
 pub const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +71,11 @@ pub fn underlay_addr(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(172, 30, 0, n)
 }
 
+/// The IPv6 underlay address of host `n` (1..=253): fd00:30::`n` (hex).
+pub fn underlay_addr_v6(n: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, u16::from(n))
+}
+
 /// The etcd key of a node subnet: `<prefix>/subnets/10.200.3.0-24`.
 pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
     format!(
@@ -73,9 +86,11 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
     )
 }
 
-/// The underlay: a bridge in its own namespace that every node and etcd plug into.
+/// The underlay: a bridge in its own namespace that every node and etcd plug into, IPv4-only
+/// or IPv6-only.
 pub struct Underlay {
     netns: Netns,
+    v6: bool,
 }
 
 impl Underlay {
@@ -84,17 +99,68 @@ impl Underlay {
 
     /// Creates the underlay namespace with its bridge up at [`UNDERLAY_GATEWAY`].
     pub fn new() -> Underlay {
+        Underlay::create(false)
+    }
+
+    /// An IPv6-only underlay: the bridge at [`UNDERLAY_GATEWAY_V6`], hosts get
+    /// [`underlay_addr_v6`] and an IPv6 default route only.
+    pub fn new_v6() -> Underlay {
+        Underlay::create(true)
+    }
+
+    fn create(v6: bool) -> Underlay {
         let netns = Netns::new("cnit-ul-");
-        netns.ip_ok(&["link", "add", Self::BRIDGE, "type", "bridge"]);
-        netns.ip_ok(&[
-            "addr",
-            "add",
-            &format!("{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}"),
-            "dev",
-            Self::BRIDGE,
-        ]);
-        netns.ip_ok(&["link", "set", Self::BRIDGE, "up"]);
-        Underlay { netns }
+        let underlay = Underlay { netns, v6 };
+        underlay
+            .netns
+            .ip_ok(&["link", "add", Self::BRIDGE, "type", "bridge"]);
+        let gateway = underlay.gateway();
+        underlay.add_address(&underlay.netns, Self::BRIDGE, gateway);
+        underlay.netns.ip_ok(&["link", "set", Self::BRIDGE, "up"]);
+        underlay
+    }
+
+    /// Whether this is the IPv6-only underlay.
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// The gateway (the bridge's address) of this underlay's family.
+    pub fn gateway(&self) -> IpAddr {
+        if self.v6 {
+            UNDERLAY_GATEWAY_V6.into()
+        } else {
+            UNDERLAY_GATEWAY.into()
+        }
+    }
+
+    /// The address of host `n` on this underlay.
+    pub fn addr(&self, n: u8) -> IpAddr {
+        if self.v6 {
+            underlay_addr_v6(n).into()
+        } else {
+            underlay_addr(n).into()
+        }
+    }
+
+    /// Adds `addr` with the underlay's prefix to `dev` in `netns`. IPv6 addresses skip
+    /// duplicate address detection: the addresses are unique by construction, and a
+    /// tentative address cannot source packets for the second or so DAD takes.
+    fn add_address(&self, netns: &Netns, dev: &str, addr: IpAddr) {
+        match addr {
+            IpAddr::V4(a) => {
+                netns.ip_ok(&["addr", "add", &format!("{a}/{UNDERLAY_PREFIX}"), "dev", dev])
+            }
+            IpAddr::V6(a) => netns.ip_ok(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/{UNDERLAY_PREFIX_V6}"),
+                "dev",
+                dev,
+                "nodad",
+            ]),
+        };
     }
 
     /// The underlay's namespace.
@@ -103,9 +169,25 @@ impl Underlay {
     }
 
     /// Plugs `host` into the underlay: its `eth0` (a veth whose other end is a port of the
-    /// bridge) holds `addr`/24, and its default route goes via [`UNDERLAY_GATEWAY`].
-    pub fn connect(&self, host: &Netns, addr: Ipv4Addr) {
-        let port = format!("u{}", addr.octets()[3]);
+    /// bridge) holds `addr` (/24, or /64 on IPv6), and its default route goes via the
+    /// underlay's gateway.
+    pub fn connect(&self, host: &Netns, addr: IpAddr) {
+        self.attach(host, addr, "eth0", true);
+    }
+
+    /// [`connect`](Self::connect) through link `ifname` of `host`, with a default route via
+    /// the gateway only when `default_route` (a second underlay of a node has none).
+    pub fn attach(&self, host: &Netns, addr: IpAddr, ifname: &str, default_route: bool) {
+        assert_eq!(
+            addr.is_ipv6(),
+            self.v6,
+            "{addr} is not of the underlay's family"
+        );
+        let last = match addr {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        };
+        let port = format!("u{last}");
         self.netns.ip_ok(&[
             "link",
             "add",
@@ -114,27 +196,25 @@ impl Underlay {
             "veth",
             "peer",
             "name",
-            "eth0",
+            ifname,
             "netns",
             host.name(),
         ]);
         self.netns
             .ip_ok(&["link", "set", &port, "master", Self::BRIDGE, "up"]);
-        host.ip_ok(&[
-            "addr",
-            "add",
-            &format!("{addr}/{UNDERLAY_PREFIX}"),
-            "dev",
-            "eth0",
-        ]);
-        host.ip_ok(&["link", "set", "eth0", "up"]);
-        host.ip_ok(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &UNDERLAY_GATEWAY.to_string(),
-        ]);
+        self.add_address(host, ifname, addr);
+        host.ip_ok(&["link", "set", ifname, "up"]);
+        if default_route {
+            let family = if self.v6 { "-6" } else { "-4" };
+            host.ip_ok(&[
+                family,
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.gateway().to_string(),
+            ]);
+        }
     }
 }
 
@@ -144,11 +224,13 @@ impl Default for Underlay {
     }
 }
 
-/// Starts etcd in a fresh namespace on `underlay` at [`ETCD_ADDR`].
+/// Starts etcd in a fresh namespace on `underlay` at host [`ETCD_HOST`] (on an IPv6
+/// underlay etcd listens on IPv6 only, like everything else there).
 pub fn start_etcd(underlay: &Underlay) -> EtcdServer {
     let netns = Netns::new("cnit-etcd-");
-    underlay.connect(&netns, ETCD_ADDR);
-    EtcdServer::start(netns, ETCD_ADDR)
+    let addr = underlay.addr(ETCD_HOST);
+    underlay.connect(&netns, addr);
+    EtcdServer::start(netns, addr)
 }
 
 /// A running `vxlan-overlay agent`, killed (SIGKILL) when dropped.
@@ -280,7 +362,7 @@ pub struct Peer {
     /// The peer's pod subnet.
     pub subnet: Ipv4Net,
     /// The peer's underlay address.
-    pub underlay: Ipv4Addr,
+    pub underlay: IpAddr,
     /// The peer's VTEP MAC.
     pub vtep_mac: String,
 }
@@ -291,14 +373,19 @@ impl Peer {
         self.subnet.network()
     }
 
-    /// The etcd record the agent publishes for this peer (flannel's format).
+    /// The etcd record the agent publishes for this peer (flannel's format: an IPv6 underlay
+    /// address goes in `PublicIPv6`, with `PublicIP` 0.0.0.0).
     pub fn record_json(&self, vni: u32) -> String {
-        json!({
+        let mut rec = json!({
             "PublicIP": self.underlay.to_string(),
             "BackendType": "vxlan",
             "BackendData": {"VNI": vni, "VtepMAC": self.vtep_mac},
-        })
-        .to_string()
+        });
+        if self.underlay.is_ipv6() {
+            rec["PublicIP"] = json!("0.0.0.0");
+            rec["PublicIPv6"] = json!(self.underlay.to_string());
+        }
+        rec.to_string()
     }
 }
 
@@ -319,10 +406,23 @@ pub fn records(etcd: &EtcdServer, prefix: &str) -> Option<Vec<Peer>> {
                     });
                 let rec: Value = serde_json::from_str(value)
                     .unwrap_or_else(|e| panic!("record {key} is not JSON ({e}): {value}"));
-                let underlay = rec["PublicIP"]
+                let public_ip: Ipv4Addr = rec["PublicIP"]
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or_else(|| panic!("record {key} has no PublicIP: {value}"));
+                let underlay = match rec.get("PublicIPv6").filter(|v| !v.is_null()) {
+                    None => IpAddr::V4(public_ip),
+                    Some(v6) => {
+                        assert!(
+                            public_ip.is_unspecified(),
+                            "record {key}: an IPv6-underlay record has PublicIP 0.0.0.0: {value}"
+                        );
+                        v6.as_str()
+                            .and_then(|s| s.parse::<Ipv6Addr>().ok())
+                            .map(IpAddr::V6)
+                            .unwrap_or_else(|| panic!("record {key}: bad PublicIPv6: {value}"))
+                    }
+                };
                 let vtep_mac = rec["BackendData"]["VtepMAC"]
                     .as_str()
                     .unwrap_or_else(|| panic!("record {key} has no BackendData.VtepMAC: {value}"))
@@ -349,7 +449,7 @@ pub struct VxlanState {
     /// Permanent neighbours: (VTEP address, MAC).
     pub neighbours: BTreeSet<(Ipv4Addr, String)>,
     /// FDB entries with a remote: (MAC, underlay address).
-    pub fdb: BTreeSet<(String, Ipv4Addr)>,
+    pub fdb: BTreeSet<(String, IpAddr)>,
     /// Routes through the device: (destination, gateway).
     pub routes: BTreeSet<(Ipv4Net, Ipv4Addr)>,
 }
@@ -451,20 +551,21 @@ pub struct OverlayNode {
     agent: Option<Agent>,
     network: CnitoolNetwork,
     node: Node,
-    underlay_ip: Ipv4Addr,
+    underlay_ip: IpAddr,
     plugin: Value,
     net_name: String,
     dir: TempDir,
 }
 
 impl OverlayNode {
-    /// Creates node `host` (underlay address 172.30.0.`host`) on `underlay`, configured with
+    /// Creates node `host` (underlay address 172.30.0.`host`, or fd00:30::`host` on an IPv6
+    /// underlay) on `underlay`, configured with
     /// the plugin entry `{"type": "vxlan-overlay", "clusterCIDR", "dataDir", "ipamDir",
     /// "logFile"}` plus `fields` (etcdEndpoints or peersFile, leaseTTL, resyncSeconds...).
     /// The agent is not started.
     pub fn new(underlay: &Underlay, host: u8, fields: &Value) -> OverlayNode {
         let node = Node::new();
-        let underlay_ip = underlay_addr(host);
+        let underlay_ip = underlay.addr(host);
         underlay.connect(node.netns(), underlay_ip);
         let dir = tempfile::Builder::new()
             .prefix("cnit-vx-node-")
@@ -513,7 +614,7 @@ impl OverlayNode {
     }
 
     /// The node's underlay address: its identity in the overlay.
-    pub fn underlay_ip(&self) -> Ipv4Addr {
+    pub fn underlay_ip(&self) -> IpAddr {
         self.underlay_ip
     }
 
@@ -754,7 +855,18 @@ impl OverlayCluster {
         resync_seconds: u64,
         extra_fields: &Value,
     ) -> OverlayCluster {
-        let underlay = Underlay::new();
+        OverlayCluster::start_on(Underlay::new(), n, lease_ttl, resync_seconds, extra_fields)
+    }
+
+    /// [`start_with`](Self::start_with) on a given underlay (an IPv6 one, say): etcd and
+    /// every node get addresses of its family.
+    pub fn start_on(
+        underlay: Underlay,
+        n: u8,
+        lease_ttl: u64,
+        resync_seconds: u64,
+        extra_fields: &Value,
+    ) -> OverlayCluster {
         let etcd = start_etcd(&underlay);
         let mut cluster = OverlayCluster {
             pods: Vec::new(),

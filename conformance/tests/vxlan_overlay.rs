@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use cni_conformance::netns::Netns;
@@ -36,13 +36,21 @@ use serde_json::{json, Value};
 const LEASE_TTL: u64 = 6;
 /// `resyncSeconds` of every agent.
 const RESYNC: u64 = 2;
+/// `resyncSeconds` of a cluster whose agents must act on etcd's watch alone: longer than any
+/// test runs, so no periodic reconcile can explain a change.
+const NO_RESYNC: u64 = 3600;
 /// Slack on top of a bound the agent promises (`leaseTTL`, `resyncSeconds`): our polling
 /// (`ip` runs every 20 ms on up to three nodes) and process scheduling on a busy 2-core machine.
 const GRACE: Duration = Duration::from_secs(1);
+/// etcd 3.4's lessor looks for expired leases every 500 ms (`revokeExpiredLeases`), so a key
+/// outlives its lease by up to that.
+const ETCD_EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// The underlay links are veths with the default MTU.
 const UNDERLAY_MTU: u32 = 1500;
 /// VXLAN over IPv4 costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 const OVERLAY_MTU: u32 = UNDERLAY_MTU - 50;
+/// Over IPv6 the outer header is 40 bytes: 70 in all.
+const OVERLAY_MTU_V6: u32 = UNDERLAY_MTU - 70;
 /// The spec's "try again later" error code.
 const TRY_AGAIN_LATER: u64 = 11;
 
@@ -68,12 +76,28 @@ fn holds_for(duration: Duration, mut condition: impl FnMut() -> bool) -> bool {
     condition()
 }
 
+/// The pod and VXLAN MTU a node on underlay address `underlay` must get.
+fn overlay_mtu(underlay: IpAddr) -> u32 {
+    if underlay.is_ipv6() {
+        OVERLAY_MTU_V6
+    } else {
+        OVERLAY_MTU
+    }
+}
+
 /// Three nodes with agents on etcd, converged, with `pods_per_node` pods on each node attached
 /// through cnitool; checks the leases and the devices first.
 fn three_node_cluster(pods_per_node: usize) -> OverlayCluster {
+    three_node_cluster_on(Underlay::new(), RESYNC, pods_per_node)
+}
+
+/// [`three_node_cluster`] on `underlay`, with `resyncSeconds` = `resync`.
+fn three_node_cluster_on(underlay: Underlay, resync: u64, pods_per_node: usize) -> OverlayCluster {
     require_root();
-    let mut c = OverlayCluster::start(3, LEASE_TTL, RESYNC);
+    let mut c = OverlayCluster::start_on(underlay, 3, LEASE_TTL, resync, &json!({}));
     assert_leases_and_devices(&c);
+    // Convergence at start never waits for a resync: each agent lists after its watch is
+    // up, and the watch reports the nodes that come after it.
     c.wait_converged(&[0, 1, 2], reconcile_bound(), "after start");
     for node in 0..c.nodes.len() {
         for _ in 0..pods_per_node {
@@ -110,7 +134,11 @@ fn assert_leases_and_devices(c: &OverlayCluster) {
             Ipv4Addr::from(u32::from(subnet.network()) + 1),
             "{ctx}: FLANNEL_SUBNET must name the gateway .1"
         );
-        assert_eq!(env.mtu, OVERLAY_MTU, "{ctx}: FLANNEL_MTU");
+        assert_eq!(
+            env.mtu,
+            overlay_mtu(node.underlay_ip()),
+            "{ctx}: FLANNEL_MTU"
+        );
         assert!(
             env.ipmasq,
             "{ctx}: FLANNEL_IPMASQ should default to true:\n{}",
@@ -152,8 +180,8 @@ fn assert_leases_and_devices(c: &OverlayCluster) {
     );
 }
 
-/// The device: VNI 1, port 8472, learning off, on the underlay, MTU underlay − 50, up, with
-/// the subnet's network address /32.
+/// The device: VNI 1, port 8472, learning off, on the underlay (`local`, or `local6` over
+/// IPv6), MTU underlay − 50 (− 70 over IPv6), up, with the subnet's network address /32.
 fn assert_vxlan_device(node: &OverlayNode, subnet: Ipv4Net) {
     let ctx = format!("node {} {DEVICE}", node.underlay_ip());
     let link = node
@@ -173,11 +201,17 @@ fn assert_vxlan_device(node: &OverlayNode, subnet: Ipv4Net) {
         Some(false),
         "{ctx}: learning: {link}"
     );
+    let (local, other) = if node.underlay_ip().is_ipv6() {
+        ("local6", "local")
+    } else {
+        ("local", "local6")
+    };
     assert_eq!(
-        data["local"].as_str(),
+        data[local].as_str(),
         Some(node.underlay_ip().to_string().as_str()),
-        "{ctx}: local: {link}"
+        "{ctx}: {local}: {link}"
     );
+    assert!(data.get(other).is_none(), "{ctx}: {other} is set: {link}");
     assert_eq!(
         data["link"].as_str(),
         Some("eth0"),
@@ -185,7 +219,7 @@ fn assert_vxlan_device(node: &OverlayNode, subnet: Ipv4Net) {
     );
     assert_eq!(
         link["mtu"].as_u64(),
-        Some(u64::from(OVERLAY_MTU)),
+        Some(u64::from(overlay_mtu(node.underlay_ip()))),
         "{ctx}: MTU: {link}"
     );
     assert!(
@@ -250,15 +284,18 @@ fn record_leases(c: &OverlayCluster, peers: &BTreeSet<Peer>) -> BTreeMap<Ipv4Net
 
 #[test]
 fn three_nodes_lease_distinct_subnets_pods_reach_across_and_a_dead_node_is_removed() {
-    let mut c = three_node_cluster(2);
+    // No periodic resync: the dead node must go on the watch's DELETE alone.
+    let mut c = three_node_cluster_on(Underlay::new(), NO_RESYNC, 2);
     assert_eq!(c.pods.len(), 6);
     assert_pods_reach_across(&c, &[0, 1, 2], "three nodes");
 
-    // Node 2 dies: SIGKILL, so its lease is not released and must expire.
+    // Node 2 dies: SIGKILL, so its lease is not released and must expire. Its last renewal
+    // was at most leaseTTL before the kill, so etcd deletes the record within leaseTTL (plus
+    // its expiry check) and the watch reports the delete at once.
     let dead = record_of(&c, 2).expect("node 2 has a record");
     let killed = Instant::now();
     c.nodes[2].take_agent().kill();
-    let bound = secs(LEASE_TTL + RESYNC);
+    let bound = secs(LEASE_TTL) + ETCD_EXPIRY_CHECK + GRACE;
     let gone = eventually(bound, || {
         [0, 1].iter().all(|&i| {
             c.nodes[i]
@@ -270,7 +307,7 @@ fn three_nodes_lease_distinct_subnets_pods_reach_across_and_a_dead_node_is_remov
     assert!(
         gone,
         "dead node {dead:?}: its route, neighbour and FDB entry must leave the other nodes \
-         within leaseTTL + resyncSeconds = {bound:?}; after {took:?}:\n{}",
+         within leaseTTL (+ etcd's expiry check and polling) = {bound:?}; after {took:?}:\n{}",
         c.diagnostics()
     );
     assert!(
@@ -339,6 +376,249 @@ fn restarted_agent_keeps_its_subnet_and_vtep_mac_and_traffic_resumes() {
         "VTEP MAC changed"
     );
     assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
+}
+
+#[test]
+fn killed_agent_reclaims_its_record_with_the_same_subnet_and_mac_and_traffic_flows() {
+    let mut c = three_node_cluster(1);
+    let node = 1;
+    assert_pods_reach_across(&c, &[0, 1, 2], "before the kill");
+    let record_before = record_of(&c, node).expect("record");
+    let key = subnet_key(ETCD_PREFIX, record_before.subnet);
+    let old_lease = c.etcd.key_lease(&key).expect("the record has a lease");
+    let env_before = c.nodes[node].subnet_env().expect("subnet.env");
+    let state_before = c.nodes[node].agent_state().expect("agent.json");
+    let mac_before = c.nodes[node].device_mac().expect("device");
+    let ifindex = |c: &OverlayCluster| {
+        c.nodes[node]
+            .netns()
+            .link_details(DEVICE)
+            .and_then(|l| l["ifindex"].as_u64())
+    };
+    let ifindex_before = ifindex(&c).expect("device");
+    // Pings both ways between the node's pod and the others', for the whole crash and restart.
+    let mine: Vec<usize> = (0..c.pods.len())
+        .filter(|&p| c.pods[p].node == node)
+        .collect();
+    let mut streams = Vec::new();
+    for &m in &mine {
+        for other in c.pods.iter().filter(|p| p.node != node) {
+            let interval = Duration::from_millis(200);
+            streams.push(PingStream::start(&c.pods[m].netns, other.addr, interval));
+            streams.push(PingStream::start(&other.netns, c.pods[m].addr, interval));
+        }
+    }
+    let started = Instant::now();
+
+    // A crash: nothing is released, the record stays with its lease until that runs out.
+    c.nodes[node].take_agent().kill();
+    assert_eq!(
+        record_of(&c, node),
+        Some(record_before.clone()),
+        "SIGKILL releases nothing"
+    );
+    assert_eq!(c.etcd.key_lease(&key), Some(old_lease));
+
+    c.nodes[node].start_agent();
+    // The agent takes its own record over with a new lease (not a new subnet).
+    let reclaimed = eventually(LEASE_TIMEOUT, || {
+        c.etcd
+            .key_lease(&key)
+            .is_some_and(|l| l != 0 && l != old_lease)
+    });
+    assert!(
+        reclaimed,
+        "the restarted agent must attach its record to a new lease; {key} has lease {:?} \
+         (old {old_lease}):\n{}",
+        c.etcd.key_lease(&key),
+        c.diagnostics()
+    );
+    assert_eq!(
+        c.records().map(|r| r.len()),
+        Some(3),
+        "one record per node: no second subnet leased"
+    );
+    // The old lease runs out, and the record, now on the new lease, outlives it.
+    let old_gone = eventually(secs(LEASE_TTL) + ETCD_EXPIRY_CHECK + GRACE, || {
+        c.etcd.lease_remaining(old_lease).is_none()
+    });
+    assert!(
+        old_gone,
+        "the crashed agent's lease {old_lease:x} did not expire"
+    );
+    assert_eq!(
+        record_of(&c, node),
+        Some(record_before),
+        "after the old lease expired: same subnet and VTEP MAC in etcd"
+    );
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after the restart");
+    assert_eq!(
+        c.nodes[node].subnet_env().map(|e| e.text),
+        Some(env_before.text),
+        "subnet.env changed"
+    );
+    assert_eq!(
+        c.nodes[node].agent_state(),
+        Some(state_before),
+        "agent.json changed"
+    );
+    assert_eq!(
+        c.nodes[node].device_mac(),
+        Some(mac_before),
+        "VTEP MAC changed"
+    );
+    assert_eq!(
+        ifindex(&c),
+        Some(ifindex_before),
+        "the VXLAN device has the same settings, so it must be kept, not recreated"
+    );
+    let elapsed = started.elapsed();
+    for stream in streams {
+        let label = stream.label();
+        let report = stream.stop();
+        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
+        assert!(
+            report.sent >= expected,
+            "ping {label} sent only {} requests in {elapsed:?}",
+            report.sent
+        );
+        assert!(
+            report.lost().is_empty(),
+            "ping {label}: requests {:?} of {} went unanswered across the crash and restart",
+            report.lost(),
+            report.sent
+        );
+    }
+    assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
+}
+
+#[test]
+fn ipv6_underlay_carries_ipv4_pods_with_the_mtu_less_70() {
+    // Nodes and etcd on fd00:30::/64 with no IPv4 at all on the underlay: the agents find it
+    // from the IPv6 default route, and VXLAN runs over IPv6 or not at all.
+    let c = three_node_cluster_on(Underlay::new_v6(), RESYNC, 1);
+    // assert_leases_and_devices (above) already checked subnet.env and the device: MTU
+    // 1500 − 70, local6 = the node's address. Here: the records and the FDB entries.
+    for (i, node) in c.nodes.iter().enumerate() {
+        let ctx = format!("node {}", node.underlay_ip());
+        assert!(
+            node.netns().ipv4_addresses("eth0").is_empty(),
+            "{ctx}: the underlay must be IPv6-only"
+        );
+        let record = record_of(&c, i).unwrap_or_else(|| panic!("{ctx}: no record"));
+        assert!(
+            record.underlay.is_ipv6(),
+            "{ctx}: the record must carry PublicIPv6: {record:?}"
+        );
+        let st = node.vxlan_state().expect("device");
+        assert!(
+            st.fdb.len() == 2 && st.fdb.iter().all(|(_, dst)| dst.is_ipv6()),
+            "{ctx}: FDB entries must point at the peers' IPv6 addresses: {st:?}"
+        );
+    }
+    for pod in &c.pods {
+        let mtu = pod
+            .netns
+            .link_details("eth0")
+            .and_then(|l| l["mtu"].as_u64());
+        assert_eq!(mtu, Some(u64::from(OVERLAY_MTU_V6)), "pod {} MTU", pod.addr);
+    }
+    assert_pods_reach_across(&c, &[0, 1, 2], "IPv6 underlay");
+    // A full-size packet with DF set fits: 1430 bytes of IPv4 (1402 of ICMP payload) become
+    // exactly 1500 on the underlay.
+    let payload = (OVERLAY_MTU_V6 - 28).to_string();
+    let (from, to) = (&c.pods[0], &c.pods[1]);
+    assert_ne!(from.node, to.node);
+    let to_addr = to.addr.to_string();
+    let out = from.netns.run(
+        "ping",
+        &[
+            "-c1", "-W2", "-n", "-q", "-M", "do", "-s", &payload, &to_addr,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "a {payload}-byte DF ping {} -> {} must fit the IPv6 encapsulation: {}\n{}",
+        from.addr,
+        to.addr,
+        String::from_utf8_lossy(&out.stdout),
+        c.diagnostics()
+    );
+}
+
+#[test]
+fn underlay_interface_picks_that_interfaces_address_over_the_default_route() {
+    require_root();
+    // Each node: eth0 on an IPv4 underlay with the default route, eth1 on an IPv6 one
+    // without. underlayInterface eth1 must win over the default route (and, eth1 having only
+    // IPv6, the IPv6 family over the IPv4 preference).
+    let main = Underlay::new();
+    let second = Underlay::new_v6();
+    let dir = tempfile::Builder::new()
+        .prefix("cnit-vx-ulif-")
+        .tempdir()
+        .expect("tempdir");
+    let peers_file = dir.path().join("peers.json");
+    let fields = json!({"peersFile": peers_file, "resyncSeconds": RESYNC,
+                        "underlayInterface": "eth1"});
+    let mut nodes = [
+        OverlayNode::new(&main, 1, &fields),
+        OverlayNode::new(&main, 2, &fields),
+    ];
+    let peers: Vec<Peer> = (1..=2u8)
+        .map(|n| Peer {
+            subnet: Ipv4Net::new(Ipv4Addr::new(10, 200, n, 0), 24).expect("valid"),
+            underlay: second.addr(n),
+            vtep_mac: format!("0e:00:0a:c8:0{n}:00"),
+        })
+        .collect();
+    for (node, n) in nodes.iter().zip(1u8..) {
+        second.attach(node.netns(), second.addr(n), "eth1", false);
+    }
+    let list: Vec<Value> = peers
+        .iter()
+        .map(|p| json!({"subnet": p.subnet.to_string(), "underlay": p.underlay.to_string(), "vtepMac": p.vtep_mac}))
+        .collect();
+    fs::write(&peers_file, Value::Array(list).to_string()).expect("write peers file");
+    for node in &mut nodes {
+        node.start_agent();
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let env = node.wait_for_lease();
+        let ctx = format!("node {} with underlayInterface eth1", node.underlay_ip());
+        assert_eq!(env.node_subnet(), peers[i].subnet, "{ctx}: subnet");
+        assert_eq!(env.mtu, OVERLAY_MTU_V6, "{ctx}: FLANNEL_MTU");
+        let link = node.netns().link_details(DEVICE).expect("device");
+        let data = &link["linkinfo"]["info_data"];
+        assert_eq!(data["link"].as_str(), Some("eth1"), "{ctx}: {link}");
+        assert_eq!(
+            data["local6"].as_str(),
+            Some(peers[i].underlay.to_string().as_str()),
+            "{ctx}: local6 must be eth1's address: {link}"
+        );
+        assert!(data.get("local").is_none(), "{ctx}: {link}");
+        let other = peers[1 - i].clone();
+        assert!(
+            eventually(reconcile_bound(), || {
+                node.vxlan_state()
+                    .is_some_and(|st| st.programs_exactly(std::slice::from_ref(&other)))
+            }),
+            "{ctx}: peer {other:?} not programmed:\n{}",
+            node.diagnostics()
+        );
+    }
+    let pods = [Netns::new("cnit-vxpod-"), Netns::new("cnit-vxpod-")];
+    let addrs = [nodes[0].add_pod(&pods[0]), nodes[1].add_pod(&pods[1])];
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(
+            ping(&pods[from], addrs[to]),
+            "over eth1: {} cannot reach {}:\n{}\n{}",
+            addrs[from],
+            addrs[to],
+            nodes[0].diagnostics(),
+            nodes[1].diagnostics()
+        );
+    }
 }
 
 #[test]
@@ -493,9 +773,10 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
         .tempdir()
         .expect("tempdir");
     let peers_file = dir.path().join("peers.json");
-    let fields = json!({"peersFile": peers_file, "resyncSeconds": RESYNC});
-    let mut a = OverlayNode::new(&underlay, 1, &fields);
-    let mut b = OverlayNode::new(&underlay, 2, &fields);
+    // txChecksumOffload set both ways, one per node: the agent applies what it is told.
+    let fields = |tx_csum: bool| json!({"peersFile": peers_file, "resyncSeconds": RESYNC, "txChecksumOffload": tx_csum});
+    let mut a = OverlayNode::new(&underlay, 1, &fields(false));
+    let mut b = OverlayNode::new(&underlay, 2, &fields(true));
 
     // A fresh node with no agent: nothing leased, so ADD must ask the runtime to retry.
     let pod_a = Netns::new("cnit-vxpod-");
@@ -541,9 +822,9 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
     fs::write(&peers_file, Value::Array(list).to_string()).expect("write peers file");
     a.start_agent();
     b.start_agent();
-    for (node, me, other) in [
-        (&mut a, &peers[0], &peers[1]),
-        (&mut b, &peers[1], &peers[0]),
+    for (node, me, other, tx_csum) in [
+        (&mut a, &peers[0], &peers[1], "off"),
+        (&mut b, &peers[1], &peers[0], "on"),
     ] {
         let env = node.wait_for_lease();
         let ctx = format!("static node {}", node.underlay_ip());
@@ -558,6 +839,15 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
             "{ctx}: VTEP MAC from the peers file"
         );
         assert_vxlan_device(node, me.subnet);
+        let ethtool = node.netns().run("ethtool", &["-k", DEVICE]);
+        let features = String::from_utf8_lossy(&ethtool.stdout);
+        assert!(
+            features
+                .lines()
+                .any(|l| l == format!("tx-checksumming: {tx_csum}")),
+            "{ctx}: txChecksumOffload must leave tx-checksumming {tx_csum}: {features}{}",
+            String::from_utf8_lossy(&ethtool.stderr)
+        );
         let other = other.clone();
         assert!(
             eventually(reconcile_bound(), || {

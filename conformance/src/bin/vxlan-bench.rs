@@ -721,7 +721,7 @@ fn fake_peers(etcd: &EtcdServer, n: u8) -> Vec<Peer> {
         .map(|i| {
             let peer = Peer {
                 subnet: Ipv4Net::new(Ipv4Addr::new(10, 200, 100 + i, 0), 24).expect("valid"),
-                underlay: Ipv4Addr::new(172, 30, 0, 150 + i),
+                underlay: Ipv4Addr::new(172, 30, 0, 150 + i).into(),
                 vtep_mac: format!("0e:00:00:00:50:{i:02x}"),
             };
             etcd.put(

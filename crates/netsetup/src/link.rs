@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
@@ -404,6 +406,96 @@ pub fn addresses(sock: &mut Socket, index: u32) -> Result<Vec<IpNet>, Error> {
             _ => None,
         })
         .collect())
+}
+
+/// The global-scope addresses on link `index` that can source packets: IPv4 first, then
+/// IPv6 (link-local, deprecated and DAD-failed addresses left out), each in kernel order.
+pub fn global_addresses(sock: &mut Socket, index: u32) -> Result<Vec<IpAddr>, Error> {
+    let dump = |family| {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.family = family;
+        Request::new(
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_DUMP,
+            format!("list addresses of link {index}"),
+        )
+    };
+    // One dump at a time: a netlink socket refuses a second dump (EBUSY) while the first is
+    // still being read, as an address dump of several parts is.
+    let lists = [
+        sock.request(dump(AddressFamily::Inet))?,
+        sock.request(dump(AddressFamily::Inet6))?,
+    ];
+    let unusable = AddressHeaderFlags::Dadfailed | AddressHeaderFlags::Deprecated;
+    let mut out = Vec::new();
+    for list in lists {
+        for m in list {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != index
+                || a.header.scope != AddressScope::Universe
+                || a.header.flags.intersects(unusable)
+            {
+                continue;
+            }
+            // IFA_LOCAL is the address itself on point-to-point links, IFA_ADDRESS the peer;
+            // on others they are equal, and IPv6 sends only IFA_ADDRESS.
+            let local = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr {
+                out.push(ip);
+            }
+        }
+    }
+    out.sort_by_key(|ip| ip.is_ipv6());
+    Ok(out)
+}
+
+/// The output link of the main table's default route of one family (IPv6 when `v6`).
+pub fn default_route_oif(sock: &mut Socket, v6: bool) -> Result<Option<u32>, Error> {
+    if !v6 {
+        return Ok(routes_v4(sock)?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0)
+            .and_then(|r| r.oif));
+    }
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    let replies = match sock.request(Request::new(
+        RouteNetlinkMessage::GetRoute(msg),
+        NLM_F_DUMP,
+        "list IPv6 routes",
+    )) {
+        Ok(r) => r,
+        // As for IPv4: no main table yet reads as no route.
+        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(replies.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewRoute(r)
+            if r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast =>
+        {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        }
+        _ => None,
+    }))
 }
 
 /// An IPv4 route of the main table.

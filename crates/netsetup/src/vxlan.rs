@@ -1,7 +1,7 @@
 //! The VXLAN device of an overlay and its per-peer state: neighbour (VTEP address → MAC),
 //! FDB (MAC → remote underlay address) and route (remote subnet via VTEP address, onlink).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
@@ -27,8 +27,9 @@ pub struct VxlanSpec {
     pub vni: u32,
     /// UDP destination port.
     pub port: u16,
-    /// Local underlay address (source of encapsulated packets).
-    pub local: Ipv4Addr,
+    /// Local underlay address (source of encapsulated packets): IFLA_VXLAN_LOCAL for IPv4,
+    /// IFLA_VXLAN_LOCAL6 for IPv6 (the device then encapsulates in IPv6 only).
+    pub local: IpAddr,
     /// Underlay link index.
     pub underlay_index: u32,
     /// VTEP MAC, kept across restarts so peers' entries stay valid.
@@ -42,7 +43,7 @@ pub struct VxlanSpec {
 struct VxlanState {
     vni: Option<u32>,
     port: Option<u16>,
-    local: Option<Ipv4Addr>,
+    local: Option<IpAddr>,
     underlay: Option<u32>,
     learning: Option<bool>,
 }
@@ -61,7 +62,8 @@ fn vxlan_state(msg: &LinkMessage) -> VxlanState {
                 match v {
                     InfoVxlan::Id(id) => st.vni = Some(*id),
                     InfoVxlan::Port(p) => st.port = Some(*p),
-                    InfoVxlan::Local(l) => st.local = Some(*l),
+                    InfoVxlan::Local(l) => st.local = Some(IpAddr::V4(*l)),
+                    InfoVxlan::Local6(l) => st.local = Some(IpAddr::V6(*l)),
                     InfoVxlan::Link(l) => st.underlay = Some(*l),
                     InfoVxlan::Learning(l) => st.learning = Some(*l),
                     _ => {}
@@ -139,7 +141,10 @@ pub fn ensure_vxlan(
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(vec![
                 InfoVxlan::Id(spec.vni),
-                InfoVxlan::Local(spec.local),
+                match spec.local {
+                    IpAddr::V4(l) => InfoVxlan::Local(l),
+                    IpAddr::V6(l) => InfoVxlan::Local6(l),
+                },
                 InfoVxlan::Link(spec.underlay_index),
                 InfoVxlan::Port(spec.port),
                 InfoVxlan::Learning(false),
@@ -175,8 +180,8 @@ pub struct PeerEntry {
     pub vtep_ip: Ipv4Addr,
     /// The peer's VTEP MAC.
     pub vtep_mac: Mac,
-    /// The peer's underlay address.
-    pub underlay: Ipv4Addr,
+    /// The peer's underlay address (of the device's family).
+    pub underlay: IpAddr,
 }
 
 /// What the kernel holds for the device: neighbours, FDB entries and routes.
@@ -185,7 +190,7 @@ pub struct DeviceState {
     /// (VTEP address, MAC) of permanent neighbours.
     pub neighbours: Vec<(Ipv4Addr, Mac)>,
     /// (MAC, underlay address) of FDB entries with a remote.
-    pub fdb: Vec<(Mac, Ipv4Addr)>,
+    pub fdb: Vec<(Mac, IpAddr)>,
     /// (subnet, gateway) of routes out of the device.
     pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
 }
@@ -218,14 +223,21 @@ pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error>
             if n.header.ifindex != index {
                 continue;
             }
-            let mut dst = None;
+            let mut dst: Option<IpAddr> = None;
             let mut mac = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
-                    // FDB entries (family bridge) carry the remote IPv4 address as raw bytes.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
-                        dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        dst = Some(IpAddr::V4(*ip))
+                    }
+                    // FDB entries (family bridge) carry the remote address as raw bytes, 4 or
+                    // 16 of them (the kernel's vxlan_nla_get_addr tells them apart the same way).
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = match b.len() {
+                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
                     }
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                         let mut m = [0u8; 6];
@@ -236,7 +248,7 @@ pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error>
                 }
             }
             match (n.header.family, dst, mac) {
-                (AddressFamily::Inet, Some(ip), Some(mac))
+                (AddressFamily::Inet, Some(IpAddr::V4(ip)), Some(mac))
                     if n.header.state == NeighbourState::Permanent =>
                 {
                     st.neighbours.push((ip, mac))
@@ -254,13 +266,7 @@ pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error>
     Ok(st)
 }
 
-fn neigh(
-    index: u32,
-    family: AddressFamily,
-    dst: Ipv4Addr,
-    mac: Mac,
-    fdb: bool,
-) -> NeighbourMessage {
+fn neigh(index: u32, family: AddressFamily, dst: IpAddr, mac: Mac, fdb: bool) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = family;
     m.header.ifindex = index;
@@ -268,8 +274,11 @@ fn neigh(
     if fdb {
         m.header.flags = NeighbourFlags::Own;
     }
-    m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+    let dst = match dst {
+        IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+        IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+    };
+    m.attributes.push(NeighbourAttribute::Destination(dst));
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     m
@@ -287,7 +296,7 @@ pub fn add_peer(index: u32, p: &PeerEntry) -> Vec<Request> {
             RouteNetlinkMessage::NewNeighbour(neigh(
                 index,
                 AddressFamily::Inet,
-                p.vtep_ip,
+                IpAddr::V4(p.vtep_ip),
                 p.vtep_mac,
                 false,
             )),
@@ -320,14 +329,20 @@ pub fn add_peer(index: u32, p: &PeerEntry) -> Vec<Request> {
 /// A request that removes a neighbour.
 pub fn del_neighbour(index: u32, ip: Ipv4Addr, mac: Mac) -> Request {
     Request::new(
-        RouteNetlinkMessage::DelNeighbour(neigh(index, AddressFamily::Inet, ip, mac, false)),
+        RouteNetlinkMessage::DelNeighbour(neigh(
+            index,
+            AddressFamily::Inet,
+            IpAddr::V4(ip),
+            mac,
+            false,
+        )),
         0,
         format!("delete neighbour {ip}"),
     )
 }
 
 /// A request that removes an FDB entry.
-pub fn del_fdb(index: u32, mac: Mac, underlay: Ipv4Addr) -> Request {
+pub fn del_fdb(index: u32, mac: Mac, underlay: IpAddr) -> Request {
     Request::new(
         RouteNetlinkMessage::DelNeighbour(neigh(index, AddressFamily::Bridge, underlay, mac, true)),
         0,
@@ -399,38 +414,84 @@ pub fn set_tx_checksum(name: &str, on: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// The underlay: the link carrying the default route (or `name`), with its first IPv4
-/// address and MTU.
-pub fn underlay(sock: &mut Socket, name: Option<&str>) -> Result<(Link, Ipv4Addr), Error> {
-    let found = match name {
-        Some(n) => link::get_link(sock, n)?,
-        None => {
-            let oif = link::routes_v4(sock)?
-                .into_iter()
-                .find(|r| r.dst.prefix_len() == 0)
-                .and_then(|r| r.oif);
-            match oif {
-                Some(i) => link::get_link_by_index(sock, i)?,
-                None => None,
-            }
+/// Which address family the underlay uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnderlayFamily {
+    /// IPv4 when the underlay has it (a default route, or an address on the named
+    /// interface), else IPv6: dual-stack nodes keep the IPv4 encapsulation flannel uses.
+    #[default]
+    PreferIpv4,
+    /// IPv4 only.
+    Ipv4,
+    /// IPv6 only.
+    Ipv6,
+}
+
+impl UnderlayFamily {
+    /// The families to try, in order (true = IPv6).
+    fn order(self) -> &'static [bool] {
+        match self {
+            UnderlayFamily::PreferIpv4 => &[false, true],
+            UnderlayFamily::Ipv4 => &[false],
+            UnderlayFamily::Ipv6 => &[true],
         }
-    };
-    let l = found.ok_or_else(|| Error::Netlink {
-        what: format!(
-            "find the underlay interface ({})",
-            name.unwrap_or("from the default route")
-        ),
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            UnderlayFamily::PreferIpv4 => "IPv4 or IPv6",
+            UnderlayFamily::Ipv4 => "IPv4",
+            UnderlayFamily::Ipv6 => "IPv6",
+        }
+    }
+}
+
+/// The underlay: the link `name`, or else the one carrying the default route, with its first
+/// global address of `family` (IPv4 before IPv6 unless told otherwise).
+pub fn underlay(
+    sock: &mut Socket,
+    name: Option<&str>,
+    family: UnderlayFamily,
+) -> Result<(Link, IpAddr), Error> {
+    let no_device = |what: String| Error::Netlink {
+        what,
         source: std::io::Error::from_raw_os_error(libc::ENODEV),
-    })?;
-    let ip = link::addresses(sock, l.index)?
-        .into_iter()
-        .find_map(|a| match a.addr() {
-            std::net::IpAddr::V4(v4) => Some(v4),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| Error::Netlink {
-            what: format!("find an IPv4 address on underlay {}", l.name),
-            source: std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
-        })?;
-    Ok((l, ip))
+    };
+    let no_address = |l: &Link| Error::Netlink {
+        what: format!(
+            "find a global {} address on underlay {}",
+            family.describe(),
+            l.name
+        ),
+        source: std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+    };
+    if let Some(n) = name {
+        let l = link::get_link(sock, n)?
+            .ok_or_else(|| no_device(format!("find the underlay interface {n}")))?;
+        let addrs = link::global_addresses(sock, l.index)?;
+        let ip = family
+            .order()
+            .iter()
+            .find_map(|v6| addrs.iter().find(|a| a.is_ipv6() == *v6).copied())
+            .ok_or_else(|| no_address(&l))?;
+        return Ok((l, ip));
+    }
+    // From the default route: the first family (in preference order) whose default route's
+    // link has an address of that family.
+    for &v6 in family.order() {
+        let Some(oif) = link::default_route_oif(sock, v6)? else {
+            continue;
+        };
+        let Some(l) = link::get_link_by_index(sock, oif)? else {
+            continue;
+        };
+        let addrs = link::global_addresses(sock, l.index)?;
+        if let Some(ip) = addrs.iter().find(|a| a.is_ipv6() == v6) {
+            return Ok((l, *ip));
+        }
+    }
+    Err(no_device(format!(
+        "find the underlay interface from the {} default route",
+        family.describe()
+    )))
 }

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use ipnet::{IpNet, Ipv4Net};
 use netsetup::link::{self, BridgeSpec, VethSpec};
 use netsetup::masquerade::{self, MasqueradeSpec};
+use netsetup::vxlan::{self, PeerEntry, UnderlayFamily, VxlanSpec};
 use netsetup::{Error, Netns, Socket};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -254,4 +256,284 @@ fn a_fresh_namespace_without_a_main_table_lists_no_routes() {
     let mut sock = node.open().socket().unwrap();
     assert_eq!(link::routes_v4(&mut sock).unwrap(), vec![]);
     assert_eq!(link::default_route_mtu(&mut sock).unwrap(), None);
+}
+
+/// A veth `name` in `node` (its peer `<name>p` up too, so the link has carrier) holding
+/// `addrs`; IPv6 ones without duplicate address detection, so they are usable at once.
+/// Returns its index.
+fn underlay_link(node: &TempNetns, sock: &mut Socket, name: &str, addrs: &[&str]) -> u32 {
+    node.ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        &format!("{name}p"),
+    ]);
+    for a in addrs {
+        if a.contains(':') {
+            node.ip(&["-6", "addr", "add", a, "dev", name, "nodad"]);
+        } else {
+            node.ip(&["addr", "add", a, "dev", name]);
+        }
+    }
+    node.ip(&["link", "set", &format!("{name}p"), "up"]);
+    node.ip(&["link", "set", name, "up"]);
+    link::get_link(sock, name).unwrap().unwrap().index
+}
+
+/// `ip -d -j link show <name>`'s `info_data` of a VXLAN link.
+fn vxlan_info(node: &TempNetns, name: &str) -> serde_json::Value {
+    let out = node.ip(&["-d", "-j", "link", "show", name]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["linkinfo"]["info_data"].clone()
+}
+
+#[test]
+fn vxlan_device_is_kept_when_equal_and_recreated_when_vni_port_or_local_differ() {
+    let node = TempNetns::new("vx");
+    let mut sock = node.open().socket().unwrap();
+    let ul = underlay_link(
+        &node,
+        &mut sock,
+        "ul0",
+        &["10.126.0.1/24", "10.126.0.2/24", "fd00:126::1/64"],
+    );
+    let vtep: Ipv4Net = "10.127.0.0/32".parse().unwrap();
+    let mut spec = VxlanSpec {
+        name: "tvx0".into(),
+        vni: 7,
+        port: 4789,
+        local: "10.126.0.1".parse().unwrap(),
+        underlay_index: ul,
+        mac: [0x02, 0, 0, 0, 0, 0x07],
+        // Below both limits (underlay − 50 over IPv4, − 70 over IPv6): the kernel clamps a
+        // larger MTU, and the device would then never look equal.
+        mtu: 1400,
+    };
+    let (first, created) = vxlan::ensure_vxlan(&mut sock, &spec, vtep).unwrap();
+    assert!(created);
+    let info = vxlan_info(&node, "tvx0");
+    assert_eq!(
+        (
+            info["id"].as_u64(),
+            info["port"].as_u64(),
+            info["local"].as_str(),
+            info["learning"].as_bool()
+        ),
+        (Some(7), Some(4789), Some("10.126.0.1"), Some(false)),
+        "{info}"
+    );
+    assert_eq!(first.mtu, 1400);
+    assert_eq!(link::mac_string(&first.mac), "02:00:00:00:00:07");
+
+    // The same settings again: the very same device (its FDB and routes would survive).
+    let (again, created) = vxlan::ensure_vxlan(&mut sock, &spec, vtep).unwrap();
+    assert!(!created, "an equal device must be kept");
+    assert_eq!(again.index, first.index);
+
+    // Each setting that differs makes a new device, which carries the new setting, the
+    // VTEP address and is up.
+    let mut previous = first.index;
+    type Change = fn(&mut VxlanSpec);
+    let changes: [(&str, Change, &str, serde_json::Value); 4] = [
+        ("vni", |s| s.vni = 8, "id", serde_json::json!(8)),
+        ("port", |s| s.port = 8472, "port", serde_json::json!(8472)),
+        (
+            "local",
+            |s| s.local = "10.126.0.2".parse().unwrap(),
+            "local",
+            serde_json::json!("10.126.0.2"),
+        ),
+        (
+            "local (IPv6)",
+            |s| s.local = "fd00:126::1".parse().unwrap(),
+            "local6",
+            serde_json::json!("fd00:126::1"),
+        ),
+    ];
+    for (what, change, key, want) in changes {
+        change(&mut spec);
+        let (dev, created) = vxlan::ensure_vxlan(&mut sock, &spec, vtep).unwrap();
+        assert!(created, "{what} differs: the device must be recreated");
+        assert_ne!(dev.index, previous, "{what}: still the old device");
+        let info = vxlan_info(&node, "tvx0");
+        assert_eq!(info[key], want, "{what}: {info}");
+        assert!(dev.up, "{what}: recreated device is down");
+        assert_eq!(
+            link::addresses(&mut sock, dev.index).unwrap(),
+            vec![IpNet::V4(vtep)],
+            "{what}: VTEP address"
+        );
+        let (kept, created) = vxlan::ensure_vxlan(&mut sock, &spec, vtep).unwrap();
+        assert!(
+            !created && kept.index == dev.index,
+            "{what}: not kept after"
+        );
+        previous = dev.index;
+    }
+    // Over IPv6 only local6 is set.
+    let info = vxlan_info(&node, "tvx0");
+    assert!(info.get("local").is_none(), "{info}");
+}
+
+#[test]
+fn vxlan_fdb_entries_to_ipv4_and_ipv6_remotes_are_programmed_read_and_removed() {
+    let node = TempNetns::new("fdb");
+    let mut sock = node.open().socket().unwrap();
+    let ul = underlay_link(&node, &mut sock, "ul0", &["fd00:131::1/64"]);
+    let spec = VxlanSpec {
+        name: "tvx1".into(),
+        vni: 1,
+        port: 8472,
+        local: "fd00:131::1".parse().unwrap(),
+        underlay_index: ul,
+        mac: [0x02, 0, 0, 0, 0, 0x01],
+        mtu: 1430,
+    };
+    let (dev, _) = vxlan::ensure_vxlan(&mut sock, &spec, "10.132.1.0/32".parse().unwrap()).unwrap();
+    let peer = PeerEntry {
+        subnet: "10.132.2.0/24".parse().unwrap(),
+        vtep_ip: "10.132.2.0".parse().unwrap(),
+        vtep_mac: [0x02, 0, 0, 0, 0, 0x02],
+        underlay: "fd00:131::2".parse().unwrap(),
+    };
+    let replies = sock.batch(vxlan::add_peer(dev.index, &peer)).unwrap();
+    netsetup::socket::first_error(replies, |_, _| false).unwrap();
+    let st = vxlan::device_state(&mut sock, dev.index).unwrap();
+    assert_eq!(st.fdb, vec![(peer.vtep_mac, peer.underlay)]);
+    assert_eq!(st.neighbours, vec![(peer.vtep_ip, peer.vtep_mac)]);
+    assert_eq!(st.routes, vec![(peer.subnet, Some(peer.vtep_ip))]);
+    let fdb = Command::new("bridge")
+        .args(["-n", &node.name, "fdb", "show", "dev", "tvx1"])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(
+        fdb.contains("02:00:00:00:00:02 dst fd00:131::2"),
+        "fdb: {fdb}"
+    );
+    sock.request(vxlan::del_fdb(dev.index, peer.vtep_mac, peer.underlay))
+        .unwrap();
+    assert!(vxlan::device_state(&mut sock, dev.index)
+        .unwrap()
+        .fdb
+        .is_empty());
+}
+
+/// `ethtool -k <dev>`'s `tx-checksumming` line in `node`.
+fn tx_checksumming(node: &TempNetns, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node.name, "ethtool", "-k", dev])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ethtool -k {dev}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("tx-checksumming:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn tx_checksum_offload_is_turned_off_and_on() {
+    let node = TempNetns::new("csum");
+    let mut sock = node.open().socket().unwrap();
+    let ul = underlay_link(&node, &mut sock, "ul0", &["10.133.0.1/24"]);
+    let spec = VxlanSpec {
+        name: "tvx2".into(),
+        vni: 1,
+        port: 8472,
+        local: "10.133.0.1".parse().unwrap(),
+        underlay_index: ul,
+        mac: [0x02, 0, 0, 0, 0, 0x03],
+        mtu: 1450,
+    };
+    vxlan::ensure_vxlan(&mut sock, &spec, "10.134.0.0/32".parse().unwrap()).unwrap();
+    assert_eq!(tx_checksumming(&node, "tvx2"), "tx-checksumming: on");
+    // The ioctl acts in the calling thread's namespace, as in the agent (which runs in the
+    // node's namespace).
+    let inside = node.open().enter().unwrap();
+    vxlan::set_tx_checksum("tvx2", false).unwrap();
+    assert_eq!(tx_checksumming(&node, "tvx2"), "tx-checksumming: off");
+    vxlan::set_tx_checksum("tvx2", true).unwrap();
+    assert_eq!(tx_checksumming(&node, "tvx2"), "tx-checksumming: on");
+    let err = vxlan::set_tx_checksum("nosuchdev0", false).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENODEV)),
+        "{err}"
+    );
+    drop(inside);
+}
+
+#[test]
+fn underlay_is_the_named_interface_or_the_default_route_link_of_the_chosen_family() {
+    use std::net::IpAddr;
+    let node = TempNetns::new("ul");
+    let mut sock = node.open().socket().unwrap();
+    let ul0 = underlay_link(
+        &node,
+        &mut sock,
+        "ul0",
+        &["10.128.0.1/24", "fd00:128::1/64"],
+    );
+    let ul1 = underlay_link(
+        &node,
+        &mut sock,
+        "ul1",
+        &["10.129.0.1/24", "fd00:129::1/64"],
+    );
+    let ul2 = underlay_link(&node, &mut sock, "ul2", &[]);
+    node.ip(&["route", "add", "default", "via", "10.128.0.254"]);
+    node.ip(&["-6", "route", "add", "default", "via", "fd00:129::fe"]);
+    let pick = |sock: &mut Socket, name, family| {
+        vxlan::underlay(sock, name, family).map(|(l, ip)| (l.index, ip))
+    };
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    use UnderlayFamily::{Ipv4, Ipv6, PreferIpv4};
+
+    // From the default routes: IPv4 preferred, IPv6 when asked for.
+    assert_eq!(
+        pick(&mut sock, None, PreferIpv4).unwrap(),
+        (ul0, ip("10.128.0.1"))
+    );
+    assert_eq!(
+        pick(&mut sock, None, Ipv6).unwrap(),
+        (ul1, ip("fd00:129::1"))
+    );
+    // underlayInterface overrides the default route: that interface's address.
+    assert_eq!(
+        pick(&mut sock, Some("ul1"), PreferIpv4).unwrap(),
+        (ul1, ip("10.129.0.1"))
+    );
+    assert_eq!(
+        pick(&mut sock, Some("ul1"), Ipv6).unwrap(),
+        (ul1, ip("fd00:129::1"))
+    );
+    assert_eq!(
+        pick(&mut sock, Some("ul0"), Ipv4).unwrap(),
+        (ul0, ip("10.128.0.1"))
+    );
+    // An interface with only a link-local IPv6 address has nothing to encapsulate from.
+    assert!(pick(&mut sock, Some("ul2"), PreferIpv4).is_err());
+    assert!(pick(&mut sock, Some("nosuchdev0"), PreferIpv4).is_err());
+    // An IPv6-only node: the IPv6 default route's link.
+    node.ip(&["route", "del", "default"]);
+    assert_eq!(
+        pick(&mut sock, None, PreferIpv4).unwrap(),
+        (ul1, ip("fd00:129::1"))
+    );
+    assert!(pick(&mut sock, None, Ipv4).is_err());
+    // An interface with IPv6 only picks IPv6 unless IPv4 is required.
+    node.ip(&["-6", "addr", "add", "fd00:130::1/64", "dev", "ul2", "nodad"]);
+    assert_eq!(
+        pick(&mut sock, Some("ul2"), PreferIpv4).unwrap(),
+        (ul2, ip("fd00:130::1"))
+    );
+    assert!(pick(&mut sock, Some("ul2"), Ipv4).is_err());
 }

@@ -3,7 +3,7 @@
 //! reports, and periodically, so a missed event never leaves stale state. When etcd is
 //! unreachable the dataplane stays as it is and the agent reconnects.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -14,7 +14,7 @@ use tokio::time::{interval, timeout, MissedTickBehavior};
 
 use crate::config::OverlayConfig;
 use crate::dataplane::{self, detect_underlay, overlay_mtu, peer_entry, Dataplane, Underlay};
-use crate::registry::{NodeRecord, Registry, VxlanData};
+use crate::registry::{NodeRecord, Registry};
 use crate::state::NodeState;
 use crate::subnet_file::SubnetEnv;
 use crate::Error;
@@ -140,12 +140,20 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
     }
 }
 
-/// The peers from etcd records, without this node.
-fn peers_of(records: &[(Ipv4Net, NodeRecord)], me: Ipv4Addr, vni: u32) -> Vec<PeerEntry> {
+/// The peers from etcd records, without this node: their underlay addresses of this node's
+/// family (a VXLAN device encapsulates in one family only, so a node with no address of it
+/// cannot be reached and is left out).
+fn peers_of(records: &[(Ipv4Net, NodeRecord)], me: IpAddr, vni: u32) -> Vec<PeerEntry> {
     records
         .iter()
-        .filter(|(_, r)| r.public_ip != me && r.backend.vni == vni)
-        .filter_map(|(s, r)| peer_entry(*s, r.public_ip, &r.backend.vtep_mac))
+        .filter(|(_, r)| !r.is_node(me) && r.backend.vni == vni)
+        .filter_map(|(s, r)| match r.underlay_like(me) {
+            Some(ip) => peer_entry(*s, ip, &r.backend.vtep_mac),
+            None => {
+                log::debug!("peer {s} has no underlay address of the family of {me}: skipped");
+                None
+            }
+        })
         .collect()
 }
 
@@ -161,14 +169,7 @@ async fn connect(cfg: &OverlayConfig) -> Result<Registry, Error> {
 async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
     let (node, state) = node(cfg)?;
     let cluster = cfg.cluster()?;
-    let me = NodeRecord {
-        public_ip: node.underlay.ip,
-        backend_type: "vxlan".into(),
-        backend: VxlanData {
-            vni: cfg.vni,
-            vtep_mac: link::mac_string(&node.mac),
-        },
-    };
+    let me = NodeRecord::new(node.underlay.ip, cfg.vni, link::mac_string(&node.mac));
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Runtime(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Runtime(e.to_string()))?;
     let ttl = cfg.lease_ttl;
@@ -253,20 +254,12 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
                 }
             }
         }
-        if watch.is_none() {
-            match timeout(call, reg.watch()).await {
-                Ok(Ok(w)) => {
-                    watch = Some(w);
-                    // Events may have been missed while there was no watch.
-                    full_sync = true;
-                }
-                Ok(Err(e)) => log::debug!("watch not established: {e}"),
-                Err(_) => log::debug!("watch timed out"),
-            }
-        }
+        // Without a watch, events may have been missed: list, then watch from the revision
+        // after the list, so a change between the two is still reported.
+        full_sync |= watch.is_none();
         if full_sync {
             match timeout(call, reg.list()).await {
-                Ok(Ok(records)) => {
+                Ok(Ok((records, revision))) => {
                     let peers = peers_of(&records, node.underlay.ip, cfg.vni);
                     match plane.reconcile(&peers) {
                         Ok(c) if c != Default::default() => {
@@ -274,6 +267,13 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
                         }
                         Ok(_) => {}
                         Err(e) => log::error!("reconcile failed: {e}"),
+                    }
+                    if watch.is_none() {
+                        match timeout(call, reg.watch(revision + 1)).await {
+                            Ok(Ok(w)) => watch = Some(w),
+                            Ok(Err(e)) => log::debug!("watch not established: {e}"),
+                            Err(_) => log::debug!("watch timed out"),
+                        }
                     }
                 }
                 Ok(Err(e)) => log::warn!("cannot list peers ({e}); keeping the dataplane"),

@@ -48,6 +48,10 @@ pub struct OverlayConfig {
     pub device: Option<String>,
     /// Underlay interface (default: the one carrying the default route).
     pub underlay_interface: Option<String>,
+    /// Underlay address family, `ipv4` or `ipv6`; unset = IPv4 when the underlay has an IPv4
+    /// default route (or, with `underlayInterface`, an IPv4 address), else IPv6. Pods stay
+    /// IPv4 either way.
+    pub underlay_family: Option<UnderlayFamilyConfig>,
     /// Pod and VXLAN MTU; 0 = underlay MTU − 50 (− 70 over IPv6).
     #[serde(default)]
     pub mtu: u32,
@@ -66,6 +70,16 @@ pub struct OverlayConfig {
     /// Seconds between full reconciles (default 30).
     #[serde(default = "default_resync")]
     pub resync_seconds: u64,
+}
+
+/// The `underlayFamily` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderlayFamilyConfig {
+    /// Encapsulate in IPv4.
+    Ipv4,
+    /// Encapsulate in IPv6.
+    Ipv6,
 }
 
 fn default_subnet_len() -> u8 {
@@ -219,6 +233,7 @@ mod tests {
             (24, 1, 8472, 30)
         );
         assert_eq!(c.device(), "vxlan.1");
+        assert_eq!(c.underlay_family, None);
         assert_eq!(
             c.subnet_file(),
             PathBuf::from("/var/lib/cni/vxlan-overlay/subnet.env")
@@ -232,6 +247,15 @@ mod tests {
         let none: OverlayConfig =
             serde_json::from_str(r#"{"clusterCIDR":"10.244.0.0/16"}"#).unwrap();
         assert!(none.validate().is_err());
+        let v6: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"10.244.0.0/16","peersFile":"/x","underlayFamily":"ipv6"}"#,
+        )
+        .unwrap();
+        assert_eq!(v6.underlay_family, Some(UnderlayFamilyConfig::Ipv6));
+        assert!(serde_json::from_str::<OverlayConfig>(
+            r#"{"clusterCIDR":"10.244.0.0/16","peersFile":"/x","underlayFamily":"v6"}"#,
+        )
+        .is_err());
         assert!(release_before_5_7("3.10.0-1160.el7.x86_64"));
         assert!(release_before_5_7("5.4.0-150-generic"));
         assert!(!release_before_5_7("5.7.0"));

@@ -2,17 +2,17 @@
 //! peer, reconciled against the desired peers (anything else on the device is removed).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::Ipv4Net;
 use netsetup::link::{self, Mac};
 use netsetup::socket::first_error;
-use netsetup::vxlan::{self, PeerEntry, VxlanSpec};
+use netsetup::vxlan::{self, PeerEntry, UnderlayFamily, VxlanSpec};
 use netsetup::{Link, Socket};
 use serde::Deserialize;
 
-use crate::config::{vtep_ip, OverlayConfig};
+use crate::config::{vtep_ip, OverlayConfig, UnderlayFamilyConfig};
 use crate::Error;
 
 /// The VTEP of this node.
@@ -35,24 +35,40 @@ pub struct Changes {
 pub struct Underlay {
     /// The link.
     pub link: Link,
-    /// Its IPv4 address: the node's identity.
-    pub ip: Ipv4Addr,
+    /// Its address (IPv4 or IPv6): the node's identity, and the VXLAN device's family.
+    pub ip: IpAddr,
 }
 
-/// Finds the underlay: `underlayInterface`, or the link of the default route.
+/// Finds the underlay: `underlayInterface`, or the link of the default route; the address
+/// family as `underlayFamily` says (unset: IPv4 when there is one, else IPv6).
 pub fn detect_underlay(cfg: &OverlayConfig) -> Result<Underlay, Error> {
     let mut sock = Socket::new()?;
-    let (link, ip) = vxlan::underlay(&mut sock, cfg.underlay_interface.as_deref())?;
+    let family = match cfg.underlay_family {
+        None => UnderlayFamily::PreferIpv4,
+        Some(UnderlayFamilyConfig::Ipv4) => UnderlayFamily::Ipv4,
+        Some(UnderlayFamilyConfig::Ipv6) => UnderlayFamily::Ipv6,
+    };
+    let (link, ip) = vxlan::underlay(&mut sock, cfg.underlay_interface.as_deref(), family)?;
     Ok(Underlay { link, ip })
 }
 
-/// VXLAN and pod MTU: `mtu` if set, else the underlay's less 50 bytes of IPv4 encapsulation.
+/// Bytes VXLAN adds over an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner
+/// Ethernet header (14).
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// Over IPv6 the outer IP header is 40 bytes.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
+
+/// VXLAN and pod MTU: `mtu` if set, else the underlay's less the encapsulation of its family.
 pub fn overlay_mtu(cfg: &OverlayConfig, underlay: &Underlay) -> u32 {
     if cfg.mtu > 0 {
-        cfg.mtu
-    } else {
-        underlay.link.mtu.saturating_sub(50)
+        return cfg.mtu;
     }
+    let overhead = if underlay.ip.is_ipv6() {
+        VXLAN_OVERHEAD_V6
+    } else {
+        VXLAN_OVERHEAD_V4
+    };
+    underlay.link.mtu.saturating_sub(overhead)
 }
 
 impl Dataplane {
@@ -104,7 +120,7 @@ impl Dataplane {
         let st = vxlan::device_state(&mut self.sock, index)?;
         log::debug!("device {} holds {st:?}; want {peers:?}", self.device.name);
         let neigh: HashSet<(Ipv4Addr, Mac)> = st.neighbours.iter().copied().collect();
-        let fdb: HashSet<(Mac, Ipv4Addr)> = st.fdb.iter().copied().collect();
+        let fdb: HashSet<(Mac, IpAddr)> = st.fdb.iter().copied().collect();
         let routes: HashSet<(Ipv4Net, Option<Ipv4Addr>)> = st.routes.iter().copied().collect();
         let mut batch = Vec::new();
         let mut changes = Changes::default();
@@ -119,7 +135,7 @@ impl Dataplane {
         }
         let want_neigh: HashSet<(Ipv4Addr, Mac)> =
             peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
-        let want_fdb: HashSet<(Mac, Ipv4Addr)> =
+        let want_fdb: HashSet<(Mac, IpAddr)> =
             peers.iter().map(|p| (p.vtep_mac, p.underlay)).collect();
         let want_routes: HashSet<(Ipv4Net, Option<Ipv4Addr>)> =
             peers.iter().map(|p| (p.subnet, Some(p.vtep_ip))).collect();
@@ -152,8 +168,8 @@ impl Dataplane {
 pub struct StaticPeer {
     /// The node's pod subnet.
     pub subnet: Ipv4Net,
-    /// Its underlay address.
-    pub underlay: Ipv4Addr,
+    /// Its underlay address (IPv4 or IPv6, the family of the nodes' underlay).
+    pub underlay: IpAddr,
     /// Its VTEP MAC.
     pub vtep_mac: String,
 }
@@ -175,7 +191,7 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
 }
 
 /// A peer entry from a subnet, underlay address and MAC text; None when the MAC is invalid.
-pub fn peer_entry(subnet: Ipv4Net, underlay: Ipv4Addr, mac: &str) -> Option<PeerEntry> {
+pub fn peer_entry(subnet: Ipv4Net, underlay: IpAddr, mac: &str) -> Option<PeerEntry> {
     Some(PeerEntry {
         subnet: subnet.trunc(),
         vtep_ip: vtep_ip(subnet.trunc()),

@@ -4,9 +4,11 @@
 //! Keys: `<prefix>/config` holds `{"Network", "SubnetLen", "Backend": {"Type": "vxlan"}}`;
 //! `<prefix>/subnets/<a.b.c.d>-<len>` holds `{"PublicIP", "BackendType": "vxlan",
 //! "BackendData": {"VNI", "VtepMAC"}}`, attached to the owner's etcd lease so it disappears
-//! when the node stops renewing it.
+//! when the node stops renewing it. A node on an IPv6 underlay also writes `PublicIPv6`, the
+//! field of flannel's `LeaseAttrs` for it, with `PublicIP` 0.0.0.0 (what flannel's `ip.IP4`
+//! holds when a node has no IPv4 address).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use etcd_client::{
@@ -21,9 +23,16 @@ use crate::Error;
 /// One node's record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
-    /// Underlay address: the node's identity.
+    /// IPv4 underlay address: the node's identity on an IPv4 underlay; 0.0.0.0 on IPv6.
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
+    /// IPv6 underlay address: the node's identity on an IPv6 underlay.
+    #[serde(
+        rename = "PublicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Always "vxlan".
     #[serde(rename = "BackendType")]
     pub backend_type: String,
@@ -41,6 +50,46 @@ pub struct VxlanData {
     /// VTEP MAC, `aa:bb:cc:dd:ee:ff`.
     #[serde(rename = "VtepMAC")]
     pub vtep_mac: String,
+}
+
+impl NodeRecord {
+    /// The record a node on underlay address `underlay` publishes.
+    pub fn new(underlay: IpAddr, vni: u32, vtep_mac: String) -> NodeRecord {
+        let (public_ip, public_ipv6) = match underlay {
+            IpAddr::V4(v4) => (v4, None),
+            IpAddr::V6(v6) => (Ipv4Addr::UNSPECIFIED, Some(v6)),
+        };
+        NodeRecord {
+            public_ip,
+            public_ipv6,
+            backend_type: "vxlan".into(),
+            backend: VxlanData { vni, vtep_mac },
+        }
+    }
+
+    /// The node's underlay address of the family of `like` (the family this node's VXLAN
+    /// device speaks), if it has one.
+    pub fn underlay_like(&self, like: IpAddr) -> Option<IpAddr> {
+        match like {
+            IpAddr::V4(_) => {
+                (!self.public_ip.is_unspecified()).then_some(IpAddr::V4(self.public_ip))
+            }
+            IpAddr::V6(_) => self.public_ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// Whether this is the record of the node whose underlay address is `node`.
+    pub fn is_node(&self, node: IpAddr) -> bool {
+        self.underlay_like(node) == Some(node)
+    }
+
+    /// The address the record identifies its node by: IPv6 when it has no IPv4 one.
+    pub fn identity(&self) -> IpAddr {
+        match (self.public_ip.is_unspecified(), self.public_ipv6) {
+            (true, Some(v6)) => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
 }
 
 /// A subnet held by this node.
@@ -133,12 +182,18 @@ impl Registry {
     /// Every key under `<prefix>/subnets/` that names a subnet, with its record when the
     /// value parses (a malformed record still holds its subnet).
     async fn records(&mut self) -> Result<Vec<Stored>, Error> {
+        Ok(self.records_at().await?.0)
+    }
+
+    /// [`records`](Self::records) and the store revision they were read at.
+    async fn records_at(&mut self) -> Result<(Vec<Stored>, i64), Error> {
         let prefix = format!("{}/subnets/", self.prefix);
         let resp = self
             .client
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await?;
-        Ok(resp
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let stored = resp
             .kvs()
             .iter()
             .filter_map(|kv| {
@@ -152,17 +207,19 @@ impl Registry {
                     mod_revision: kv.mod_revision(),
                 })
             })
-            .collect())
+            .collect();
+        Ok((stored, revision))
     }
 
-    /// Every node record, by subnet.
-    pub async fn list(&mut self) -> Result<Vec<(Ipv4Net, NodeRecord)>, Error> {
-        Ok(self
-            .records()
-            .await?
+    /// Every node record, by subnet, and the revision of the read: a watch from the next
+    /// revision misses nothing that came after it.
+    pub async fn list(&mut self) -> Result<(Vec<(Ipv4Net, NodeRecord)>, i64), Error> {
+        let (stored, revision) = self.records_at().await?;
+        let records = stored
             .into_iter()
             .filter_map(|r| Some((r.subnet, r.node?)))
-            .collect())
+            .collect();
+        Ok((records, revision))
     }
 
     /// Leases a subnet for `me`: the one already recorded for its underlay address (a restart
@@ -183,7 +240,7 @@ impl Registry {
         // Our own record from before a restart: take it over with the new lease, but only if
         // it has not changed since we read it.
         for r in &existing {
-            let ours = r.node.as_ref().is_some_and(|n| n.public_ip == me.public_ip);
+            let ours = r.node.as_ref().is_some_and(|n| n.is_node(me.identity()));
             if ours && r.subnet.prefix_len() == subnet_len && cluster.contains(&r.subnet) {
                 let key = subnet_key(&self.prefix, r.subnet);
                 let txn = Txn::new()
@@ -269,10 +326,10 @@ impl Registry {
 
     /// Deletes every subnet record whose `PublicIP` is `node` (teardown of a node whose agent
     /// is gone); returns the subnets released.
-    pub async fn release_node(&mut self, node: Ipv4Addr) -> Result<Vec<Ipv4Net>, Error> {
+    pub async fn release_node(&mut self, node: IpAddr) -> Result<Vec<Ipv4Net>, Error> {
         let mut released = Vec::new();
         for r in self.records().await? {
-            if r.node.as_ref().is_some_and(|n| n.public_ip == node) {
+            if r.node.as_ref().is_some_and(|n| n.is_node(node)) {
                 let key = subnet_key(&self.prefix, r.subnet);
                 // Only the record we read: a node that took the subnet since keeps it.
                 let txn = Txn::new()
@@ -290,13 +347,14 @@ impl Registry {
         Ok(released)
     }
 
-    /// Watches every change under `<prefix>/subnets/`.
-    pub async fn watch(&mut self) -> Result<WatchStream, Error> {
+    /// Watches every change under `<prefix>/subnets/` from `revision` on (events etcd has
+    /// already applied are replayed, so nothing between a list and the watch is lost).
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, Error> {
         let prefix = format!("{}/subnets/", self.prefix);
-        Ok(self
-            .client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
-            .await?)
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        Ok(self.client.watch(prefix.as_str(), Some(opts)).await?)
     }
 }
 
@@ -314,16 +372,36 @@ mod tests {
             parse_subnet_key("/cni-suite/network", "/other/subnets/10.0.0.0-24"),
             None
         );
-        let rec = NodeRecord {
-            public_ip: "172.30.0.1".parse().unwrap(),
-            backend_type: "vxlan".into(),
-            backend: VxlanData {
-                vni: 1,
-                vtep_mac: "aa:bb:cc:dd:ee:01".into(),
-            },
-        };
+        let v4: IpAddr = "172.30.0.1".parse().unwrap();
+        let rec = NodeRecord::new(v4, 1, "aa:bb:cc:dd:ee:01".into());
         let json = serde_json::to_string(&rec).unwrap();
         assert!(json.contains("\"PublicIP\":\"172.30.0.1\""), "{json}");
+        assert!(!json.contains("PublicIPv6"), "{json}");
         assert!(json.contains("\"VtepMAC\":\"aa:bb:cc:dd:ee:01\""), "{json}");
+        assert!(rec.is_node(v4) && rec.identity() == v4);
+
+        // IPv6 underlay: flannel's PublicIPv6, PublicIP 0.0.0.0; two such nodes differ.
+        let v6: IpAddr = "fd00:30::1".parse().unwrap();
+        let rec6 = NodeRecord::new(v6, 1, "aa:bb:cc:dd:ee:02".into());
+        let json = serde_json::to_string(&rec6).unwrap();
+        assert!(json.contains("\"PublicIP\":\"0.0.0.0\""), "{json}");
+        assert!(json.contains("\"PublicIPv6\":\"fd00:30::1\""), "{json}");
+        assert_eq!(serde_json::from_str::<NodeRecord>(&json).unwrap(), rec6);
+        assert!(rec6.is_node(v6) && rec6.identity() == v6);
+        assert!(!rec6.is_node("fd00:30::2".parse().unwrap()));
+        assert!(!rec6.is_node("0.0.0.0".parse().unwrap()));
+        assert_eq!(rec6.underlay_like(v4), None);
+        // A dual-stack flannel record serves both families; a null PublicIPv6 reads as none.
+        let dual: NodeRecord = serde_json::from_str(
+            r#"{"PublicIP":"172.30.0.3","PublicIPv6":"fd00:30::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:03"}}"#,
+        )
+        .unwrap();
+        assert_eq!(dual.underlay_like(v6), Some("fd00:30::3".parse().unwrap()));
+        assert_eq!(dual.underlay_like(v4), Some("172.30.0.3".parse().unwrap()));
+        let null6: NodeRecord = serde_json::from_str(
+            r#"{"PublicIP":"172.30.0.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:04"}}"#,
+        )
+        .unwrap();
+        assert_eq!(null6.public_ipv6, None);
     }
 }
