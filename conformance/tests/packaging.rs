@@ -1474,8 +1474,16 @@ fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
     let subnet = s.node().subnet_env().expect("leased").node_subnet();
     let dev = format!("vxlan:{DEVICE}");
     let agent = format!("agent:{}", s.node().net_name());
+    let record = format!("agent-etcd:{}", s.node().net_name());
+    let me = s.node().underlay_ip().to_string();
 
     let (_, report) = s.doctor();
+    let c = check(&report, &record);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        message(c).contains(&format!("{subnet} recorded for {me}")),
+        "the record check names the subnet etcd holds for this node: {c}"
+    );
     let c = check(&report, &dev);
     assert_eq!(c["status"], "ok", "{c}");
     assert!(
@@ -1507,6 +1515,23 @@ fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
     assert_eq!(c["status"], "fail", "{c}");
     assert!(message(c).contains("no agent runs"), "{c}");
     assert!(hint(c).contains("vxlan-overlay agent --config"), "{c}");
+
+    // Its record gone from etcd (expired, or deleted by hand): peers drop the node.
+    let key = format!(
+        "{ETCD_PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    s.cluster.etcd.ctl_ok(&["del", &key]);
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &record);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        message(c).contains(&format!("no subnet record for this node ({me})")),
+        "{c}"
+    );
+    assert!(hint(c).contains("restart the agent"), "{c}");
 
     // No lease at all: the agent check says so and what it breaks; without a lease a missing
     // device is expected, not a fault.

@@ -116,6 +116,7 @@ pub fn run(opts: &Options) -> Report {
         report.push(check_log(net, &leases, opts));
         if let Kind::Overlay(cfg) = &net.kind {
             report.push(check_agent(net, cfg));
+            report.push(check_agent_record(net, cfg));
             report.push(check_agent_log(net, opts));
             if let Some(links) = links.as_mut() {
                 report.push(check_vxlan(cfg, links));
@@ -921,6 +922,76 @@ fn check_agent(net: &SuiteNetwork, cfg: &overlay::OverlayConfig) -> Check {
                 Ok(st) => format!(", VTEP MAC {}", st.vtep_mac.unwrap_or_default()),
                 Err(e) => format!(", {e}"),
             }
+        ),
+    )
+}
+
+/// The agent's record in etcd, as the other nodes see it: present, for the subnet in
+/// subnet.env, with the VTEP MAC the agent keeps. (A static `peersFile` has no record.)
+fn check_agent_record(net: &SuiteNetwork, cfg: &overlay::OverlayConfig) -> Check {
+    let name = format!("agent-etcd:{}", net.name);
+    if cfg.etcd_endpoints.is_empty() {
+        return Check::skip(name, "no etcdEndpoints: peers come from peersFile");
+    }
+    let endpoints = cfg.etcd_endpoints.join(",");
+    let (me, records) = match overlay::agent::node_records(cfg) {
+        Ok(found) => found,
+        Err(e) => {
+            return Check::warn(
+                name,
+                format!("cannot read the subnet records from {endpoints}: {e}"),
+                "the dataplane keeps working while etcd is away, but no node learns of changes: check etcd and this node's route to it",
+            )
+        }
+    };
+    let Some((subnet, record)) = records.iter().find(|(_, r)| r.is_node(me)) else {
+        return Check::fail(
+            name,
+            format!(
+                "no subnet record for this node ({me}) among the {} in {endpoints}: the other nodes drop its routes",
+                records.len()
+            ),
+            "restart the agent (it re-leases its subnet); is it running, and does it reach etcd?",
+        );
+    };
+    let leased = overlay::subnet_file::SubnetEnv::read(&cfg.subnet_file())
+        .ok()
+        .flatten()
+        .map(|env| env.subnet.trunc());
+    if leased.is_some_and(|l| l != *subnet) {
+        return Check::fail(
+            name,
+            format!(
+                "etcd records {subnet} for {me}, but {} says {}",
+                cfg.subnet_file().display(),
+                leased.map(|l| l.to_string()).unwrap_or_default()
+            ),
+            "restart the agent: it rewrites subnet.env from its lease",
+        );
+    }
+    let state = overlay::state::NodeState::load(&cfg.data_dir().join("agent.json")).ok();
+    let kept_mac = state.and_then(|s| s.vtep_mac);
+    if kept_mac
+        .as_deref()
+        .is_some_and(|m| !m.eq_ignore_ascii_case(&record.backend.vtep_mac))
+    {
+        return Check::warn(
+            name,
+            format!(
+                "etcd records VTEP MAC {} for {subnet}, the agent keeps {}",
+                record.backend.vtep_mac,
+                kept_mac.unwrap_or_default()
+            ),
+            "restart the agent: it republishes its record",
+        );
+    }
+    Check::ok(
+        name,
+        format!(
+            "{subnet} recorded for {me} (VNI {}, VTEP MAC {}); {} other node(s) in {endpoints}",
+            record.backend.vni,
+            record.backend.vtep_mac,
+            records.len() - 1
         ),
     )
 }

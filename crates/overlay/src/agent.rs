@@ -308,13 +308,29 @@ async fn next_event(watch: &mut Option<etcd_client::WatchStream>) -> Option<bool
 /// is found by its underlay address, as the agent finds itself. Returns the subnets released.
 pub fn release_node_records(cfg: &OverlayConfig) -> Result<Vec<Ipv4Net>, Error> {
     let underlay = detect_underlay(cfg)?;
+    with_registry(cfg, async |reg| reg.release_node(underlay.ip).await)
+}
+
+/// This node's underlay address and every subnet record in etcd (for `cni-suite doctor`: is
+/// this node's lease there, as its peers see it?).
+pub fn node_records(cfg: &OverlayConfig) -> Result<(IpAddr, Vec<(Ipv4Net, NodeRecord)>), Error> {
+    let underlay = detect_underlay(cfg)?;
+    let records = with_registry(cfg, async |reg| Ok(reg.list().await?.0))?;
+    Ok((underlay.ip, records))
+}
+
+/// Runs `work` against etcd on a one-thread runtime: the operator command is not async.
+fn with_registry<T>(
+    cfg: &OverlayConfig,
+    work: impl AsyncFnOnce(&mut Registry) -> Result<T, Error>,
+) -> Result<T, Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(e.to_string()))?;
     rt.block_on(async {
         let mut reg = connect(cfg).await?;
-        reg.release_node(underlay.ip).await
+        work(&mut reg).await
     })
 }
 
