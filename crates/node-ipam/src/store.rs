@@ -4,7 +4,8 @@
 //! - `<address>`: one file per leased address holding `<container id>\r\n<ifname>`, created
 //!   by `link(2)` from a complete temp file, so it exists only with its content and an address
 //!   can never be held twice (host-local's format: its tools and habits keep working);
-//! - `last_reserved_ip.0`: the last address handed out, for round-robin;
+//! - `last_reserved_ip.0`: the last address handed out, for round-robin (a hint only,
+//!   overwritten in place: see `write_last_reserved`);
 //! - `lock`: flock'd for every operation (the same lock file host-local takes);
 //! - `attachments/<container id>@<ifname>`: the address of that attachment. host-local walks
 //!   the whole directory to find a container's address; this index makes lookup and release
@@ -461,11 +462,32 @@ impl Store {
         })
     }
 
+    /// Overwrites `last_reserved_ip.0` in place (one `pwrite`, then a shortening `ftruncate`
+    /// only when the old address was longer), in host-local's format. Not temp + rename like
+    /// every other state file: this one is only the round-robin hint, so a torn or stale value
+    /// can never hand out an address twice (`link(2)` decides that), while on ext4 a rename
+    /// over an existing file makes the kernel allocate the new file's blocks at once
+    /// (`auto_da_alloc`): 0.5 ms of a 3 ms ADD here, measured with `strace -T`.
     fn write_last_reserved(&self, address: Ipv4Addr) -> Result<(), Error> {
-        write_atomic(
-            &self.dir.join(LAST_RESERVED),
-            address.to_string().as_bytes(),
-        )
+        use std::os::unix::fs::FileExt;
+        let path = self.dir.join(LAST_RESERVED);
+        let text = address.to_string();
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.write_all_at(text.as_bytes(), 0)
+            .map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len > text.len() as u64 {
+            file.set_len(text.len() as u64)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     }
 
     /// Builds the index from address files written by host-local or an older version.

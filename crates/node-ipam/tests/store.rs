@@ -263,3 +263,15 @@ fn an_attachment_lock_makes_a_second_holder_wait_and_gc_skip_it() {
     let released = third.gc(&HashSet::new(), |_| Ok::<(), Error>(())).unwrap();
     assert_eq!(released, vec![a]);
 }
+
+#[test]
+fn last_reserved_is_rewritten_exactly_when_the_address_gets_shorter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let last = tmp.path().join("n").join("last_reserved_ip.0");
+    fs::write(&last, "10.1.0.254").unwrap();
+    let r = store.reserve(&pool("10.1.0.0/24"), "a", "eth0").unwrap();
+    assert_eq!(r.address, ip("10.1.0.2"), "round-robin wraps past .254");
+    // host-local's format: the address alone, no padding or stale tail.
+    assert_eq!(fs::read_to_string(&last).unwrap(), "10.1.0.2");
+}
