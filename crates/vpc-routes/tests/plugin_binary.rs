@@ -591,3 +591,90 @@ async fn cni_suite_teardown_with_vpc_routes_runs_vpc_route_deregister() {
     }
     assert!(!dir.path().join("vpc-route/node.json").exists());
 }
+
+/// The conformance runner on [kubenet-bridge, vpc-route], every spec version: vpc-route as a
+/// runtime meets it, chained after the plugin that makes the pod. The node registers first
+/// (`vpc-route register`, against moto); the runner's cases then run in namespaces of their
+/// own, which cannot reach moto on this namespace's loopback, so every ADD, DEL, STATUS and GC
+/// there must come from vpc-route's node state: the test also asserts that the whole run made
+/// no EC2 request. CHECK is off in this conflist (`disableCheck`) because vpc-route's CHECK
+/// asks EC2 by design; it is tested against moto above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_runner_passes_kubenet_bridge_chained_with_vpc_route() {
+    let bin_dir = binary().parent().expect("bin dir").to_path_buf();
+    let runner = bin_dir.join("cni-conformance");
+    assert!(
+        runner.exists(),
+        "{} missing: cargo build --release --workspace --bins",
+        runner.display()
+    );
+    let moto = Moto::start();
+    let ec2 = moto.client().await;
+    let cluster: Cluster = common::cluster(&ec2, "runner").await;
+    let node = cluster.run_instance(&ec2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conflist = dir.path().join("10-k8s.conflist");
+    std::fs::write(
+        &conflist,
+        json!({"cniVersion": "1.0.0", "name": "k8s-runner", "disableCheck": true, "plugins": [
+            {"type": "kubenet-bridge", "podCIDR": "10.244.12.0/24", "ipMasq": false,
+             "dataDir": dir.path().join("ipam")},
+            {"type": "vpc-route", "clusterName": "runner", "podCIDR": "10.244.12.0/24",
+             "clusterCIDR": "10.244.0.0/16", "region": "us-east-1",
+             "ec2Endpoint": moto.endpoint, "instanceId": node.instance_id,
+             "eniId": node.eni_id, "vpcId": cluster.vpc_id,
+             "dataDir": dir.path().join("vpc-route")}]})
+        .to_string(),
+    )
+    .expect("write conflist");
+    let path = conflist.to_string_lossy().to_string();
+    let out = run(&["register", "--config", &path], None, &json!({}), &[]);
+    assert!(
+        out.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = moto.requests();
+
+    let report_path = dir.path().join("report.json");
+    let out = Command::new(&runner)
+        .args(["--conflist", &path, "--cni-path"])
+        .arg(format!("{}:/usr/lib/cni", bin_dir.display()))
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .expect("run cni-conformance");
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(&report_path).expect("the runner writes its JSON report"),
+    )
+    .expect("the report is JSON");
+    let cells: Vec<&Value> = report["results"].as_array().into_iter().flatten().collect();
+    let failed: Vec<String> = cells
+        .iter()
+        .filter(|c| c["outcome"] == "fail")
+        .map(|c| format!("[{}] {}: {}", c["version"], c["case"], c["reason"]))
+        .collect();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "every MUST case passes (exit {}): {failed:#?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let passed = cells
+            .iter()
+            .filter(|c| c["version"] == version && c["outcome"] == "pass")
+            .count();
+        assert!(
+            passed > 0,
+            "[{version}] no case passed: the runner ran nothing"
+        );
+    }
+    assert_eq!(
+        moto.requests(),
+        before,
+        "the runner's ADDs, DELs, STATUS and GC made EC2 requests"
+    );
+}

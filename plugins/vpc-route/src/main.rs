@@ -18,9 +18,12 @@ const ABOUT: About = About {
               [--dry-run] | status | gc [--dry-run] --config <conflist>.",
 };
 
-/// What can fail here: the registrar, or (never in practice) the async runtime.
+/// What can fail here: the registrar, the request itself, or (never in practice) the async
+/// runtime.
 enum VpcError {
     Vpc(vpc_routes::Error),
+    /// A request refused before any EC2 call: its spec code and message.
+    Request(u32, String),
     Runtime(std::io::Error),
 }
 
@@ -35,6 +38,7 @@ impl From<VpcError> for CniError {
     fn from(e: VpcError) -> CniError {
         let e = match e {
             VpcError::Vpc(e) => e,
+            VpcError::Request(c, msg) => return CniError::new(c, msg),
             VpcError::Runtime(e) => {
                 return CniError::new(code::IO_FAILURE, format!("tokio runtime: {e}"))
             }
@@ -68,6 +72,21 @@ fn block_on<T>(
     Ok(rt.block_on(f)?)
 }
 
+/// What ADD and CHECK demand of every request before they may cost an EC2 call: a
+/// `CNI_NETNS` that is a network namespace (vpc-route never enters it, but a runtime passing
+/// something else is broken, code 4, as for the plugin before it), and for CHECK a prevResult.
+fn refuse_bad_request(req: &Request<Value>) -> Result<(), VpcError> {
+    netsetup::Netns::open(std::path::Path::new(&req.env.netns))
+        .map_err(|e| VpcError::Request(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {e}")))?;
+    if req.command == cni_skel::cni_spec::Command::Check && req.conf.prev_result.is_none() {
+        return Err(VpcError::Request(
+            code::INVALID_NETWORK_CONFIG,
+            "CHECK needs prevResult".into(),
+        ));
+    }
+    Ok(())
+}
+
 struct VpcRoute;
 
 impl Plugin for VpcRoute {
@@ -76,6 +95,7 @@ impl Plugin for VpcRoute {
 
     fn add(&self, req: &Request<Value>) -> Result<AddOutput, VpcError> {
         let config = Config::from_value(req.config.clone())?;
+        refuse_bad_request(req)?;
         let plan = block_on(async { Registrar::connect(config).await?.ensure().await })?;
         log::debug!("vpc-route ADD: {plan}");
         Ok(AddOutput::PrevResult)
@@ -89,6 +109,7 @@ impl Plugin for VpcRoute {
 
     fn check(&self, req: &Request<Value>) -> Result<(), VpcError> {
         let config = Config::from_value(req.config.clone())?;
+        refuse_bad_request(req)?;
         block_on(async { Registrar::connect(config).await?.check().await })
     }
 
