@@ -102,8 +102,12 @@ impl Dataplane {
                 spec.mtu
             );
         }
-        if let Err(e) = vxlan::set_tx_checksum(&spec.name, cfg.tx_checksum()) {
-            log::warn!("cannot set tx checksum offload on {}: {e}", spec.name);
+        match vxlan::set_tx_checksum(&spec.name, cfg.tx_checksum()) {
+            Ok(()) => {}
+            // Asked for explicitly: running with the other setting would silently cost the
+            // throughput (or the checksums) the operator chose it for.
+            Err(e) if cfg.tx_checksum_offload.is_some() => return Err(e.into()),
+            Err(e) => log::warn!("cannot set tx checksum offload on {}: {e}", spec.name),
         }
         Ok(Dataplane { sock, device })
     }
