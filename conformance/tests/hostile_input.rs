@@ -583,6 +583,15 @@ fn state_files_swapped_for_symlinks_are_never_written_through() {
     }
 }
 
+/// The names in `dir` (a directory a planted symlink points at: it must stay empty).
+fn entries_of(dir: &Path) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .expect("outside dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect()
+}
+
 #[test]
 fn index_directory_swapped_for_a_symlink_is_never_written_through() {
     let hn = HostileNode::new("1.1.0");
@@ -597,11 +606,7 @@ fn index_directory_swapped_for_a_symlink_is_never_written_through() {
     let ctx = hn.ctx("attachments/ is a symlink to a directory outside: ADD of pod b");
     let out = hn.add(&b);
     eprintln!("{ctx}: {}", outcome(&out));
-    let written: Vec<_> = fs::read_dir(&outside)
-        .expect("outside dir")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let written = entries_of(&outside);
     assert!(
         written.is_empty(),
         "{ctx}: the plugin wrote {written:?} into the directory the symlink points at; {}",
@@ -637,11 +642,7 @@ fn network_directory_swapped_for_a_symlink_is_never_written_through() {
             verb => hn.run(verb).exec(),
         };
         out.expect_cni_error_code(&ctx, code::IO_FAILURE, Some("1.1.0"));
-        let written: Vec<_> = fs::read_dir(&outside)
-            .expect("outside dir")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let written = entries_of(&outside);
         assert!(
             written.is_empty(),
             "{ctx}: the plugin wrote {written:?} through the symlink"

@@ -105,15 +105,8 @@ impl Store {
         // The network directory itself must not be a symlink: every lease, the lock and the
         // index would be written wherever it points. (dataDir above it may be one: operators
         // move /var/lib that way.)
-        match fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::io(
-                    &dir,
-                    std::io::Error::other("not a directory (symlinks are not followed)"),
-                ))
-            }
-            Err(e) => return Err(Error::io(&dir, e)),
+        if !is_real_dir(&dir)? {
+            return Err(Error::io(&dir, std::io::ErrorKind::NotFound.into()));
         }
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
@@ -127,21 +120,11 @@ impl Store {
             .map_err(|e| Error::io(&lock_path, e))?;
         let store = Store { dir, lock };
         let index = store.dir.join(INDEX_DIR);
-        // symlink_metadata, not is_dir: a symlink planted in place of the index would send
-        // every index write to the directory it points at.
-        match fs::symlink_metadata(&index) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::io(
-                    &index,
-                    std::io::Error::other("not a directory (symlinks are not followed)"),
-                ))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let _held = store.lock()?;
-                store.build_index()?;
-            }
-            Err(e) => return Err(Error::io(&index, e)),
+        // Not is_dir: a symlink planted in place of the index would send every index write
+        // to the directory it points at.
+        if !is_real_dir(&index)? {
+            let _held = store.lock()?;
+            store.build_index()?;
         }
         Ok(store)
     }
@@ -532,6 +515,20 @@ fn attachment_offset(container_id: &str, ifname: &str) -> i64 {
 
 fn owner_line(container_id: &str, ifname: &str) -> String {
     format!("{}{LINE_BREAK}{ifname}", container_id.trim())
+}
+
+/// Whether `path` is a directory itself (false when it does not exist); a symlink or any
+/// other file there is an error, since state must never be written through one.
+fn is_real_dir(path: &Path) -> Result<bool, Error> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(_) => Err(Error::io(
+            path,
+            std::io::Error::other("not a directory (symlinks are not followed)"),
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 fn create_dir(dir: &Path) -> Result<(), Error> {

@@ -468,6 +468,48 @@ impl Drop for Forwarder {
     }
 }
 
+/// A node's network of [kubenet-bridge, vpc-route].
+struct NodeNet<'a> {
+    name: &'a str,
+    cluster_name: &'a str,
+    pod_cidr: &'a str,
+    /// Top-level fields added to the conflist (`disableCheck`...).
+    list_fields: Value,
+}
+
+/// Writes `net` as a conflist at `path`, with state under `state` and every identity value
+/// of `node` given (so no IMDS is needed, in any namespace), and registers the node with
+/// `vpc-route register --config`. Returns the conflist's path.
+fn register_node(
+    path: &std::path::Path,
+    state: &std::path::Path,
+    net: &NodeNet,
+    moto: &Moto,
+    cluster: &Cluster,
+    node: &common::Node,
+) -> String {
+    let mut list = json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [
+        {"type": "kubenet-bridge", "podCIDR": net.pod_cidr,
+         "dataDir": state.join("ipam")},
+        {"type": "vpc-route", "clusterName": net.cluster_name, "podCIDR": net.pod_cidr,
+         "clusterCIDR": "10.244.0.0/16", "region": "us-east-1",
+         "ec2Endpoint": moto.endpoint, "instanceId": node.instance_id,
+         "eniId": node.eni_id, "vpcId": cluster.vpc_id,
+         "dataDir": state.join("vpc-route")}]});
+    if let (Some(list), Some(extra)) = (list.as_object_mut(), net.list_fields.as_object()) {
+        list.extend(extra.clone());
+    }
+    std::fs::write(path, list.to_string()).expect("write conflist");
+    let path = path.to_string_lossy().to_string();
+    let out = run(&["register", "--config", &path], None, &json!({}), &[]);
+    assert!(
+        out.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
 /// `cni-suite teardown --with-vpc-routes` runs the installed vpc-route (here: the one next to
 /// cni-suite in the target dir, given with --bin-dir) and reports its plan. In a network
 /// namespace of its own, since teardown removes every cni_suite_* nftables table it sees.
@@ -497,26 +539,18 @@ async fn cni_suite_teardown_with_vpc_routes_runs_vpc_route_deregister() {
     let conf_dir = dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir).expect("mkdir");
     let conflist = conf_dir.join("10-k8s.conflist");
-    // Every identity value given: no IMDS in the namespace.
-    std::fs::write(
+    let path = register_node(
         &conflist,
-        json!({"cniVersion": "1.0.0", "name": "k8s-td", "plugins": [
-            {"type": "kubenet-bridge", "podCIDR": "10.244.11.0/24",
-             "dataDir": dir.path().join("ipam")},
-            {"type": "vpc-route", "clusterName": "teardown", "podCIDR": "10.244.11.0/24",
-             "clusterCIDR": "10.244.0.0/16", "region": "us-east-1",
-             "ec2Endpoint": moto.endpoint, "instanceId": node.instance_id,
-             "eniId": node.eni_id, "vpcId": cluster.vpc_id,
-             "dataDir": dir.path().join("vpc-route")}]})
-        .to_string(),
-    )
-    .expect("write conflist");
-    let path = conflist.to_string_lossy().to_string();
-    let out = run(&["register", "--config", &path], None, &json!({}), &[]);
-    assert!(
-        out.status.success(),
-        "register: {}",
-        String::from_utf8_lossy(&out.stderr)
+        dir.path(),
+        &NodeNet {
+            name: "k8s-td",
+            cluster_name: "teardown",
+            pod_cidr: "10.244.11.0/24",
+            list_fields: json!({}),
+        },
+        &moto,
+        &cluster,
+        &node,
     );
     let registered = Some((None, Some(node.eni_id.clone())));
     for table in cluster.tagged_tables() {
@@ -613,26 +647,18 @@ async fn conformance_runner_passes_kubenet_bridge_chained_with_vpc_route() {
     let cluster: Cluster = common::cluster(&ec2, "runner").await;
     let node = cluster.run_instance(&ec2).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let conflist = dir.path().join("10-k8s.conflist");
-    std::fs::write(
-        &conflist,
-        json!({"cniVersion": "1.0.0", "name": "k8s-runner", "disableCheck": true, "plugins": [
-            {"type": "kubenet-bridge", "podCIDR": "10.244.12.0/24", "ipMasq": false,
-             "dataDir": dir.path().join("ipam")},
-            {"type": "vpc-route", "clusterName": "runner", "podCIDR": "10.244.12.0/24",
-             "clusterCIDR": "10.244.0.0/16", "region": "us-east-1",
-             "ec2Endpoint": moto.endpoint, "instanceId": node.instance_id,
-             "eniId": node.eni_id, "vpcId": cluster.vpc_id,
-             "dataDir": dir.path().join("vpc-route")}]})
-        .to_string(),
-    )
-    .expect("write conflist");
-    let path = conflist.to_string_lossy().to_string();
-    let out = run(&["register", "--config", &path], None, &json!({}), &[]);
-    assert!(
-        out.status.success(),
-        "register: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let path = register_node(
+        &dir.path().join("10-k8s.conflist"),
+        dir.path(),
+        &NodeNet {
+            name: "k8s-runner",
+            cluster_name: "runner",
+            pod_cidr: "10.244.12.0/24",
+            list_fields: json!({"disableCheck": true}),
+        },
+        &moto,
+        &cluster,
+        &node,
     );
     let before = moto.requests();
 
