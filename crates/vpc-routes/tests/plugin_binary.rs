@@ -539,7 +539,7 @@ async fn cni_suite_teardown_with_vpc_routes_runs_vpc_route_deregister() {
     let conf_dir = dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir).expect("mkdir");
     let conflist = conf_dir.join("10-k8s.conflist");
-    let path = register_node(
+    register_node(
         &conflist,
         dir.path(),
         &NodeNet {
