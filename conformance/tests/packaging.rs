@@ -1000,48 +1000,74 @@ impl SuiteNode {
     }
 
     fn suite(&self, args: &[&str]) -> Output {
-        run(self
-            .node
-            .netns()
-            .command(plugin_binary("cni-suite"))
-            .args(args))
+        suite_in(self.node.netns(), args)
     }
 
     fn doctor(&self) -> (Output, Value) {
-        let o = self.suite(&[
-            "doctor",
-            "--json",
-            "--conf-dir",
-            &self.conf().to_string_lossy(),
-            "--bin-dir",
-            &self.bin().to_string_lossy(),
-            "--containerd-config",
-            &self.dir.path().join("containerd.toml").to_string_lossy(),
-            "--cache-dir",
-            &self.dir.path().join("cache").to_string_lossy(),
-        ]);
-        let v = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
-        (o, v)
+        doctor_in(
+            self.node.netns(),
+            &self.conf(),
+            &self.bin(),
+            self.dir.path(),
+            &self.dir.path().join("cache"),
+        )
     }
 
     fn teardown(&self, extra: &[&str]) -> (Output, Value) {
-        let conf = self.conf().to_string_lossy().into_owned();
-        let cache = self.dir.path().join("cache").to_string_lossy().into_owned();
-        let mut args = vec![
-            "teardown",
+        teardown_in(
+            self.node.netns(),
+            &self.conf(),
+            &self.dir.path().join("cache"),
+            extra,
+        )
+    }
+}
+
+/// `cni-suite <args>` inside the node namespace `node`.
+fn suite_in(node: &Netns, args: &[&str]) -> Output {
+    run(node.command(plugin_binary("cni-suite")).args(args))
+}
+
+/// `cni-suite doctor --json` inside `node` on these directories (containerd's config is
+/// `<dir>/containerd.toml`): its output and report.
+fn doctor_in(node: &Netns, conf: &Path, bin: &Path, dir: &Path, cache: &Path) -> (Output, Value) {
+    let o = suite_in(
+        node,
+        &[
+            "doctor",
             "--json",
             "--conf-dir",
-            &conf,
+            &conf.to_string_lossy(),
+            "--bin-dir",
+            &bin.to_string_lossy(),
+            "--containerd-config",
+            &dir.join("containerd.toml").to_string_lossy(),
             "--cache-dir",
-            &cache,
-        ];
-        args.extend_from_slice(extra);
-        let o = self.suite(&args);
-        let v = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("teardown --json is not JSON ({e}): {}", text(&o)));
-        (o, v)
-    }
+            &cache.to_string_lossy(),
+        ],
+    );
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
+    (o, v)
+}
+
+/// `cni-suite teardown --json <extra>` inside `node`: its output and plan.
+fn teardown_in(node: &Netns, conf: &Path, cache: &Path, extra: &[&str]) -> (Output, Value) {
+    let conf = conf.to_string_lossy().into_owned();
+    let cache = cache.to_string_lossy().into_owned();
+    let mut args = vec![
+        "teardown",
+        "--json",
+        "--conf-dir",
+        &conf,
+        "--cache-dir",
+        &cache,
+    ];
+    args.extend_from_slice(extra);
+    let o = suite_in(node, &args);
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("teardown --json is not JSON ({e}): {}", text(&o)));
+    (o, v)
 }
 
 fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -1380,48 +1406,18 @@ impl OverlaySuite {
             .collect()
     }
 
-    fn suite(&self, args: &[&str]) -> Output {
-        run(self
-            .node()
-            .netns()
-            .command(plugin_binary("cni-suite"))
-            .args(args))
-    }
-
     fn doctor(&self) -> (Output, Value) {
-        let o = self.suite(&[
-            "doctor",
-            "--json",
-            "--conf-dir",
-            &self.conf().to_string_lossy(),
-            "--bin-dir",
-            &self.dir.path().join("bin").to_string_lossy(),
-            "--containerd-config",
-            &self.dir.path().join("containerd.toml").to_string_lossy(),
-            "--cache-dir",
-            &Self::cache_dir().to_string_lossy(),
-        ]);
-        let v = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
-        (o, v)
+        doctor_in(
+            self.node().netns(),
+            &self.conf(),
+            &self.dir.path().join("bin"),
+            self.dir.path(),
+            Self::cache_dir(),
+        )
     }
 
     fn teardown(&self, extra: &[&str]) -> (Output, Value) {
-        let conf = self.conf().to_string_lossy().into_owned();
-        let cache = Self::cache_dir().to_string_lossy().into_owned();
-        let mut args = vec![
-            "teardown",
-            "--json",
-            "--conf-dir",
-            &conf,
-            "--cache-dir",
-            &cache,
-        ];
-        args.extend_from_slice(extra);
-        let o = self.suite(&args);
-        let v = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("teardown --json is not JSON ({e}): {}", text(&o)));
-        (o, v)
+        teardown_in(self.node().netns(), &self.conf(), Self::cache_dir(), extra)
     }
 
     /// The node's links by name.
