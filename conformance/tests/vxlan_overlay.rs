@@ -472,23 +472,7 @@ fn killed_agent_reclaims_its_record_with_the_same_subnet_and_mac_and_traffic_flo
         Some(ifindex_before),
         "the VXLAN device has the same settings, so it must be kept, not recreated"
     );
-    let elapsed = started.elapsed();
-    for stream in streams {
-        let label = stream.label();
-        let report = stream.stop();
-        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
-        assert!(
-            report.sent >= expected,
-            "ping {label} sent only {} requests in {elapsed:?}",
-            report.sent
-        );
-        assert!(
-            report.lost().is_empty(),
-            "ping {label}: requests {:?} of {} went unanswered across the crash and restart",
-            report.lost(),
-            report.sent
-        );
-    }
+    assert_streams_lost_nothing(streams, started, "across the crash and restart");
     assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
 }
 
@@ -711,24 +695,7 @@ fn dataplane_survives_an_etcd_restart_and_agents_republish() {
         c.diagnostics()
     );
 
-    let elapsed = started.elapsed();
-    for stream in streams {
-        let label = stream.label();
-        let report = stream.stop();
-        // At 5/s, the stream must have run the whole time (allowing for ping's own pacing).
-        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
-        assert!(
-            report.sent >= expected,
-            "ping {label} sent only {} requests in {elapsed:?}",
-            report.sent
-        );
-        assert!(
-            report.lost().is_empty(),
-            "ping {label}: requests {:?} of {} went unanswered during the etcd outage and restart",
-            report.lost(),
-            report.sent
-        );
-    }
+    assert_streams_lost_nothing(streams, started, "during the etcd outage and restart");
     assert_pods_reach_across(&c, &all, "after the etcd restart");
 }
 
@@ -875,4 +842,27 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
         a.diagnostics(),
         b.diagnostics()
     );
+}
+
+/// Stops each ping stream (5 requests/s, started at `started`) and asserts that it ran the
+/// whole time and that every request was answered; `during` says when, for the message.
+fn assert_streams_lost_nothing(streams: Vec<PingStream>, started: Instant, during: &str) {
+    let elapsed = started.elapsed();
+    for stream in streams {
+        let label = stream.label();
+        let report = stream.stop();
+        // At 5/s, the stream must have run the whole time (allowing for ping's own pacing).
+        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
+        assert!(
+            report.sent >= expected,
+            "ping {label} sent only {} requests in {elapsed:?}",
+            report.sent
+        );
+        assert!(
+            report.lost().is_empty(),
+            "ping {label}: requests {:?} of {} went unanswered {during}",
+            report.lost(),
+            report.sent
+        );
+    }
 }
