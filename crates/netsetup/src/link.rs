@@ -469,20 +469,7 @@ pub fn default_route_oif(sock: &mut Socket, v6: bool) -> Result<Option<u32>, Err
             .find(|r| r.dst.prefix_len() == 0)
             .and_then(|r| r.oif));
     }
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet6;
-    let replies = match sock.request(Request::new(
-        RouteNetlinkMessage::GetRoute(msg),
-        NLM_F_DUMP,
-        "list IPv6 routes",
-    )) {
-        Ok(r) => r,
-        // As for IPv4: no main table yet reads as no route.
-        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
+    let replies = dump_routes(sock, AddressFamily::Inet6, "list IPv6 routes")?;
     Ok(replies.iter().find_map(|m| match m {
         RouteNetlinkMessage::NewRoute(r)
             if r.header.table == RouteHeader::RT_TABLE_MAIN
@@ -511,21 +498,7 @@ pub struct RouteEntry {
 
 /// The IPv4 routes of the main table.
 pub fn routes_v4(sock: &mut Socket) -> Result<Vec<RouteEntry>, Error> {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    // No table filter: a strict dump of a table that does not exist yet (a fresh namespace
-    // has no main table until its first route) fails with ENOENT. Filtered below.
-    let replies = match sock.request(Request::new(
-        RouteNetlinkMessage::GetRoute(msg),
-        NLM_F_DUMP,
-        "list IPv4 routes",
-    )) {
-        Ok(r) => r,
-        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            return Ok(Vec::new())
-        }
-        Err(e) => return Err(e),
-    };
+    let replies = dump_routes(sock, AddressFamily::Inet, "list IPv4 routes")?;
     let mut out = Vec::new();
     for m in &replies {
         let RouteNetlinkMessage::NewRoute(r) = m else {
@@ -554,6 +527,29 @@ pub fn routes_v4(sock: &mut Socket) -> Result<Vec<RouteEntry>, Error> {
         out.push(entry);
     }
     Ok(out)
+}
+
+/// Every route of one family, all tables (the callers keep the main table's). No table
+/// filter: a strict dump of a table that does not exist yet (a fresh namespace has no main
+/// table until its first route) fails with ENOENT, which reads here as no route at all.
+fn dump_routes(
+    sock: &mut Socket,
+    family: AddressFamily,
+    what: &str,
+) -> Result<Vec<RouteNetlinkMessage>, Error> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family;
+    match sock.request(Request::new(
+        RouteNetlinkMessage::GetRoute(msg),
+        NLM_F_DUMP,
+        what,
+    )) {
+        Ok(r) => Ok(r),
+        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn family(ip: IpAddr) -> AddressFamily {
