@@ -325,9 +325,7 @@ fn restarted_agent_keeps_its_subnet_and_vtep_mac_and_traffic_resumes() {
     let mut c = three_node_cluster(1);
     assert_pods_reach_across(&c, &[0, 1, 2], "before the restart");
     let node = 1;
-    let env_before = c.nodes[node].subnet_env().expect("subnet.env");
-    let state_before = c.nodes[node].agent_state().expect("agent.json");
-    let mac_before = c.nodes[node].device_mac().expect("device");
+    let kept = NodeIdentity::of(&c, node);
     let record_before = record_of(&c, node).expect("record");
 
     let status = c.nodes[node].take_agent().terminate();
@@ -363,18 +361,7 @@ fn restarted_agent_keeps_its_subnet_and_vtep_mac_and_traffic_resumes() {
         Some(record_before),
         "the restarted agent must lease the same subnet with the same VTEP MAC"
     );
-    let env_after = c.nodes[node].subnet_env().expect("subnet.env");
-    assert_eq!(env_after.text, env_before.text, "subnet.env changed");
-    assert_eq!(
-        c.nodes[node].agent_state(),
-        Some(state_before),
-        "agent.json changed"
-    );
-    assert_eq!(
-        c.nodes[node].device_mac(),
-        Some(mac_before),
-        "VTEP MAC changed"
-    );
+    kept.assert_kept(&c, node);
     assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
 }
 
@@ -386,9 +373,7 @@ fn killed_agent_reclaims_its_record_with_the_same_subnet_and_mac_and_traffic_flo
     let record_before = record_of(&c, node).expect("record");
     let key = subnet_key(ETCD_PREFIX, record_before.subnet);
     let old_lease = c.etcd.key_lease(&key).expect("the record has a lease");
-    let env_before = c.nodes[node].subnet_env().expect("subnet.env");
-    let state_before = c.nodes[node].agent_state().expect("agent.json");
-    let mac_before = c.nodes[node].device_mac().expect("device");
+    let kept = NodeIdentity::of(&c, node);
     let ifindex = |c: &OverlayCluster| {
         c.nodes[node]
             .netns()
@@ -452,21 +437,7 @@ fn killed_agent_reclaims_its_record_with_the_same_subnet_and_mac_and_traffic_flo
         "after the old lease expired: same subnet and VTEP MAC in etcd"
     );
     c.wait_converged(&[0, 1, 2], reconcile_bound(), "after the restart");
-    assert_eq!(
-        c.nodes[node].subnet_env().map(|e| e.text),
-        Some(env_before.text),
-        "subnet.env changed"
-    );
-    assert_eq!(
-        c.nodes[node].agent_state(),
-        Some(state_before),
-        "agent.json changed"
-    );
-    assert_eq!(
-        c.nodes[node].device_mac(),
-        Some(mac_before),
-        "VTEP MAC changed"
-    );
+    kept.assert_kept(&c, node);
     assert_eq!(
         ifindex(&c),
         Some(ifindex_before),
@@ -863,6 +834,42 @@ fn assert_streams_lost_nothing(streams: Vec<PingStream>, started: Instant, durin
             "ping {label}: requests {:?} of {} went unanswered {during}",
             report.lost(),
             report.sent
+        );
+    }
+}
+
+/// What a restarted agent must keep: its subnet.env, its agent.json and its VTEP MAC.
+struct NodeIdentity {
+    subnet_env: String,
+    agent_state: Value,
+    vtep_mac: String,
+}
+
+impl NodeIdentity {
+    fn of(c: &OverlayCluster, node: usize) -> NodeIdentity {
+        NodeIdentity {
+            subnet_env: c.nodes[node].subnet_env().expect("subnet.env").text,
+            agent_state: c.nodes[node].agent_state().expect("agent.json"),
+            vtep_mac: c.nodes[node].device_mac().expect("device"),
+        }
+    }
+
+    fn assert_kept(&self, c: &OverlayCluster, node: usize) {
+        let n = &c.nodes[node];
+        assert_eq!(
+            n.subnet_env().map(|e| e.text).as_ref(),
+            Some(&self.subnet_env),
+            "subnet.env changed"
+        );
+        assert_eq!(
+            n.agent_state().as_ref(),
+            Some(&self.agent_state),
+            "agent.json changed"
+        );
+        assert_eq!(
+            n.device_mac().as_ref(),
+            Some(&self.vtep_mac),
+            "VTEP MAC changed"
         );
     }
 }
