@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use ipnet::Ipv4Net;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket as RawSocket, SocketAddr};
 
+use crate::socket::{self, Header};
 use crate::Error;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -19,7 +20,6 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_USERDATA: u16 = 6;
 const NFTNL_UDATA_TABLE_COMMENT: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
-const NLMSG_ERROR: u16 = 2;
 
 /// A netlink attribute: (type, payload).
 type Attr = (u16, Vec<u8>);
@@ -173,6 +173,7 @@ fn get_table(table: &str) -> Result<Option<Vec<Attr>>, Error> {
         .map_err(|e| io("bind netfilter socket", e))?;
     sock.connect(&SocketAddr::new(0, 0))
         .map_err(|e| io("connect netfilter socket", e))?;
+    socket::bound(&sock).map_err(|e| Error::Firewall(e.to_string()))?;
     let mut name = table.as_bytes().to_vec();
     name.push(0);
     let attr_len = 4 + name.len();
@@ -192,19 +193,16 @@ fn get_table(table: &str) -> Result<Option<Vec<Attr>>, Error> {
     let mut found = None;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = sock
-            .recv(&mut &mut buf[..], 0)
-            .map_err(|e| io("receive from netfilter", e))?;
+        let n = socket::receive(&sock, &mut buf).map_err(|e| Error::Firewall(e.to_string()))?;
         let mut off = 0;
-        while off + 16 <= n {
+        while off < n {
             let b = &buf[off..n];
-            let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            let kind = u16::from_ne_bytes([b[4], b[5]]);
-            if mlen < 16 || mlen > b.len() {
-                return Err(Error::Firewall("malformed netfilter reply".into()));
-            }
-            if kind == NLMSG_ERROR {
-                let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+            let head = Header::parse(b)
+                .ok_or_else(|| Error::Firewall("malformed netfilter reply".into()))?;
+            if head.is_error() {
+                let code = head
+                    .error_code(b)
+                    .ok_or_else(|| Error::Firewall("netfilter error without its code".into()))?;
                 return match code {
                     0 => Ok(found),
                     c if -c == libc::ENOENT => Ok(None),
@@ -214,10 +212,10 @@ fn get_table(table: &str) -> Result<Option<Vec<Attr>>, Error> {
                     )),
                 };
             }
-            if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
-                found = Some(parse_attrs(&b[20..mlen]));
+            if head.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+                found = Some(parse_attrs(b.get(20..head.len).unwrap_or_default()));
             }
-            off += (mlen + 3) & !3;
+            off += head.next();
         }
     }
 }

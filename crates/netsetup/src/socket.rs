@@ -1,10 +1,20 @@
-//! A synchronous rtnetlink socket that sends requests in batches and matches every reply and
-//! acknowledgement to its request by sequence number.
+//! A synchronous rtnetlink socket that sends requests in bounded batches and matches every
+//! reply and acknowledgement to its request by sequence number.
+//!
+//! Bounded, because the kernel answers each request of a send with its own acknowledgement
+//! queued on our socket, and drops what does not fit the receive buffer (ENOBUFS): one send of
+//! a few hundred requests overflowed the default buffer, and the acknowledgements it lost left
+//! the caller waiting for them. So a batch goes out in chunks of at most [`CHUNK_REQUESTS`]
+//! requests (a dump alone, since the kernel sends its parts as we read them), each chunk's
+//! replies are read before the next is sent, acknowledgements are capped to their header
+//! (`NETLINK_CAP_ACK`), the buffer is raised where the process may, and no receive waits
+//! longer than [`RECEIVE_TIMEOUT`].
 
 use std::io;
+use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+    Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket as RawSocket, SocketAddr};
@@ -14,6 +24,96 @@ use crate::Error;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
+
+/// Requests sent in one `send`: their capped acknowledgements (one small skb each, about
+/// 1 KiB of buffer accounting) fit the default 208 KiB receive buffer with room to spare.
+pub const CHUNK_REQUESTS: usize = 128;
+/// Bytes of requests in one `send`, well under the default send buffer.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// The receive buffer asked for (with `SO_RCVBUFFORCE` when privileged, else capped by
+/// `net.core.rmem_max`).
+pub const RECEIVE_BUFFER: usize = 1 << 20;
+/// The longest one receive may wait: a kernel answers rtnetlink requests in microseconds to
+/// milliseconds; past this something is wrong, and the caller gets an error, not a hang.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The fixed header of one netlink message, read with its bounds checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Length of the message, header included.
+    pub len: usize,
+    /// Message type (`NLMSG_ERROR`, `NLMSG_DONE`, or the protocol's own).
+    pub kind: u16,
+    /// Sequence number.
+    pub seq: u32,
+}
+
+impl Header {
+    /// The header at the start of `b`, when `b` holds the whole message it announces.
+    pub fn parse(b: &[u8]) -> Option<Header> {
+        let head = b.get(..NLMSG_HDRLEN)?;
+        let len = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > b.len() {
+            return None;
+        }
+        Some(Header {
+            len,
+            kind: u16::from_ne_bytes([head[4], head[5]]),
+            seq: u32::from_ne_bytes([head[8], head[9], head[10], head[11]]),
+        })
+    }
+
+    /// The errno of an `NLMSG_ERROR` (0 for an acknowledgement) or of a failed dump's
+    /// `NLMSG_DONE` (its payload is the same `int`), from the message `b` starts with; None
+    /// when the message is too short to carry one.
+    pub fn error_code(&self, b: &[u8]) -> Option<i32> {
+        let code = b
+            .get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
+            .filter(|_| self.len >= NLMSG_HDRLEN + 4)?;
+        Some(i32::from_ne_bytes([code[0], code[1], code[2], code[3]]))
+    }
+
+    /// The offset of the next message after this one (messages are 4-byte aligned).
+    pub fn next(&self) -> usize {
+        (self.len + 3) & !3
+    }
+
+    /// Whether this is `NLMSG_ERROR`.
+    pub fn is_error(&self) -> bool {
+        self.kind == NLMSG_ERROR
+    }
+}
+
+/// Makes a netlink socket fit for bounded batches: acknowledgements capped to their header,
+/// the larger receive buffer where allowed, and a receive timeout. Shared by the route and the
+/// netfilter sockets.
+pub fn bound(raw: &RawSocket) -> Result<(), Error> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // Failures of the first two are not fatal: the chunking alone keeps replies within the
+    // default buffer.
+    let _ = raw.set_cap_ack(true);
+    if setsockopt(raw, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = raw.set_rx_buf_sz(RECEIVE_BUFFER);
+    }
+    let timeout = nix::sys::time::TimeVal::new(RECEIVE_TIMEOUT.as_secs() as _, 0);
+    setsockopt(raw, sockopt::ReceiveTimeout, &timeout)
+        .map_err(|e| Error::io("set netlink receive timeout", e.into()))
+}
+
+/// Reads from `raw` into `buf`, naming a timeout and an overrun as what they are.
+pub fn receive(raw: &RawSocket, buf: &mut [u8]) -> Result<usize, Error> {
+    raw.recv(&mut &mut buf[..], 0)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EAGAIN) => Error::io(
+                "receive netlink reply",
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no reply within {RECEIVE_TIMEOUT:?}"),
+                ),
+            ),
+            _ => Error::io("receive netlink reply", e),
+        })
+}
 
 /// One request of a batch: a message, its extra `NLM_F_*` flags, and what it does (for errors).
 pub struct Request {
@@ -33,6 +133,10 @@ impl Request {
             flags,
             what: what.into(),
         }
+    }
+
+    fn is_dump(&self) -> bool {
+        self.flags & NLM_F_DUMP == NLM_F_DUMP
     }
 }
 
@@ -57,6 +161,7 @@ impl Socket {
         let _ = raw.set_netlink_get_strict_chk(true);
         raw.connect(&SocketAddr::new(0, 0))
             .map_err(|e| Error::io("connect netlink socket", e))?;
+        bound(&raw)?;
         Ok(Socket {
             raw,
             seq: 0,
@@ -64,9 +169,37 @@ impl Socket {
         })
     }
 
-    /// Sends every request in one `send` and collects each one's reply. The kernel handles
-    /// them in order and keeps going after a failed one.
+    /// Sends the requests and collects each one's reply, in chunks whose replies fit the
+    /// socket's buffer (see the module's doc). The kernel handles them in order and keeps
+    /// going after a failed one. An error here (an overrun, a timeout) leaves the socket
+    /// usable: replies of an abandoned chunk carry sequence numbers no later batch waits for.
     pub fn batch(&mut self, requests: Vec<Request>) -> Result<Vec<(String, Reply)>, Error> {
+        let mut out = Vec::with_capacity(requests.len());
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for req in requests {
+            let size = req.message.buffer_len() + NLMSG_HDRLEN;
+            let full = chunk.len() >= CHUNK_REQUESTS || bytes + size > CHUNK_BYTES;
+            if !chunk.is_empty() && (full || req.is_dump()) {
+                out.extend(self.exchange(std::mem::take(&mut chunk))?);
+                bytes = 0;
+            }
+            let dump = req.is_dump();
+            bytes += size;
+            chunk.push(req);
+            if dump {
+                out.extend(self.exchange(std::mem::take(&mut chunk))?);
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            out.extend(self.exchange(chunk)?);
+        }
+        Ok(out)
+    }
+
+    /// One send of `requests` and every reply to them.
+    fn exchange(&mut self, requests: Vec<Request>) -> Result<Vec<(String, Reply)>, Error> {
         let first_seq = self.seq.wrapping_add(1);
         let mut out = Vec::with_capacity(requests.len());
         let mut packet = Vec::new();
@@ -89,28 +222,24 @@ impl Socket {
         let mut pending = out.len();
         let mut finished = vec![false; out.len()];
         while pending > 0 {
-            let n = self
-                .raw
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(|e| Error::io("receive netlink reply", e))?;
+            let n = receive(&self.raw, &mut self.buf)?;
             let mut off = 0;
-            while off + NLMSG_HDRLEN <= n {
+            while off < n {
                 let b = &self.buf[off..n];
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let kind = u16::from_ne_bytes([b[4], b[5]]);
-                let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-                if len < NLMSG_HDRLEN || len > b.len() {
-                    return Err(Error::Decode(format!("netlink message length {len}")));
-                }
-                off += (len + 3) & !3;
-                let idx = seq.wrapping_sub(first_seq) as usize;
+                let head = Header::parse(b).ok_or_else(|| {
+                    Error::Decode(format!("truncated netlink message at byte {off} of {n}"))
+                })?;
+                off += head.next();
+                let idx = head.seq.wrapping_sub(first_seq) as usize;
                 if idx >= out.len() || finished[idx] {
                     continue;
                 }
                 let mut finish = false;
-                match kind {
+                match head.kind {
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
+                        let code = head.error_code(b).ok_or_else(|| {
+                            Error::Decode("netlink error message without its code".into())
+                        })?;
                         if code != 0 {
                             out[idx].1 = Err(io::Error::from_raw_os_error(-code));
                         }
@@ -118,17 +247,15 @@ impl Socket {
                     }
                     NLMSG_DONE => {
                         // A dump that fails reports its errno in the DONE message.
-                        if len >= NLMSG_HDRLEN + 4 {
-                            let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-                            if code < 0 {
-                                out[idx].1 = Err(io::Error::from_raw_os_error(-code));
-                            }
+                        if let Some(code) = head.error_code(b).filter(|c| *c < 0) {
+                            out[idx].1 = Err(io::Error::from_raw_os_error(-code));
                         }
                         finish = true;
                     }
                     _ => {
-                        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&b[..len])
-                            .map_err(|e| Error::Decode(e.to_string()))?;
+                        let msg =
+                            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&b[..head.len])
+                                .map_err(|e| Error::Decode(e.to_string()))?;
                         if let (NetlinkPayload::InnerMessage(inner), Ok(list)) =
                             (msg.payload, &mut out[idx].1)
                         {
@@ -171,4 +298,34 @@ pub fn first_error(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_bounds_checked() {
+        // An error message cut after its header has no code, and a length past the buffer
+        // or under the header is refused (the old parser read bytes 16..20 regardless).
+        let mut ack = Vec::new();
+        ack.extend_from_slice(&36u32.to_ne_bytes());
+        ack.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        ack.extend_from_slice(&0u16.to_ne_bytes());
+        ack.extend_from_slice(&7u32.to_ne_bytes());
+        ack.extend_from_slice(&0u32.to_ne_bytes());
+        ack.extend_from_slice(&(-17i32).to_ne_bytes());
+        ack.resize(36, 0);
+        let h = Header::parse(&ack).unwrap();
+        assert_eq!((h.len, h.kind, h.seq, h.next()), (36, NLMSG_ERROR, 7, 36));
+        assert_eq!(h.error_code(&ack), Some(-17));
+        assert_eq!(Header::parse(&ack[..20]), None, "length past the buffer");
+        let mut short = ack[..16].to_vec();
+        short[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        let h = Header::parse(&short).unwrap();
+        assert_eq!(h.error_code(&short), None);
+        short[0..4].copy_from_slice(&8u32.to_ne_bytes());
+        assert_eq!(Header::parse(&short), None, "length under the header");
+        assert_eq!(Header::parse(&[0u8; 10]), None);
+    }
 }

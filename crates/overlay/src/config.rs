@@ -70,6 +70,27 @@ pub struct OverlayConfig {
     /// Seconds between full reconciles (default 30).
     #[serde(default = "default_resync")]
     pub resync_seconds: u64,
+    /// CA bundle (PEM) that signs the etcd members' certificates; needed for `https://`
+    /// endpoints (flannel's `etcd-cafile`).
+    #[serde(rename = "etcdCAFile", default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication, with
+    /// `etcdKeyFile` (flannel's `etcd-certfile`).
+    #[serde(rename = "etcdCertFile", default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM) (flannel's `etcd-keyfile`).
+    #[serde(rename = "etcdKeyFile", default)]
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd user for etcd's own authentication, with `etcdPassword`.
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    /// That user's password.
+    #[serde(default)]
+    pub etcd_password: Option<String>,
+    /// Where the agent serves Prometheus metrics (`/metrics`) and `/healthz`, `host:port`;
+    /// off unless set.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The `underlayFamily` values.
@@ -176,6 +197,44 @@ impl OverlayConfig {
         if !self.etcd_prefix.starts_with('/') {
             return Err(Error::Config("etcdPrefix must start with '/'".into()));
         }
+        self.validate_etcd_security()
+    }
+
+    /// TLS and authentication settings that fit together: a certificate with its key, a
+    /// CA for `https://` endpoints and only then, a user with a password.
+    fn validate_etcd_security(&self) -> Result<(), Error> {
+        if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+            return Err(Error::Config(
+                "etcdCertFile and etcdKeyFile go together: set both or neither".into(),
+            ));
+        }
+        if self.etcd_username.is_some() != self.etcd_password.is_some() {
+            return Err(Error::Config(
+                "etcdUsername and etcdPassword go together: set both or neither".into(),
+            ));
+        }
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https > 0 && https < self.etcd_endpoints.len() {
+            return Err(Error::Config(
+                "etcdEndpoints mixes https:// and plain endpoints".into(),
+            ));
+        }
+        let tls = self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some();
+        if https > 0 && self.etcd_ca_file.is_none() {
+            return Err(Error::Config(
+                "https:// etcdEndpoints need etcdCAFile (the CA that signed the members' certificates)"
+                    .into(),
+            ));
+        }
+        if tls && https == 0 && !self.etcd_endpoints.is_empty() {
+            return Err(Error::Config(
+                "etcdCAFile/etcdCertFile are set but etcdEndpoints are not https://".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -256,6 +315,26 @@ mod tests {
             r#"{"clusterCIDR":"10.244.0.0/16","peersFile":"/x","underlayFamily":"v6"}"#,
         )
         .is_err());
+        let tls = |extra: &str| {
+            serde_json::from_str::<OverlayConfig>(&format!(
+                r#"{{"clusterCIDR":"10.244.0.0/16","etcdEndpoints":["https://10.0.0.1:2379","https://10.0.0.2:2379"]{extra}}}"#
+            ))
+            .unwrap()
+            .validate()
+        };
+        assert!(
+            tls(r#","etcdCAFile":"/ca.pem","etcdCertFile":"/c.pem","etcdKeyFile":"/k.pem""#)
+                .is_ok()
+        );
+        assert!(tls(r#","etcdCAFile":"/ca.pem""#).is_ok());
+        assert!(tls("").is_err(), "https without a CA");
+        assert!(tls(r#","etcdCAFile":"/ca.pem","etcdCertFile":"/c.pem""#).is_err());
+        assert!(tls(r#","etcdCAFile":"/ca.pem","etcdUsername":"u""#).is_err());
+        let plain_with_ca: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"10.244.0.0/16","etcdEndpoints":["http://10.0.0.1:2379"],"etcdCAFile":"/ca.pem"}"#,
+        )
+        .unwrap();
+        assert!(plain_with_ca.validate().is_err());
         assert!(release_before_5_7("3.10.0-1160.el7.x86_64"));
         assert!(release_before_5_7("5.4.0-150-generic"));
         assert!(!release_before_5_7("5.7.0"));

@@ -9,6 +9,7 @@ pub mod plugin;
 pub mod registry;
 pub mod state;
 pub mod subnet_file;
+pub mod telemetry;
 
 use std::path::{Path, PathBuf};
 
