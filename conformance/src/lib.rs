@@ -19,10 +19,12 @@
 //!
 //! [`overlay`] builds a whole VXLAN overlay out of namespaces (underlay bridge, etcd from
 //! [`etcd`], node agents, pods) for the vxlan-overlay tests and `vxlan-bench`;
-//! [`ping_stream`] accounts for every echo request during an outage.
+//! [`ping_stream`] accounts for every echo request during an outage; [`http`] GETs an
+//! endpoint inside a namespace (the agent's `/metrics` and `/healthz`).
 
 pub mod cnitool;
 pub mod etcd;
+pub mod http;
 pub mod leases;
 pub mod netns;
 pub mod overlay;

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
+use cni_conformance::http;
 use cni_conformance::netns::{Netns, Node};
 use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
 use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
@@ -1362,7 +1363,12 @@ impl OverlaySuite {
         // A leaseTTL that outlives the test, so a killed agent's record is still in etcd when
         // teardown looks; a resync that never comes, so the agent does not repair what a test
         // breaks on purpose.
-        let cluster = OverlayCluster::start(nodes, 300, 3600);
+        OverlaySuite::start_with(nodes, 300, 3600, &json!({}))
+    }
+
+    /// [`start`](Self::start) with this leaseTTL, resyncSeconds and more plugin fields.
+    fn start_with(nodes: u8, lease_ttl: u64, resync: u64, fields: &Value) -> OverlaySuite {
+        let cluster = OverlayCluster::start_with(nodes, lease_ttl, resync, fields);
         let dir = TempDir::new().expect("temp dir");
         let s = OverlaySuite { cluster, dir };
         write(
@@ -1545,6 +1551,70 @@ fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
             assert!(!hint(c).is_empty(), "a failure carries a fix: {c}");
         }
     }
+}
+
+#[test]
+fn doctor_reads_the_agents_healthz_on_its_metrics_address() {
+    require_root();
+    // A short leaseTTL and resync, so that etcd's loss shows in /healthz within seconds.
+    let metrics: std::net::SocketAddr = "127.0.0.1:9472".parse().expect("address");
+    let mut s = OverlaySuite::start_with(2, 6, 1, &json!({"metricsAddress": metrics}));
+    s.cluster
+        .wait_converged(&[0, 1], Duration::from_secs(20), "two nodes");
+    let name = format!("agent-health:{}", s.node().net_name());
+    let url = format!("http://{metrics}/healthz");
+
+    // Healthy: ok, with the figures of /metrics (one peer, a recent sync).
+    let (_, report) = s.doctor();
+    let c = check(&report, &name);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(message(c).starts_with(&format!("{url}: ok")), "{c}");
+    assert!(message(c).contains("1 peer(s) programmed"), "{c}");
+    assert!(message(c).contains("last sync"), "{c}");
+
+    // etcd gone: the lease cannot be renewed and no sync succeeds, /healthz turns 503 and
+    // the doctor fails with the agent's own reason.
+    s.cluster.etcd.kill();
+    let turned = eventually(Duration::from_secs(30), || {
+        http::get(s.node().netns(), metrics, "/healthz").is_ok_and(|r| r.status == 503)
+    });
+    assert!(
+        turned,
+        "/healthz stayed 200 without etcd:\n{}",
+        s.cluster.diagnostics()
+    );
+    let reason = http::get(s.node().netns(), metrics, "/healthz")
+        .expect("the agent answers")
+        .body;
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &name);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        message(c).contains(&format!("{url}: 503 {}", reason.trim())),
+        "the check names the agent's reason {reason:?}: {c}"
+    );
+    assert!(hint(c).contains("etcd") || hint(c).contains("log"), "{c}");
+
+    // The agent stopped: nothing answers, and the check says what to do.
+    s.cluster.nodes[0].take_agent().kill();
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &name);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        message(c).contains(&format!("nothing answers on {url}")),
+        "{c}"
+    );
+    assert!(
+        message(c).contains("no vxlan-overlay agent runs"),
+        "the check names the cause: {c}"
+    );
+    assert!(hint(c).contains("start the agent"), "{c}");
+    assert!(
+        hint(c).contains(&format!("metricsAddress {metrics}")),
+        "{c}"
+    );
 }
 
 #[test]
