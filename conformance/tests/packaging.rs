@@ -662,10 +662,48 @@ fn install_cni_renders_the_vxlan_overlay_template() {
     assert_eq!(vx["bridge"], "cbr0");
     assert_eq!(vx["mtu"], 0);
     assert_eq!(vx["logFile"], "/var/log/vxlan-overlay.log");
+    // On by default, on loopback: what the DaemonSet's probes (host 127.0.0.1) reach.
+    assert_eq!(vx["metricsAddress"], "127.0.0.1:9472", "{conf:#}");
     assert_eq!(conf["cniVersion"], "1.0.0");
     assert_eq!(conf["name"], "k8s-pod-network");
     assert!(inst.bin().join("vxlan-overlay").is_file());
     assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+
+    // METRICS_ADDRESS: any address (IPv6 in brackets) rendered as given; "off" leaves the
+    // field out, and the agent serves nothing.
+    let render = |metrics: &str| {
+        let o = run(inst
+            .command()
+            .env("CNI_NETWORK", "vxlan-overlay")
+            .env("PLUGINS", "vxlan-overlay portmap")
+            .env("CLUSTER_CIDR", "10.200.0.0/16")
+            .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379")
+            .env("METRICS_ADDRESS", metrics));
+        assert!(
+            o.status.success(),
+            "METRICS_ADDRESS={metrics}: {}",
+            text(&o)
+        );
+        installed_conflist(&inst).0
+    };
+    for (given, rendered) in [
+        ("0.0.0.0:9100", json!("0.0.0.0:9100")),
+        ("[::1]:9472", json!("[::1]:9472")),
+        ("off", Value::Null),
+    ] {
+        let conf = render(given);
+        let vx = &conf["plugins"][0];
+        assert_eq!(
+            vx["metricsAddress"], rendered,
+            "METRICS_ADDRESS={given}: {conf:#}"
+        );
+        assert_eq!(
+            vx["clusterCIDR"], "10.200.0.0/16",
+            "METRICS_ADDRESS={given} broke the rest: {conf:#}"
+        );
+    }
+    let vx = &render("127.0.0.1:9472")["plugins"][0];
+    assert_eq!(vx["metricsAddress"], "127.0.0.1:9472");
 
     // The plugin reads the rendered entry: an ADD before the agent leased a subnet is "try
     // again later" (11), not a config error (7). State goes to temp dirs, not the node's.
@@ -800,6 +838,51 @@ fn install_cni_error_paths_write_nothing() {
                 c
             },
             "CLUSTER_CIDR=10.200.0.0 is not an IPv4 CIDR",
+        ),
+        (
+            "metrics address without a port",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.1");
+                c
+            },
+            "METRICS_ADDRESS=127.0.0.1 is not IPv4:port",
+        ),
+        (
+            "metrics address with a host name",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "localhost:9472");
+                c
+            },
+            "METRICS_ADDRESS=localhost:9472 is not IPv4:port",
+        ),
+        (
+            "metrics address with port 0 (no probe can follow it)",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.1:0");
+                c
+            },
+            "METRICS_ADDRESS=127.0.0.1:0 is not",
+        ),
+        (
+            "metrics address with an octet past 255",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.256:9472");
+                c
+            },
+            "METRICS_ADDRESS=127.0.0.256:9472 is not",
+        ),
+        (
+            "metrics address that would break the JSON",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.1:9472\",\"x\":\"y");
+                c
+            },
+            "METRICS_ADDRESS=",
         ),
         (
             "MTU that is not a number",
