@@ -1107,9 +1107,61 @@ impl SuiteNode {
     }
 }
 
-/// `cni-suite <args>` inside the node namespace `node`.
+/// How long one `cni-suite doctor` or `teardown` may take before the test kills it and
+/// fails: far beyond a healthy run (a few seconds, 250 pods included).
+const SUITE_LIMIT: Duration = Duration::from_secs(120);
+
+/// `cni-suite <args>` inside the node namespace `node`, killed (and the test failed) after
+/// [`SUITE_LIMIT`].
 fn suite_in(node: &Netns, args: &[&str]) -> Output {
-    run(node.command(plugin_binary("cni-suite")).args(args))
+    run_within(
+        node.command(plugin_binary("cni-suite")).args(args),
+        SUITE_LIMIT,
+    )
+}
+
+/// Runs `cmd` to its end, its output collected; kills it and panics after `limit`.
+fn run_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Drained on threads: a full pipe must not stall the command while we wait for it.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = err.join().unwrap_or_default();
+                panic!(
+                    "{cmd:?} did not finish within {limit:?}; killed. stderr:\n{}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 /// `cni-suite doctor --json` inside `node` on these directories (containerd's config is
@@ -1426,6 +1478,77 @@ fn teardown_dry_run_changes_nothing_and_yes_removes_only_the_suites_state() {
         Some(0),
         "{again:#}"
     );
+}
+
+/// The suite's veths (`veth` + 11 hex digits) in `netns`.
+fn suite_veths(netns: &Netns) -> Vec<String> {
+    netns
+        .links_of_kind("veth")
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.len() == 15 && n.starts_with("veth"))
+        .collect()
+}
+
+#[test]
+fn teardown_removes_a_node_of_250_pods_in_bounded_time() {
+    require_root();
+    const PODS: usize = 250;
+    // How long the removal may take. It took about 5 s here, nearly all of it the kernel's
+    // ~17 ms per veth deletion (RCU synchronisation; `ip -batch` of the same 250 deletes
+    // takes 4.2 s). The bound catches a hang or stalls on netlink receive timeouts (10 s
+    // each), not a slow machine.
+    const LIMIT: Duration = Duration::from_secs(60);
+    let mut s = SuiteNode::new();
+    for i in 0..PODS {
+        s.add_pod(&format!("td-many-{i:03}"));
+    }
+    let netns = s.node.netns();
+    assert_eq!(
+        suite_veths(netns).len(),
+        PODS,
+        "a veth per pod before teardown"
+    );
+    let leases = s.ipam_root().join(&s.network);
+    let leased = fs::read_dir(&leases)
+        .expect("the network's IPAM dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10.245.3."))
+        .count();
+    assert_eq!(leased, PODS, "a lease per pod before teardown");
+
+    // The plan names every pod's veth once.
+    let (o, plan) = s.teardown(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deletes = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| {
+            a["action"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("delete link veth")
+        })
+        .count();
+    assert_eq!(deletes, PODS, "{plan:#}");
+
+    let started = Instant::now();
+    let (o, done) = s.teardown(&["--yes"]);
+    let took = started.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    for a in done["actions"].as_array().expect("actions") {
+        assert_eq!(a["result"], "done", "{a}");
+    }
+    assert!(took < LIMIT, "teardown of {PODS} pods took {took:?}");
+    eprintln!("teardown of {PODS} pods took {took:?}");
+    assert_eq!(suite_veths(netns), Vec::<String>::new(), "veths left");
+    assert!(!netns.has_link(&s.bridge), "bridge {} left", s.bridge);
+    assert!(!leases.exists(), "the network's leases are left");
+    let rules = stdout(&run(netns.command("nft").args(["list", "ruleset"])));
+    assert!(!rules.contains(&s.table()), "{} left:\n{rules}", s.table());
+    let attached = s.pods.iter().filter(|p| p.has_link("eth0")).count();
+    assert_eq!(attached, 0, "pods kept their interface");
 }
 
 // ---------------------------------------------------------------------------------------
