@@ -107,7 +107,7 @@ impl EtcdAccess {
         let text = crate::error_chain(e);
         let shown = |p: &Option<PathBuf>| {
             p.as_deref()
-                .map_or("not set".to_string(), |p| p.display().to_string())
+                .map_or("(not set)".to_string(), |p| p.display().to_string())
         };
         let lower = text.to_ascii_lowercase();
         let hint = if lower.contains("unknownissuer")
@@ -124,11 +124,26 @@ impl EtcdAccess {
             || lower.contains("bad certificate")
             || lower.contains("unknownca")
         {
-            Some(format!(
-                "etcd refused this client's certificate: etcdCertFile {} (with etcdKeyFile {}) must be a client certificate signed by a CA the members trust",
-                shown(&self.cert_file),
-                shown(&self.key_file)
-            ))
+            Some(match (&self.cert_file, &self.key_file) {
+                (Some(cert), Some(key)) => format!(
+                    "etcd refused this client's certificate: etcdCertFile {} (with etcdKeyFile {}) must be a client certificate signed by a CA the members trust",
+                    cert.display(),
+                    key.display()
+                ),
+                _ => "etcd asks for a client certificate and none is set: set etcdCertFile and etcdKeyFile"
+                    .to_string(),
+            })
+        } else if self.tls()
+            && self.cert_file.is_none()
+            && (lower.contains("connection closed") || lower.contains("canceled"))
+        {
+            // TLS 1.3: the member checks the client certificate after the handshake and
+            // closes the connection without a word the client can read.
+            Some(
+                "etcd closed the TLS connection: if the members require client certificates \
+                 (--client-cert-auth), set etcdCertFile and etcdKeyFile"
+                    .to_string(),
+            )
         } else if self.tls() && (lower.contains("tls") || lower.contains("handshake")) {
             Some(format!(
                 "TLS with etcd failed (etcdCAFile {}, etcdCertFile {})",
