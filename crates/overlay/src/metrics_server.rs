@@ -40,7 +40,6 @@ pub fn serve(addr: SocketAddr, telemetry: Arc<Telemetry>) -> Result<SocketAddr, 
         .name("metrics".into())
         .spawn(move || accept_loop(&listener, &telemetry))
         .map_err(|source| Error::Metrics { addr, source })?;
-    log::info!("serving /metrics and /healthz on http://{bound}");
     Ok(bound)
 }
 
