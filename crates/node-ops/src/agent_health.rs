@@ -163,7 +163,7 @@ pub fn check(net: &SuiteNetwork, cfg: &overlay::OverlayConfig) -> Check {
             let hint = if reason.contains("lease") {
                 "the agent holds no subnet lease: it cannot reach etcd or renew its lease (see the agent-etcd check and the agent's log); peers drop this node once the lease expires"
             } else {
-                "the agent has not matched etcd for 3 x resyncSeconds: its log names the failing reconcile or watch; restarting it forces a full reconcile"
+                "the agent has not matched etcd for 3 x resyncSeconds: etcd is unreachable (etcd errors above; see the agent-etcd check) or its reconciles fail (its log names the failing step); restarting it forces a full reconcile"
             };
             Check::fail(name, format!("{url}: 503 {reason}; {metrics}"), hint)
         }
