@@ -11,6 +11,6 @@ pub mod version;
 
 pub use conf::{version_hint, Attachment, NetConf};
 pub use env::{command_from, validate_ifname, Command, Env};
-pub use error::{code, CniError};
+pub use error::{CniError, Code, ErrorCode};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use version::{version_text, Version, SUPPORTED};

@@ -53,6 +53,22 @@ pub enum Error {
     },
 }
 
+/// The CNI code each failure answers with, when a plugin returns it.
+impl cni_spec::ErrorCode for Error {
+    fn code(&self) -> cni_spec::Code {
+        use cni_spec::Code;
+        match self {
+            Error::Exhausted { .. } => Code::RangeExhausted,
+            Error::Io { .. } => Code::IoFailure,
+            // The container id or ifname from CNI_* cannot name a state file.
+            Error::InvalidName(_) => Code::InvalidEnvironment,
+            Error::SubnetTooSmall { .. } | Error::GatewayOutsideSubnet { .. } => {
+                Code::InvalidNetworkConfig
+            }
+        }
+    }
+}
+
 impl Error {
     fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
