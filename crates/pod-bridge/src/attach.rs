@@ -229,11 +229,9 @@ fn configure_pod(
     gateway: Ipv4Addr,
 ) -> Result<(), Error> {
     let mut pod = netns.socket()?;
-    let peer = link::get_link(&mut pod, ifname)?.ok_or_else(|| {
-        Error::Check(format!(
-            "{ifname} did not appear in {}",
-            netns.path().display()
-        ))
+    let peer = link::get_link(&mut pod, ifname)?.ok_or_else(|| Error::PodLinkMissing {
+        ifname: ifname.to_string(),
+        netns: netns.path().to_path_buf(),
     })?;
     let replies = pod.batch(vec![
         link::set_flags(peer.index, true, false),

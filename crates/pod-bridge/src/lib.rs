@@ -39,6 +39,15 @@ pub enum Error {
         /// Its address.
         address: Ipv4Addr,
     },
+    /// ADD created the pod's veth end in its namespace, and the kernel then did not show it
+    /// there: a setup failure (code 101), not a CHECK mismatch.
+    #[error("{ifname} did not appear in {}", .netns.display())]
+    PodLinkMissing {
+        /// The pod's interface.
+        ifname: String,
+        /// The pod's network namespace.
+        netns: std::path::PathBuf,
+    },
     /// CHECK found a difference.
     #[error("check failed: {0}")]
     Check(String),
@@ -58,6 +67,7 @@ impl ErrorCode for Error {
             Error::Config(_) | Error::NoPrevResult => Code::InvalidNetworkConfig,
             Error::Ipam(e) => e.code(),
             Error::Net(e) => e.code(),
+            Error::PodLinkMissing { .. } => Code::Netlink,
             Error::AlreadyAttached { .. } => Code::AlreadyAttached,
             Error::Check(_) => Code::CheckMismatch,
             Error::Unavailable(_) => Code::PluginNotAvailable,
@@ -107,6 +117,19 @@ impl Plugin for KubenetBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_veth_missing_after_add_is_a_setup_failure_not_a_check_mismatch() {
+        let e = Error::PodLinkMissing {
+            ifname: "eth0".into(),
+            netns: "/run/netns/p".into(),
+        };
+        assert_eq!(e.code(), Code::Netlink);
+        let obj = cni_skel::error_object(e);
+        assert_eq!(obj.code, 101);
+        assert_eq!(obj.msg, "eth0 did not appear in /run/netns/p");
+        assert_eq!(Error::Check("x".into()).code(), 104);
+    }
 
     #[test]
     fn wrapped_errors_keep_their_crates_codes_and_causes() {
