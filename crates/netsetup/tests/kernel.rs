@@ -23,7 +23,7 @@ struct TempNetns {
 impl TempNetns {
     fn new(tag: &str) -> TempNetns {
         assert_eq!(
-            unsafe { libc::geteuid() },
+            nix::unistd::geteuid().as_raw(),
             0,
             "kernel tests need root: run them as root"
         );

@@ -412,14 +412,12 @@ struct Forwarder {
 impl Forwarder {
     fn start(netns: &TestNetns, port: u16) -> Self {
         use std::net::{TcpListener, TcpStream};
-        use std::os::fd::AsRawFd;
         use std::sync::atomic::Ordering;
         let path = format!("/run/netns/{}", netns.name);
         let listener = std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: a valid namespace fd; only this short-lived thread moves.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            // Only this short-lived thread moves into the namespace.
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             TcpListener::bind(("127.0.0.1", port)).expect("bind in netns")
         })
         .join()
