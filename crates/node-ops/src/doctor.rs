@@ -418,7 +418,7 @@ fn check_conf_dir(opts: &Options, files: &[ConfFile], nets: &[SuiteNetwork]) -> 
             "install a conflist (packaging/kubernetes/install-cni.sh, the DaemonSet, or containerd's conf_template)",
         );
     };
-    let first_is_ours = first.parsed.as_ref().is_ok_and(|l| l.is_suite());
+    let first_is_ours = first.parsed.as_ref().is_ok_and(netconf::is_suite);
     if nets.is_empty() {
         return Check::warn(
             NAME,

@@ -4,7 +4,7 @@
 //! The work is in the `vpc-routes` crate; this file parses, calls it, and gives its errors
 //! their CNI codes once (the skeleton prints them).
 
-use cni_skel::cni_spec::{Attachment, Code, ErrorCode};
+use cni_skel::cni_spec::{Attachment, Code, ConfList, ErrorCode};
 use cni_skel::{About, AddOutput, Plugin, Request};
 use serde_json::Value;
 use vpc_routes::{Config, ErrorKind, Registrar};
@@ -151,17 +151,14 @@ fn node_command(args: &[String]) -> i32 {
     if dry_run && !matches!(args[0].as_str(), "gc" | "deregister") {
         return usage("--dry-run applies to deregister and gc");
     }
-    let entry = match std::fs::read(&path)
+    let list = match std::fs::read(&path)
         .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
+        .and_then(|b| ConfList::parse(&b).map_err(|e| e.msg))
     {
-        Ok(raw) => match raw.get("plugins").and_then(Value::as_array) {
-            Some(list) => list.iter().find(|p| p["type"] == "vpc-route").cloned(),
-            None => (raw["type"] == "vpc-route").then_some(raw),
-        },
+        Ok(list) => list,
         Err(e) => return usage(&format!("{path}: {e}")),
     };
-    let Some(entry) = entry else {
+    let Some(entry) = list.entry("vpc-route").cloned() else {
         return usage(&format!("{path} has no vpc-route plugin"));
     };
     cni_skel::log_file::init_with(&entry, "vpc-route", log::LevelFilter::Info);
