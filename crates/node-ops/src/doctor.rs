@@ -733,13 +733,6 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The fingerprint netsetup's masquerade table carries (netsetup/src/masquerade.rs,
-/// `MasqueradeSpec::fingerprint`, private there; the conformance doctor test compares the two
-/// on a real table).
-pub fn masquerade_fingerprint(pod_cidr: Ipv4Net, keep: Ipv4Net, bridge: &str) -> String {
-    format!("cni-suite masquerade v1 src={pod_cidr} keep={keep} bridge={bridge}")
-}
-
 /// The masquerade table exists with the fingerprint of this network's settings.
 fn check_masquerade(
     net: &SuiteNetwork,
@@ -774,7 +767,13 @@ fn check_masquerade(
             Check::ok(name, "ipMasq off and no table")
         };
     };
-    let want = masquerade_fingerprint(r.pool.subnet(), keep, &r.bridge);
+    let want = netsetup::masquerade::MasqueradeSpec {
+        table: &table,
+        pod_cidr: r.pool.subnet(),
+        non_masquerade: keep,
+        bridge: &r.bridge,
+    }
+    .fingerprint();
     match comment {
         Some(c) if c == want => Check::ok(name, format!("present: {c}")),
         Some(c) => Check::fail(
@@ -1380,19 +1379,6 @@ fn cluster_checks(opts: &Options, nets: &[SuiteNetwork]) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprint_matches_netsetup_format() {
-        let f = masquerade_fingerprint(
-            "10.244.1.0/24".parse().unwrap(),
-            "10.0.0.0/8".parse().unwrap(),
-            "cbr0",
-        );
-        assert_eq!(
-            f,
-            "cni-suite masquerade v1 src=10.244.1.0/24 keep=10.0.0.0/8 bridge=cbr0"
-        );
-    }
 
     #[test]
     fn reads_lease_files_and_results_cache() {
