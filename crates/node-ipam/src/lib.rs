@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 pub use pool::Pool;
-pub use store::{attachment_hash, AttachmentLock, Owner, Reservation, Store};
+pub use store::{
+    attachment_hash, parse_owner, read_leases, AttachmentLock, Owner, Reservation, Store,
+};
 
 /// What can go wrong with a lease.
 #[derive(Debug, thiserror::Error)]

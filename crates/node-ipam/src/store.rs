@@ -356,10 +356,7 @@ impl Store {
             let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let owner = self.owner_of(address)?.and_then(|line| {
-                let (id, ifname) = line.split_once(LINE_BREAK)?;
-                Some((id.to_string(), ifname.to_string()))
-            });
+            let owner = self.owner_of(address)?.as_deref().and_then(parse_owner);
             out.push((address, owner));
         }
         out.sort();
@@ -535,6 +532,39 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
     entries
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::io(dir, e))
+}
+
+/// The owner a lease file names: `<container id>\r\n<ifname>` (host-local's format), each
+/// part trimmed; None for an empty or malformed file.
+pub fn parse_owner(content: &str) -> Option<Owner> {
+    let (id, ifname) = content.split_once(LINE_BREAK)?;
+    Some((id.trim().to_string(), ifname.trim().to_string()))
+}
+
+/// The lease files of the IPAM directory `dir` (a network's, `<dataDir>/<name>`) with their
+/// owners, sorted by address, read without taking the lock or creating anything: for tools
+/// that inspect or clean a node. A missing directory holds none; a file that cannot be read
+/// has no owner.
+pub fn read_leases(dir: &Path) -> Result<Vec<(Ipv4Addr, Option<Owner>)>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(address) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let owner = read_small(&e.path())
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(parse_owner);
+        out.push((address, owner));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Reads a small state file without following a symlink; None if it does not exist.

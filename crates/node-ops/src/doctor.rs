@@ -565,32 +565,11 @@ fn check_ip_forward() -> Check {
 }
 
 /// A lease file: (address, owner (container id, ifname) when the file holds one).
-type LeaseFile = (Ipv4Addr, Option<(String, String)>);
+type LeaseFile = (Ipv4Addr, Option<node_ipam::Owner>);
 
 /// The leases of an IPAM directory, read without locking or creating anything.
 fn read_leases(dir: &Path) -> Result<Vec<LeaseFile>, String> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let Some(addr) = e
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<Ipv4Addr>().ok())
-        else {
-            continue;
-        };
-        let owner = std::fs::read_to_string(e.path()).ok().and_then(|s| {
-            let (id, ifname) = s.split_once("\r\n")?;
-            Some((id.trim().to_string(), ifname.trim().to_string()))
-        });
-        out.push((addr, owner));
-    }
-    out.sort();
-    Ok(out)
+    node_ipam::read_leases(dir).map_err(|e| e.to_string())
 }
 
 fn lease_count(leases: &Result<Vec<LeaseFile>, String>) -> usize {
