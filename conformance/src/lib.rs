@@ -19,10 +19,12 @@
 //!
 //! [`overlay`] builds a whole VXLAN overlay out of namespaces (underlay bridge, etcd from
 //! [`etcd`], node agents, pods) for the vxlan-overlay tests and `vxlan-bench`;
-//! [`ping_stream`] accounts for every echo request during an outage.
+//! [`ping_stream`] accounts for every echo request during an outage; [`etcd_gateway`] writes
+//! etcd records in bulk and reads etcd's request counters (`vxlan-scale-bench`).
 
 pub mod cnitool;
 pub mod etcd;
+pub mod etcd_gateway;
 pub mod leases;
 pub mod netns;
 pub mod overlay;

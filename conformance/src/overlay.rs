@@ -274,6 +274,12 @@ impl Agent {
         self.started
     }
 
+    /// The agent's process id (`ip netns exec` execs it in place, so it is the child's), for
+    /// reading its CPU time and memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The agent's exit status if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -654,6 +660,11 @@ impl OverlayNode {
             &self.conflist_path(),
             &output,
         ));
+    }
+
+    /// The running agent's process id, if one runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Agent::pid)
     }
 
     /// The running agent, if any.
