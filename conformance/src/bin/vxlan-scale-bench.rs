@@ -760,54 +760,116 @@ struct ResyncOutcome {
     start: ColdRun,
     /// Every `full reconcile` line, the start's first.
     lines: Vec<FullReconcile>,
-    /// The no-op ones (after the start, nothing added or removed, all peers).
+    /// How long each full reconcile took that ran while the kernel was watched (all of them
+    /// should be no-ops: nothing changed in etcd).
     noop_ms: Vec<f64>,
-    /// At least `resyncs` lines after the start, every one a no-op over all peers, and the
-    /// state still exact afterwards.
+    /// Full reconciles while watched that were not no-ops over all peers.
+    not_noop: usize,
+    /// Route and neighbour/FDB notifications the kernel sent meanwhile (`ip monitor`): a
+    /// no-op resync writes nothing, so there should be none.
+    kernel_changes: Vec<String>,
+    /// At least `resyncs` watched reconciles, every one a no-op over all peers, no kernel
+    /// change, and the state still exact afterwards.
     correct: bool,
     hwm_kib: u64,
     rss_kib: u64,
 }
 
-/// Starts an agent with `resyncSeconds` = `resync` over `peers` and waits for `resyncs`
-/// full reconciles after its start.
+/// `ip monitor route neigh` in a node namespace (neighbour and FDB notifications both come
+/// through the neighbour group), its output to a file; killed when dropped.
+struct KernelMonitor {
+    child: std::process::Child,
+    out: tempfile::NamedTempFile,
+}
+
+impl KernelMonitor {
+    fn start(netns: &Netns) -> KernelMonitor {
+        let out = tempfile::Builder::new()
+            .prefix("cnit-scale-monitor-")
+            .tempfile()
+            .expect("create the monitor's output file");
+        let child = std::process::Command::new("ip")
+            .args(["-n", netns.name(), "monitor", "route", "neigh"])
+            .stdin(std::process::Stdio::null())
+            .stdout(out.reopen().expect("reopen the monitor's output"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ip monitor");
+        // Let it subscribe before anything it must see can happen.
+        std::thread::sleep(Duration::from_millis(200));
+        KernelMonitor { child, out }
+    }
+
+    /// Stops the monitor; returns the notifications it printed.
+    fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        fs::read_to_string(self.out.path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for KernelMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts an agent with `resyncSeconds` = `sizes.resync_seconds` over `peers` and, once all
+/// are programmed, watches the kernel through `sizes.resyncs` full reconciles.
 fn resync_scenario(bed: &mut Bed, peers: &BTreeSet<Peer>, sizes: &Sizes) -> ResyncOutcome {
     let mut node = bed.node(COLD_PREFIX, sizes.resync_seconds);
     let start = cold_start(&mut node, peers, sizes.timeout);
+    let monitor = KernelMonitor::start(node.netns());
+    let log_from = log_len(&node);
     let deadline = Instant::now()
-        + Duration::from_secs(sizes.resync_seconds * (sizes.resyncs as u64 + 3) + 10);
-    let mut lines = Vec::new();
+        + Duration::from_secs(sizes.resync_seconds * (sizes.resyncs as u64 + 2) + 10);
+    let mut watched = Vec::new();
     while Instant::now() < deadline {
         check_interrupted();
-        lines = log_since(&node, 0)
+        watched = log_since(&node, log_from)
             .lines()
             .filter_map(parse_full_reconcile)
             .collect();
-        if lines.len() > sizes.resyncs {
+        if watched.len() >= sizes.resyncs {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let kernel_changes = monitor.finish();
     let n = peers.len() as u64;
-    let later = lines.get(1..).unwrap_or_default();
-    let noop_ms: Vec<f64> = later
+    let noop = |l: &FullReconcile| l.peers == n && l.added == 0 && l.removed == 0;
+    let noop_ms: Vec<f64> = watched
         .iter()
-        .filter(|l| l.peers == n && l.added == 0 && l.removed == 0)
+        .filter(|l| noop(l))
         .map(|l| l.took_ms)
         .collect();
+    let not_noop = watched.len() - noop_ms.len();
     let exact = full_state_exact(&node, peers, FULL_STATE_GRACE);
     let pid = node.agent_pid().expect("agent runs");
     let mem = proc_sample(pid);
+    let lines = log_since(&node, 0)
+        .lines()
+        .filter_map(parse_full_reconcile)
+        .collect();
     let status = node.take_agent().terminate();
     assert!(status.success(), "resync agent exited {status}");
     ResyncOutcome {
         correct: start.exact
             && exact
-            && later.len() >= sizes.resyncs
-            && noop_ms.len() == later.len(),
+            && watched.len() >= sizes.resyncs
+            && not_noop == 0
+            && kernel_changes.is_empty(),
         start,
         lines,
         noop_ms,
+        not_noop,
+        kernel_changes,
         hwm_kib: mem.hwm_kib,
         rss_kib: mem.rss_kib,
     }
@@ -1143,6 +1205,9 @@ fn run(args: &Args) -> Value {
                 "peers": l.peers, "added": l.added, "removed": l.removed, "took_ms": l.took_ms,
             })).collect::<Vec<_>>(),
             "noop_ms": resync.noop_ms,
+            "not_noop": resync.not_noop,
+            "kernel_changes": resync.kernel_changes.len(),
+            "kernel_changes_first": resync.kernel_changes.iter().take(10).collect::<Vec<_>>(),
             "noop_median_ms": num(Some(median(&resync.noop_ms))),
             "noop_max_ms": num(Some(min_max(&resync.noop_ms).1)),
             "peak_rss_kib": resync.hwm_kib,
@@ -1299,6 +1364,16 @@ fn markdown(doc: &Value, took: Duration) -> String {
             "no `full reconcile` line in the agent's log".into()
         },
         yes_no((noop > 0).then(|| f(&rs["noop_max_ms"]) < GOAL_RESYNC_MS)),
+    );
+    let changes = u(&rs["kernel_changes"]);
+    s += &format!(
+        "| no-op resync writes nothing | {} peers, {} reconciles watched | {} route/neighbour/FDB notifications (`ip monitor`), {} reconciles that changed something | none | {} |\n",
+        count(u(&rs["peers"])),
+        noop + u(&rs["not_noop"]) as usize,
+        changes,
+        u(&rs["not_noop"]),
+        yes_no((noop > 0 || u(&rs["not_noop"]) > 0)
+            .then_some(changes == 0 && u(&rs["not_noop"]) == 0)),
     );
     let checks = &doc["checks"];
     let failed: Vec<&str> = checks
