@@ -16,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// The whole run's bound: about 35 s here with the incremental agent; a hung agent or etcd
+/// The whole run's bound: about 15 s here with the incremental agent; a hung agent or etcd
 /// must fail the test, not stall CI.
 const RUN_BOUND: Duration = Duration::from_secs(150);
 /// After Ctrl-C the bench tears everything down (agents, etcd, namespaces, the tmpfs).
@@ -104,11 +104,6 @@ fn small_scale_bench_keeps_exact_peer_sets() {
             s["settle_ms"].is_number(),
             "{scenario} did not converge: {s}"
         );
-        // The agent did the work: its CPU time over the burst was read from /proc.
-        assert!(
-            s["agent_cpu_ms"].as_f64().is_some_and(|c| c > 0.0),
-            "{scenario}: no agent CPU time read: {s}"
-        );
     }
     for size in doc["cold_start"]["by_size"].as_array().expect("by_size") {
         assert!(
@@ -124,6 +119,12 @@ fn small_scale_bench_keeps_exact_peer_sets() {
     assert!(
         resync["peak_rss_kib"].as_u64().is_some_and(|k| k > 1000),
         "the agent's peak RSS was not read: {resync}"
+    );
+    // The no-op check listened: its monitor heard the canary it planted.
+    assert_eq!(
+        resync["monitor_heard_canary"],
+        Value::Bool(true),
+        "{resync}"
     );
 
     let md = read(&out.path().join("vxlan-scale.md"));

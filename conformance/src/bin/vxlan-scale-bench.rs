@@ -768,8 +768,10 @@ struct ResyncOutcome {
     /// Route and neighbour/FDB notifications the kernel sent meanwhile (`ip monitor`): a
     /// no-op resync writes nothing, so there should be none.
     kernel_changes: Vec<String>,
+    /// Whether the monitor reported its canary (else its silence proves nothing).
+    monitor_heard: bool,
     /// At least `resyncs` watched reconciles, every one a no-op over all peers, no kernel
-    /// change, and the state still exact afterwards.
+    /// change (from a monitor that was listening), and the state still exact afterwards.
     correct: bool,
     hwm_kib: u64,
     rss_kib: u64,
@@ -781,6 +783,10 @@ struct KernelMonitor {
     child: std::process::Child,
     out: tempfile::NamedTempFile,
 }
+
+/// A neighbour the monitor must report, on the underlay link (never the VXLAN device's): proof
+/// that the monitor was listening, so that "no notification" means something.
+const MONITOR_CANARY: &str = "172.30.0.250";
 
 impl KernelMonitor {
     fn start(netns: &Netns) -> KernelMonitor {
@@ -795,21 +801,39 @@ impl KernelMonitor {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start ip monitor");
-        // Let it subscribe before anything it must see can happen.
+        // Let it subscribe, then make the canary appear and go.
         std::thread::sleep(Duration::from_millis(200));
+        let mac = "0e:00:00:00:00:fa";
+        netns.ip_ok(&[
+            "neigh",
+            "add",
+            MONITOR_CANARY,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        netns.ip_ok(&["neigh", "del", MONITOR_CANARY, "dev", "eth0"]);
         KernelMonitor { child, out }
     }
 
-    /// Stops the monitor; returns the notifications it printed.
-    fn finish(mut self) -> Vec<String> {
+    /// Stops the monitor; returns whether it reported the canary, and the notifications about
+    /// the VXLAN device's entries. The kernel's own routes are left out: a new link's IPv6
+    /// link-local address gets its `local` route (`proto kernel`) only once duplicate address
+    /// detection ends, a second or two after the agent brought the device up.
+    fn finish(mut self) -> (bool, Vec<String>) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        fs::read_to_string(self.out.path())
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect()
+        let text = fs::read_to_string(self.out.path()).unwrap_or_default();
+        let canary = text.lines().any(|l| l.contains(MONITOR_CANARY));
+        let on_device = |l: &&str| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.windows(2).any(|w| w == ["dev", DEVICE]) && !l.contains("proto kernel")
+        };
+        let lines = text.lines().filter(on_device).map(str::to_owned).collect();
+        (canary, lines)
     }
 }
 
@@ -841,7 +865,7 @@ fn resync_scenario(bed: &mut Bed, peers: &BTreeSet<Peer>, sizes: &Sizes) -> Resy
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let kernel_changes = monitor.finish();
+    let (monitor_heard, kernel_changes) = monitor.finish();
     let n = peers.len() as u64;
     let noop = |l: &FullReconcile| l.peers == n && l.added == 0 && l.removed == 0;
     let noop_ms: Vec<f64> = watched
@@ -864,7 +888,9 @@ fn resync_scenario(bed: &mut Bed, peers: &BTreeSet<Peer>, sizes: &Sizes) -> Resy
             && exact
             && watched.len() >= sizes.resyncs
             && not_noop == 0
+            && monitor_heard
             && kernel_changes.is_empty(),
+        monitor_heard,
         start,
         lines,
         noop_ms,
@@ -1207,6 +1233,7 @@ fn run(args: &Args) -> Value {
             "noop_ms": resync.noop_ms,
             "not_noop": resync.not_noop,
             "kernel_changes": resync.kernel_changes.len(),
+            "monitor_heard_canary": resync.monitor_heard,
             "kernel_changes_first": resync.kernel_changes.iter().take(10).collect::<Vec<_>>(),
             "noop_median_ms": num(Some(median(&resync.noop_ms))),
             "noop_max_ms": num(Some(min_max(&resync.noop_ms).1)),
@@ -1366,14 +1393,16 @@ fn markdown(doc: &Value, took: Duration) -> String {
         yes_no((noop > 0).then(|| f(&rs["noop_max_ms"]) < GOAL_RESYNC_MS)),
     );
     let changes = u(&rs["kernel_changes"]);
+    let heard = rs["monitor_heard_canary"] == json!(true);
     s += &format!(
-        "| no-op resync writes nothing | {} peers, {} reconciles watched | {} route/neighbour/FDB notifications (`ip monitor`), {} reconciles that changed something | none | {} |\n",
+        "| no-op resync writes nothing | {} peers, {} reconciles watched | {} route/neighbour/FDB notifications (`ip monitor`{}), {} reconciles that changed something | none | {} |\n",
         count(u(&rs["peers"])),
         noop + u(&rs["not_noop"]) as usize,
         changes,
+        if heard { "" } else { ", which was not listening" },
         u(&rs["not_noop"]),
         yes_no((noop > 0 || u(&rs["not_noop"]) > 0)
-            .then_some(changes == 0 && u(&rs["not_noop"]) == 0)),
+            .then_some(heard && changes == 0 && u(&rs["not_noop"]) == 0)),
     );
     let checks = &doc["checks"];
     let failed: Vec<&str> = checks
