@@ -1212,6 +1212,10 @@ fn run(args: &Args) -> Value {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "agent": agent_version(),
         "small": args.small,
+        "command": std::iter::once("vxlan-scale-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         "sizes": {
             "cold_sizes": s.cold_sizes, "cold_runs": s.cold_runs,
             "resync_peers": s.resync_peers, "resync_seconds": s.resync_seconds, "resyncs": s.resyncs,
@@ -1452,7 +1456,7 @@ fn markdown(doc: &Value, took: Duration) -> String {
          bursts (the resolution of the delays). Fake peers: subnets of 10.0.0.0/8, underlay \
          addresses in 198.18.0.0/15 that exist nowhere; the bench writes through etcd's JSON \
          gateway (Put/DeleteRange/Txn), so every Range request etcd counts is the agent's.\n\n\
-         Bench took {:.0} s.\n",
+         Command: `{}`; it took {:.0} s.\n",
         u(&join["applied_batches"]),
         u(&join["applied_events"]),
         u(&leave["applied_batches"]),
@@ -1461,6 +1465,7 @@ fn markdown(doc: &Value, took: Duration) -> String {
         u(&churn["applied_events"]),
         u(&churn["range_requests"]),
         f(&join["poll_ms"]).max(f(&leave["poll_ms"])),
+        doc["command"].as_str().unwrap_or("vxlan-scale-bench"),
         took.as_secs_f64()
     );
     s
