@@ -12,7 +12,8 @@
 //! 1. cold start: time from starting the agent to every peer's route present (then the full
 //!    neighbour/FDB/route set checked), at several sizes;
 //! 2. a no-op full resync: an agent with a short `resyncSeconds`, its log lines
-//!    `full reconcile: <N> peers, <A> added, <R> removed, took <ms> ms`; peak RSS (VmHWM);
+//!    `full reconcile: <N> peers, <A> added, <R> removed, took <ms> ms`, and `ip monitor` on
+//!    the node showing that those reconciles wrote nothing; peak RSS (VmHWM);
 //! 3. joins one by one: delay from the last write to all routes present, the agent's etcd
 //!    `Range` requests during the burst (etcd's own `grpc_server_started_total`; the bench only
 //!    writes), the agent's CPU time;
