@@ -50,8 +50,7 @@ const SCALE_CLUSTER_CIDR: &str = "10.0.0.0/8";
 /// Key prefixes: cold starts and the resync share one, the bursts have their own.
 const COLD_PREFIX: &str = "/scale/cold";
 const BURST_PREFIX: &str = "/scale/burst";
-/// The agents' leaseTTL and resyncSeconds outside the resync scenario: the plugin's defaults.
-const LEASE_TTL: u64 = 30;
+/// The agents' resyncSeconds outside the resync scenario: the plugin's default.
 const DEFAULT_RESYNC: u64 = 30;
 /// Pause between two reads of the device's routes (one `ip -j route` run, ~10 ms at 5,000).
 const POLL_PAUSE: Duration = Duration::from_millis(25);
@@ -89,7 +88,7 @@ const USAGE: &str = "\
 usage: vxlan-scale-bench [--small] [--cold-sizes N,N,...] [--cold-runs N] [--resync-peers N]
                          [--resync-seconds S] [--resyncs N] [--join-base N] [--joins N]
                          [--leaves N] [--churn-peers N] [--churn-percent P]
-                         [--churn-seconds S] [--timeout S] [--out DIR]
+                         [--churn-seconds S] [--lease-ttl S] [--timeout S] [--out DIR]
 
 One vxlan-overlay agent in a node namespace against a real etcd (data on a tmpfs) holding
 fake node records: cold start, a no-op full resync, joins and leaves one by one, churn. Times
@@ -100,7 +99,8 @@ and the release vxlan-overlay binary next to this one.
 
 options (full size by default):
   --small                CI sizes: cold start 1000,2000 peers, 100 joins onto 400, 100 leaves,
-                         churn 500 peers at 10 %/s for 5 s, resync at 2000 peers
+                         churn 500 peers at 10 %/s for 5 s, resync at 2000 peers,
+                         leaseTTL 6
   --cold-sizes LIST      peers in etcd at each cold start (default 1000,2000,3000,4000,5000)
   --cold-runs N          cold starts per size (default 3; 1 with --small)
   --resync-peers N       peers of the resync scenario (default: the largest cold size)
@@ -112,6 +112,8 @@ options (full size by default):
   --churn-peers N        peers during churn (default 2500)
   --churn-percent P      peers replaced per second (default 10)
   --churn-seconds S      churn duration (default 30)
+  --lease-ttl S          the agents' leaseTTL (default 30; 6 with --small); each scenario
+                         checks the agent's own record is still in etcd
   --timeout S            bound on each wait for convergence (default 60)
   --out DIR              where the files go (default conformance/results)
   -h, --help             this text
@@ -131,6 +133,7 @@ struct Sizes {
     churn_peers: usize,
     churn_percent: usize,
     churn_seconds: usize,
+    lease_ttl: u64,
     timeout: Duration,
 }
 
@@ -159,6 +162,9 @@ fn parse_args() -> Result<Args, String> {
     let mut churn_percent = 10;
     let mut churn_seconds = if small { 5 } else { 30 };
     let mut timeout = 60;
+    // Short in CI: a run of ~15 s then outlasts two TTLs, so an agent whose renewals stall
+    // behind its dataplane work loses its record before the bench looks.
+    let mut lease_ttl = if small { 6 } else { 30 };
     let mut out = PathBuf::from("conformance/results");
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -185,6 +191,7 @@ fn parse_args() -> Result<Args, String> {
             "--churn-percent" => churn_percent = num(val()?)?,
             "--churn-seconds" => churn_seconds = num(val()?)?,
             "--timeout" => timeout = num(val()?)? as u64,
+            "--lease-ttl" => lease_ttl = num(val()?)? as u64,
             "--out" => out = val()?.into(),
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -216,11 +223,15 @@ fn parse_args() -> Result<Args, String> {
         churn_peers,
         churn_percent,
         churn_seconds,
+        lease_ttl,
         timeout: Duration::from_secs(timeout),
     };
     let s = &sizes;
     if s.cold_runs == 0 || s.resyncs == 0 || s.resync_seconds == 0 || s.timeout.is_zero() {
         return Err("--cold-runs, --resyncs, --resync-seconds and --timeout must be > 0".into());
+    }
+    if s.lease_ttl < 3 {
+        return Err("--lease-ttl must be at least 3 (the agent's minimum)".into());
     }
     if s.joins == 0 || s.leaves > s.join_base + s.joins {
         return Err("--joins must be > 0 and --leaves at most --join-base + --joins".into());
@@ -315,10 +326,11 @@ struct Bed {
     underlay: Underlay,
     tmpfs: Tmpfs,
     next_host: u8,
+    lease_ttl: u64,
 }
 
 impl Bed {
-    fn new() -> Bed {
+    fn new(lease_ttl: u64) -> Bed {
         let tmpfs = Tmpfs::new();
         let underlay = Underlay::new();
         let netns = Netns::new("cnit-etcd-");
@@ -332,6 +344,7 @@ impl Bed {
             underlay,
             tmpfs,
             next_host: 1,
+            lease_ttl,
         }
     }
 
@@ -345,7 +358,7 @@ impl Bed {
             "etcdEndpoints": [self.etcd.endpoint()],
             "etcdPrefix": prefix,
             "clusterCIDR": SCALE_CLUSTER_CIDR,
-            "leaseTTL": LEASE_TTL,
+            "leaseTTL": self.lease_ttl,
             "resyncSeconds": resync,
         });
         OverlayNode::new(&self.underlay, host, &fields)
@@ -373,11 +386,13 @@ impl Bed {
         Duration::from_secs_f64(secs.max(0.0))
     }
 
-    /// Whether etcd holds exactly `peers` under `prefix`, besides the record of `agent_ip`.
+    /// Whether etcd holds exactly `peers` under `prefix` and one record of the agent at
+    /// `agent_ip`: its own, still there, so its lease kept being renewed through the work.
     fn etcd_holds(&self, prefix: &str, peers: &BTreeSet<Peer>, agent_ip: IpAddr) -> bool {
         records(&self.etcd, prefix).is_some_and(|r| {
-            let fakes: BTreeSet<Peer> = r.into_iter().filter(|p| p.underlay != agent_ip).collect();
-            fakes == *peers
+            let (own, fakes): (Vec<Peer>, Vec<Peer>) =
+                r.into_iter().partition(|p| p.underlay == agent_ip);
+            own.len() == 1 && fakes.into_iter().collect::<BTreeSet<_>>() == *peers
         })
     }
 }
@@ -593,7 +608,7 @@ struct BurstOutcome {
     settle_ms: Option<f64>,
     /// Neighbours, FDB entries and routes exactly the expected peers afterwards.
     exact: bool,
-    /// etcd holds exactly the expected records (besides the agent's own).
+    /// etcd holds exactly the expected records, and the agent's own (its lease renewed).
     etcd_exact: bool,
     /// Range requests etcd started from the burst's start until the agent was quiet.
     range_requests: u64,
@@ -1038,7 +1053,7 @@ fn set_records(bed: &mut Bed, prefix: &str, current: &BTreeSet<Peer>, want: &BTr
 fn run(args: &Args) -> Value {
     let s = &args.sizes;
     eprintln!("vxlan-scale-bench: etcd (data on a tmpfs) on a test underlay");
-    let mut bed = Bed::new();
+    let mut bed = Bed::new(s.lease_ttl);
     eprintln!("  etcd data in {} (tmpfs)", bed.etcd.data_dir().display());
     assert!(bed.etcd.data_dir().starts_with(bed.tmpfs.path()));
 
@@ -1222,7 +1237,8 @@ fn run(args: &Args) -> Value {
             "resync_peers": s.resync_peers, "resync_seconds": s.resync_seconds, "resyncs": s.resyncs,
             "join_base": s.join_base, "joins": s.joins, "leaves": s.leaves,
             "churn_peers": s.churn_peers, "churn_percent": s.churn_percent,
-            "churn_seconds": s.churn_seconds, "timeout_s": s.timeout.as_secs(),
+            "churn_seconds": s.churn_seconds, "lease_ttl": s.lease_ttl,
+            "timeout_s": s.timeout.as_secs(),
         },
         "cold_start": {
             "largest": largest,
@@ -1287,12 +1303,13 @@ fn markdown(doc: &Value, took: Duration) -> String {
     let sz = &doc["sizes"];
     let mut s = format!(
         "## vxlan-overlay at scale: one agent, fake peers in etcd\n\n\
-         Kernel {}, {} CPUs; agent `{}`; etcd 3.4 with its data on a tmpfs; times from the \
-         kernel's view of the VXLAN device.\n\n\
+         Kernel {}, {} CPUs; agent `{}` (leaseTTL {} s); etcd 3.4 with its data on a tmpfs; \
+         times from the kernel's view of the VXLAN device.\n\n\
          | scenario | size | measured | target | met? |\n|---|---|---|---|---|\n",
         doc["kernel"].as_str().unwrap_or("?"),
         doc["cpus"],
         doc["agent"].as_str().unwrap_or("?"),
+        doc["sizes"]["lease_ttl"],
     );
     let cold = &doc["cold_start"];
     if let Some(big) = cold["by_size"].as_array().and_then(|a| a.last()) {
