@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
+use cni_conformance::etcd::Etcdctl;
 use cni_conformance::netns::{Netns, Node};
 use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
 use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
