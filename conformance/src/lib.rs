@@ -19,14 +19,17 @@
 //!
 //! [`overlay`] builds a whole VXLAN overlay out of namespaces (underlay bridge, etcd from
 //! [`etcd`], node agents, pods) for the vxlan-overlay tests and `vxlan-bench`;
-//! [`ping_stream`] accounts for every echo request during an outage.
+//! [`ping_stream`] accounts for every echo request during an outage. [`etcd_cluster`] is a
+//! three-member etcd with TLS (certificates from [`pki`]) on the same underlay.
 
 pub mod cnitool;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod leases;
 pub mod netns;
 pub mod overlay;
 pub mod ping_stream;
+pub mod pki;
 pub mod plugin;
 pub mod result;
 pub mod runner;
