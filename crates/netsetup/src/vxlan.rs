@@ -172,7 +172,7 @@ pub fn ensure_vxlan(
 }
 
 /// One peer as programmed on the device.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerEntry {
     /// The peer's pod subnet.
     pub subnet: Ipv4Net,

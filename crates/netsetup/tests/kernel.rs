@@ -537,3 +537,80 @@ fn underlay_is_the_named_interface_or_the_default_route_link_of_the_chosen_famil
     );
     assert!(pick(&mut sock, Some("ul2"), Ipv4).is_err());
 }
+
+/// Peer `i` (0..65536) of the big-batch test: subnet 10.(64 + i/256).(i%256).0/24.
+fn big_batch_peer(i: u32) -> PeerEntry {
+    let (hi, lo) = ((64 + i / 256) as u8, (i % 256) as u8);
+    PeerEntry {
+        subnet: Ipv4Net::new([10, hi, lo, 0].into(), 24).unwrap(),
+        vtep_ip: [10, hi, lo, 0].into(),
+        vtep_mac: [0x0a, 0x58, 0, hi, lo, 1],
+        underlay: std::net::IpAddr::from([172, 31, hi, lo]),
+    }
+}
+
+#[test]
+fn a_batch_of_15000_requests_fits_the_socket_buffer_and_every_reply_arrives() {
+    // One send of this many requests overflowed the receive buffer (ENOBUFS) and lost
+    // acknowledgements, after which the next receive waited forever. Batches now go out in
+    // chunks whose replies fit; every one of the 15,000 must be acknowledged.
+    let node = TempNetns::new("big");
+    let mut sock = node.open().socket().unwrap();
+    let ul = underlay_link(&node, &mut sock, "ul0", &["172.30.9.1/24"]);
+    let spec = VxlanSpec {
+        name: "tvxbig".into(),
+        vni: 3,
+        port: 8472,
+        local: "172.30.9.1".parse().unwrap(),
+        underlay_index: ul,
+        mac: [0x02, 0, 0, 0, 0, 0x09],
+        mtu: 1450,
+    };
+    let (dev, _) = vxlan::ensure_vxlan(&mut sock, &spec, "10.63.0.0/32".parse().unwrap()).unwrap();
+    let peers: Vec<PeerEntry> = (0..5000).map(big_batch_peer).collect();
+    let requests: Vec<_> = peers
+        .iter()
+        .flat_map(|p| vxlan::add_peer(dev.index, p))
+        .collect();
+    assert_eq!(requests.len(), 15_000);
+    let replies = sock.batch(requests).unwrap();
+    assert_eq!(replies.len(), 15_000);
+    netsetup::socket::first_error(replies, |_, _| false).unwrap();
+    let st = vxlan::device_state(&mut sock, dev.index).unwrap();
+    assert_eq!(
+        (st.neighbours.len(), st.fdb.len(), st.routes.len()),
+        (5000, 5000, 5000)
+    );
+    let routes = node.ip(&["route", "show", "dev", "tvxbig"]);
+    assert_eq!(routes.lines().count(), 5000, "the kernel's own view");
+
+    // The same socket keeps working: remove them all in one batch, and a failing request in
+    // the middle of a chunk (a route that is not there) is reported on its own.
+    let mut deletes: Vec<_> = peers
+        .iter()
+        .flat_map(|p| {
+            [
+                vxlan::del_neighbour(dev.index, p.vtep_ip, p.vtep_mac),
+                vxlan::del_fdb(dev.index, p.vtep_mac, p.underlay),
+                vxlan::del_route(dev.index, p.subnet, Some(p.vtep_ip)),
+            ]
+        })
+        .collect();
+    let missing = big_batch_peer(6000);
+    deletes.insert(
+        7000,
+        vxlan::del_route(dev.index, missing.subnet, Some(missing.vtep_ip)),
+    );
+    let replies = sock.batch(deletes).unwrap();
+    let failed: Vec<&str> = replies
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(what, _)| what.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![format!("delete route {}", missing.subnet).as_str()]
+    );
+    let st = vxlan::device_state(&mut sock, dev.index).unwrap();
+    assert!(st.neighbours.is_empty() && st.fdb.is_empty() && st.routes.is_empty());
+}

@@ -1,28 +1,37 @@
-//! `vxlan-overlay agent`: leases this node's subnet, keeps the lease alive, publishes the
-//! VTEP, and keeps every peer programmed: a full reconcile at start, on every change etcd
-//! reports, and periodically, so a missed event never leaves stale state. When etcd is
-//! unreachable the dataplane stays as it is and the agent reconnects.
+//! `vxlan-overlay agent`: leases this node's subnet (on a thread of its own, see
+//! [`crate::lease`]), publishes the VTEP, and keeps every peer programmed from etcd's watch
+//! (see [`crate::peer_sync`]), with a full reconcile at start and periodically, so a missed
+//! event never leaves stale state. When etcd is unreachable the dataplane stays as it is and
+//! the agent reconnects; metrics and `/healthz` are served when `metricsAddress` is set.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use netsetup::link::{self, Mac};
 use netsetup::vxlan::PeerEntry;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio::time::{interval, MissedTickBehavior};
 
 use crate::config::OverlayConfig;
 use crate::dataplane::{self, detect_underlay, overlay_mtu, peer_entry, Dataplane, Underlay};
+use crate::etcd_access::{EtcdAccess, CALL_TIMEOUT};
+use crate::lease::{LeaseEvent, LeaseKeeper, LeaseTerms};
+use crate::metrics_server;
+use crate::peer_sync::PeerSync;
+use crate::peers::PeerTable;
 use crate::registry::{NodeRecord, Registry};
 use crate::state::NodeState;
 use crate::subnet_file::SubnetEnv;
+use crate::telemetry::Telemetry;
 use crate::Error;
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(cfg: OverlayConfig) -> Result<(), Error> {
     cfg.validate()?;
-    // One thread: the agent's work is small, and netlink sockets are used from this thread only.
+    // The main thread: the watch, and the netlink socket (used from this thread only). The
+    // lease and the metrics have threads of their own.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,7 +106,13 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
     let (mut node, _) = node(cfg)?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Runtime(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Runtime(e.to_string()))?;
-    let mut tick = interval(Duration::from_secs(cfg.resync_seconds.max(1)));
+    let resync_every = Duration::from_secs(cfg.resync_seconds.max(1));
+    let telemetry = Arc::new(Telemetry::new(resync_every));
+    if let Some(addr) = cfg.metrics_address {
+        let bound = metrics_server::serve(addr, telemetry.clone())?;
+        log::info!("serving /metrics and /healthz on {bound}");
+    }
+    let mut tick = interval(resync_every);
     let mut plane: Option<(Dataplane, Ipv4Net)> = None;
     loop {
         tokio::select! {
@@ -125,6 +140,7 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
                 subnet,
             ));
             publish(cfg, &node, subnet)?;
+            telemetry.set_lease(Some(subnet));
         }
         let others: Vec<PeerEntry> = peers
             .iter()
@@ -132,38 +148,19 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
             .filter_map(|p| peer_entry(p.subnet, p.underlay, &p.vtep_mac))
             .collect();
         if let Some((dp, _)) = plane.as_mut() {
+            let started = std::time::Instant::now();
             let c = dp.reconcile(&others)?;
+            telemetry.full_reconciles.inc();
+            telemetry
+                .full_reconcile_seconds
+                .observe(started.elapsed().as_secs_f64());
+            telemetry.peers_programmed.set(others.len() as i64);
+            telemetry.synced();
             if c != Default::default() {
                 log::info!("reconciled {} peers: {c:?}", others.len());
             }
         }
     }
-}
-
-/// The peers from etcd records, without this node: their underlay addresses of this node's
-/// family (a VXLAN device encapsulates in one family only, so a node with no address of it
-/// cannot be reached and is left out).
-fn peers_of(records: &[(Ipv4Net, NodeRecord)], me: IpAddr, vni: u32) -> Vec<PeerEntry> {
-    records
-        .iter()
-        .filter(|(_, r)| !r.is_node(me) && r.backend.vni == vni)
-        .filter_map(|(s, r)| match r.underlay_like(me) {
-            Some(ip) => peer_entry(*s, ip, &r.backend.vtep_mac),
-            None => {
-                log::debug!("peer {s} has no underlay address of the family of {me}: skipped");
-                None
-            }
-        })
-        .collect()
-}
-
-async fn connect(cfg: &OverlayConfig) -> Result<Registry, Error> {
-    Registry::connect(
-        &cfg.etcd_endpoints,
-        &cfg.etcd_prefix,
-        Duration::from_secs(3),
-    )
-    .await
 }
 
 async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
@@ -172,135 +169,83 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
     let me = NodeRecord::new(node.underlay.ip, cfg.vni, link::mac_string(&node.mac));
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Runtime(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Runtime(e.to_string()))?;
-    let ttl = cfg.lease_ttl;
+    let resync_every = Duration::from_secs(cfg.resync_seconds.max(1));
+    let telemetry = Arc::new(Telemetry::new(resync_every));
+    if let Some(addr) = cfg.metrics_address {
+        let bound = metrics_server::serve(addr, telemetry.clone())?;
+        log::info!("serving /metrics and /healthz on {bound}");
+    }
+    let access = EtcdAccess::from_config(cfg);
+    let (events, mut lease_events) = tokio::sync::mpsc::unbounded_channel();
+    let keeper = LeaseKeeper::spawn(
+        access.clone(),
+        LeaseTerms {
+            me: me.clone(),
+            preferred: state.subnet,
+            cluster,
+            subnet_len: cfg.subnet_len,
+            ttl: cfg.lease_ttl,
+            release_on_exit: cfg.release_on_exit,
+        },
+        telemetry.clone(),
+        events,
+    )?;
+    let result = keep_peers(
+        cfg,
+        &node,
+        access,
+        telemetry,
+        &mut lease_events,
+        &mut term,
+        &mut int,
+    )
+    .await;
+    keeper.stop();
+    result
+}
 
-    // Until the first lease there is nothing to keep: retry etcd with backoff.
-    let mut backoff = Duration::from_millis(200);
-    let (mut reg, mut lease) = loop {
-        let attempt = async {
-            let mut reg = connect(cfg).await?;
-            reg.ensure_network_config(cluster, cfg.subnet_len).await?;
-            let lease = reg
-                .acquire(&me, state.subnet, cluster, cfg.subnet_len, ttl)
-                .await?;
-            Ok::<_, Error>((reg, lease))
-        };
-        match attempt.await {
-            Ok(v) => break v,
-            Err(e @ (Error::Conflict(_) | Error::Exhausted { .. })) => return Err(e),
-            Err(e) => log::warn!("etcd not ready ({e}); retrying in {backoff:?}"),
+/// The agent's main thread once the lease thread runs: sets the dataplane up for each
+/// subnet the lease thread reports, and keeps its peers in step with etcd until a signal.
+async fn keep_peers(
+    cfg: &OverlayConfig,
+    node: &Node,
+    access: EtcdAccess,
+    telemetry: Arc<Telemetry>,
+    lease_events: &mut tokio::sync::mpsc::UnboundedReceiver<LeaseEvent>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Result<(), Error> {
+    let mut plane: Option<Dataplane> = None;
+    let table = PeerTable::new(node.underlay.ip, cfg.vni);
+    let mut sync = PeerSync::new(access, &cfg.etcd_prefix, table, telemetry);
+    let mut resync = interval(Duration::from_secs(cfg.resync_seconds.max(1)));
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        if let Some(dp) = plane.as_mut() {
+            sync.step(dp).await;
         }
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    };
-    let mut plane = Dataplane::setup(cfg, &node.underlay, lease.subnet, node.mac)?;
-    publish(cfg, &node, lease.subnet)?;
-
-    let mut renew = interval(Duration::from_secs((ttl / 3).max(1)));
-    renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut resync = interval(Duration::from_secs(cfg.resync_seconds.max(1)));
-    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut watch = None;
-    let call = Duration::from_secs(3);
-    loop {
-        let mut full_sync = false;
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = renew.tick() => {
-                match timeout(call, reg.renew(&lease)).await {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => {
-                        log::warn!("lease on {} expired; claiming it again", lease.subnet);
-                        match timeout(call, reg.acquire(&me, Some(lease.subnet), cluster, cfg.subnet_len, ttl)).await {
-                            Ok(Ok(l)) => {
-                                if l.subnet != lease.subnet {
-                                    // Another node took our subnet while we were away: pods
-                                    // here keep their addresses only if we start over.
-                                    log::error!("subnet {} was taken by another node; now {}", lease.subnet, l.subnet);
-                                    plane = Dataplane::setup(cfg, &node.underlay, l.subnet, node.mac)?;
-                                    publish(cfg, &node, l.subnet)?;
-                                }
-                                lease = l;
-                                full_sync = true;
-                            }
-                            Ok(Err(e)) => log::warn!("re-lease failed: {e}"),
-                            Err(_) => log::warn!("re-lease timed out"),
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        log::warn!("etcd unreachable ({e}); keeping the dataplane, reconnecting");
-                        watch = None;
-                        if let Ok(Ok(r)) = timeout(call, connect(cfg)).await {
-                            reg = r;
-                        }
-                    }
-                    Err(_) => {
-                        log::warn!("lease renewal timed out; keeping the dataplane");
-                        watch = None;
-                    }
+            ev = lease_events.recv() => match ev {
+                Some(LeaseEvent::Leased(subnet)) => {
+                    plane = Some(Dataplane::setup(cfg, &node.underlay, subnet, node.mac)?);
+                    publish(cfg, node, subnet)?;
+                    sync.request_full();
                 }
+                Some(LeaseEvent::Fatal(e)) => return Err(e),
+                None => return Err(Error::Runtime("the lease thread stopped".into())),
+            },
+            _ = resync.tick() => {
+                sync.check_files();
+                sync.request_full();
             }
-            _ = resync.tick() => full_sync = true,
-            ev = next_event(&mut watch) => {
-                match ev {
-                    Some(true) => full_sync = true,
-                    Some(false) => {}
-                    None => watch = None,
+            wake = sync.next(), if plane.is_some() => {
+                if let Some(dp) = plane.as_mut() {
+                    sync.handle(dp, wake);
                 }
             }
         }
-        // Without a watch, events may have been missed: list, then watch from the revision
-        // after the list, so a change between the two is still reported.
-        full_sync |= watch.is_none();
-        if full_sync {
-            match timeout(call, reg.list()).await {
-                Ok(Ok((records, revision))) => {
-                    let peers = peers_of(&records, node.underlay.ip, cfg.vni);
-                    match plane.reconcile(&peers) {
-                        Ok(c) if c != Default::default() => {
-                            log::info!("reconciled {} peers: {c:?}", peers.len())
-                        }
-                        Ok(_) => {}
-                        Err(e) => log::error!("reconcile failed: {e}"),
-                    }
-                    if watch.is_none() {
-                        match timeout(call, reg.watch(revision + 1)).await {
-                            Ok(Ok(w)) => watch = Some(w),
-                            Ok(Err(e)) => log::debug!("watch not established: {e}"),
-                            Err(_) => log::debug!("watch timed out"),
-                        }
-                    }
-                }
-                Ok(Err(e)) => log::warn!("cannot list peers ({e}); keeping the dataplane"),
-                Err(_) => log::warn!("listing peers timed out; keeping the dataplane"),
-            }
-        }
-    }
-    if cfg.release_on_exit {
-        match timeout(call, reg.release(&lease)).await {
-            Ok(Ok(())) => log::info!("released {}", lease.subnet),
-            Ok(Err(e)) => log::warn!("cannot release {}: {e}", lease.subnet),
-            Err(_) => log::warn!("releasing {} timed out", lease.subnet),
-        }
-    }
-    Ok(())
-}
-
-/// The next watch message: Some(true) on changes, Some(false) on a message without events,
-/// None when the watch ended or failed. Pends forever without a watch.
-async fn next_event(watch: &mut Option<etcd_client::WatchStream>) -> Option<bool> {
-    match watch {
-        None => std::future::pending().await,
-        Some(w) => match w.message().await {
-            Ok(Some(resp)) if resp.canceled() => None,
-            Ok(Some(resp)) => Some(!resp.events().is_empty()),
-            Ok(None) | Err(_) => None,
-        },
     }
 }
 
@@ -328,9 +273,13 @@ fn with_registry<T>(
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(e.to_string()))?;
+    let access = EtcdAccess::from_config(cfg);
     rt.block_on(async {
-        let mut reg = connect(cfg).await?;
-        work(&mut reg).await
+        let mut reg = access.connect().await?;
+        let result = tokio::time::timeout(CALL_TIMEOUT * 2, work(&mut reg))
+            .await
+            .unwrap_or_else(|_| Err(Error::EtcdAccess("etcd call timed out".into())));
+        result.map_err(|e| access.explain(e))
     })
 }
 
@@ -340,12 +289,14 @@ usage: vxlan-overlay agent --config <conflist>
 
 The node agent of the vxlan-overlay network: leases this node a subnet of clusterCIDR in etcd
 (or takes it from peersFile), writes it to subnetFile (flannel's subnet.env) for the plugin,
-creates the VXLAN device and programs a route, ARP and FDB entry per peer, and renews the
-lease every leaseTTL/3 seconds. It reads the conflist's vxlan-overlay entry (etcdEndpoints,
-etcdPrefix, leaseTTL, releaseOnExit, peersFile, subnetFile, vni, port, device,
-underlayInterface, mtu, dataDir, resyncSeconds, logFile, logLevel: see the README), the
-same entry the plugin reads. Runs until SIGTERM or SIGINT, then releases its lease unless
-releaseOnExit is false; the VXLAN device stays, so pods keep their traffic across restarts.
+creates the VXLAN device and programs a route, ARP and FDB entry per peer, applying etcd's
+watch events as they come, and renews the lease every leaseTTL/3 seconds on a thread of its
+own. It reads the conflist's vxlan-overlay entry (etcdEndpoints, etcdCAFile, etcdCertFile,
+etcdKeyFile, etcdUsername, etcdPassword, etcdPrefix, leaseTTL, releaseOnExit, peersFile,
+subnetFile, vni, port, device, underlayInterface, mtu, dataDir, resyncSeconds,
+metricsAddress, logFile, logLevel: see the README), the same entry the plugin reads. Runs
+until SIGTERM or SIGINT, then releases its lease unless releaseOnExit is false; the VXLAN
+device stays, so pods keep their traffic across restarts.
 
 options:
   -c, --config <file>   the conflist (or single network config) with the vxlan-overlay entry

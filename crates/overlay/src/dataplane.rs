@@ -13,6 +13,7 @@ use netsetup::{Link, Socket};
 use serde::Deserialize;
 
 use crate::config::{vtep_ip, OverlayConfig, UnderlayFamilyConfig};
+use crate::peers::Delta;
 use crate::Error;
 
 /// The VTEP of this node.
@@ -158,12 +159,54 @@ impl Dataplane {
         if !batch.is_empty() {
             let replies = self.sock.batch(batch)?;
             // An entry already gone is what a delete wanted.
-            first_error(replies, |what, e| {
-                what.starts_with("delete") && link::is_no_device(e)
-            })?;
+            first_error(replies, already_gone)?;
         }
         Ok(changes)
     }
+}
+
+impl Dataplane {
+    /// Applies watch deltas: removals first (so a MAC or subnet that moves to another peer in
+    /// the same burst is deleted before it is added again), then additions and changes, in one
+    /// batch (sent in bounded chunks). Nothing is read back: what is programmed is known.
+    pub fn apply(&mut self, deltas: &[Delta]) -> Result<Changes, Error> {
+        let index = self.device.index;
+        let mut batch = Vec::new();
+        let mut changes = Changes::default();
+        for d in deltas {
+            match (d.old, d.new) {
+                (Some(o), None) => {
+                    batch.push(vxlan::del_neighbour(index, o.vtep_ip, o.vtep_mac));
+                    batch.push(vxlan::del_fdb(index, o.vtep_mac, o.underlay));
+                    batch.push(vxlan::del_route(index, o.subnet, Some(o.vtep_ip)));
+                    changes.removed += 1;
+                }
+                // The FDB entry is keyed by MAC: a new MAC leaves the old entry behind. The
+                // neighbour (keyed by address) and the route (by subnet) are replaced.
+                (Some(o), Some(n)) if o.vtep_mac != n.vtep_mac => {
+                    batch.push(vxlan::del_fdb(index, o.vtep_mac, o.underlay));
+                }
+                _ => {}
+            }
+        }
+        for d in deltas {
+            if let Some(n) = d.new {
+                batch.extend(vxlan::add_peer(index, &n));
+                changes.added += 1;
+            }
+        }
+        if !batch.is_empty() {
+            let replies = self.sock.batch(batch)?;
+            first_error(replies, already_gone)?;
+        }
+        Ok(changes)
+    }
+}
+
+/// A delete of an entry that is not there (ENOENT, ENODEV, or ESRCH for a route) did what it
+/// wanted.
+fn already_gone(what: &str, e: &std::io::Error) -> bool {
+    what.starts_with("delete") && (link::is_no_device(e) || e.raw_os_error() == Some(libc::ESRCH))
 }
 
 /// One line of a static peers file.

@@ -5,6 +5,11 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod etcd_access;
+pub mod lease;
+pub mod metrics_server;
+pub mod peer_sync;
+pub mod peers;
 pub mod plugin;
 pub mod registry;
 pub mod state;
@@ -35,8 +40,12 @@ pub enum Error {
     #[error(transparent)]
     Net(#[from] netsetup::Error),
     /// etcd failed or is unreachable.
-    #[error("etcd: {0}")]
+    #[error("etcd: {}", error_chain(.0))]
     Etcd(#[from] etcd_client::Error),
+    /// etcd could not be reached or refused us, in words naming what to fix (the TLS file,
+    /// the endpoints).
+    #[error("etcd: {0}")]
+    EtcdAccess(String),
     /// Every subnet of the cluster is leased.
     #[error("no free /{subnet_len} left in {cluster}")]
     Exhausted {
@@ -62,6 +71,18 @@ pub enum Error {
     Runtime(String),
 }
 
+/// An error with its causes, `a: b: c` (tonic's own text is only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl Error {
     fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
@@ -77,7 +98,7 @@ impl From<Error> for CniError {
             Error::Pod(inner) => return inner.into(),
             Error::Net(inner) => return pod_bridge::Error::Net(inner).into(),
             Error::Config(_) | Error::Conflict(_) => code::INVALID_NETWORK_CONFIG,
-            Error::NoLease(_) | Error::Etcd(_) => code::TRY_AGAIN_LATER,
+            Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) => code::TRY_AGAIN_LATER,
             Error::Exhausted { .. } => code::RANGE_EXHAUSTED,
             Error::Io { .. } | Error::Runtime(_) => code::IO_FAILURE,
         };

@@ -9,11 +9,10 @@
 //! holds when a node has no IPv4 address).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -130,22 +129,71 @@ fn parse_subnet_key(prefix: &str, key: &str) -> Option<Ipv4Net> {
     Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()
 }
 
+/// One change of a subnet key, as the watch reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The key was written: its record, or None when the value does not parse (the subnet is
+    /// then no usable peer).
+    Put(Ipv4Net, Option<NodeRecord>),
+    /// The key was deleted (released, or its lease expired).
+    Delete(Ipv4Net),
+}
+
+/// What one watch response says.
+#[derive(Debug, Default)]
+pub struct WatchNews {
+    /// The subnet changes, in order, each with the revision it happened at.
+    pub changes: Vec<(i64, Change)>,
+    /// The revision everything up to which has now been seen (the last event's, or a
+    /// progress notification's header), if the response tells.
+    pub revision: Option<i64>,
+    /// etcd ended the watch: its start revision was compacted away (a full list is needed).
+    pub compacted: bool,
+    /// etcd ended the watch for another reason (it can be resumed).
+    pub canceled: bool,
+}
+
+/// Reads one watch response: changes of subnet keys (other keys are ignored) and the
+/// revision seen. The header of a "created" response is not taken as progress: events
+/// between the watch's start revision and it are still to come.
+pub fn watch_news(prefix: &str, resp: &WatchResponse) -> WatchNews {
+    let mut news = WatchNews {
+        compacted: resp.canceled() && resp.compact_revision() > 0,
+        canceled: resp.canceled(),
+        ..WatchNews::default()
+    };
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        news.revision = news.revision.max(Some(kv.mod_revision()));
+        let Some(subnet) = kv.key_str().ok().and_then(|k| parse_subnet_key(prefix, k)) else {
+            continue;
+        };
+        news.changes.push((
+            kv.mod_revision(),
+            match ev.event_type() {
+                EventType::Put => Change::Put(
+                    subnet,
+                    serde_json::from_slice::<NodeRecord>(kv.value())
+                        .map_err(|e| log::warn!("ignoring malformed record for {subnet}: {e}"))
+                        .ok(),
+                ),
+                EventType::Delete => Change::Delete(subnet),
+            },
+        ));
+    }
+    if resp.events().is_empty() && !resp.created() && !resp.canceled() {
+        news.revision = resp.header().map(|h| h.revision());
+    }
+    news
+}
+
 impl Registry {
-    /// Connects (bounded by `timeout`) to the endpoints.
-    pub async fn connect(
-        endpoints: &[String],
-        prefix: &str,
-        timeout: Duration,
-    ) -> Result<Registry, Error> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(5), timeout);
-        let client = Client::connect(endpoints, Some(opts)).await?;
-        Ok(Registry {
+    /// A registry over a connected client, under `prefix`.
+    pub fn new(client: Client, prefix: &str) -> Registry {
+        Registry {
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
-        })
+        }
     }
 
     /// Writes the network config if absent; fails if another cluster CIDR is recorded there.
@@ -351,8 +399,11 @@ impl Registry {
     /// already applied are replayed, so nothing between a list and the watch is lost).
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, Error> {
         let prefix = format!("{}/subnets/", self.prefix);
+        // Progress notifications move the revision on while nothing changes, so a watch
+        // resumed after a quiet hour does not start from a compacted revision.
         let opts = WatchOptions::new()
             .with_prefix()
+            .with_progress_notify()
             .with_start_revision(revision);
         Ok(self.client.watch(prefix.as_str(), Some(opts)).await?)
     }
