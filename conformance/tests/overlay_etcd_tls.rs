@@ -371,6 +371,12 @@ fn agents_ride_out_a_leader_kill_and_a_cut_off_member_over_tls() {
         .wait_leader(ELECTION)
         .filter(|&l| l != leader)
         .unwrap_or((leader + 1) % c.etcd.len());
+    eprintln!(
+        "killed {} (the leader); cutting off {} (leader now: {:?})",
+        c.etcd.name(leader),
+        c.etcd.name(cut),
+        c.etcd.leader().map(|l| c.etcd.name(l).to_owned())
+    );
     c.etcd.cut_off(cut);
     let cut_at = Instant::now();
     let fourth = c.add_node();
@@ -486,6 +492,14 @@ fn wrong_ca_or_missing_client_certificate_is_a_clear_error_and_takes_no_lease() 
          certificate\") within {wait:?}:\n{}",
         c.nodes[no_cert].diagnostics()
     );
+    for (node, what) in [(bad_ca, "wrong CA"), (no_cert, "no client certificate")] {
+        let logs = c.nodes[node].logs();
+        let first = logs
+            .lines()
+            .find(|l| l.contains("etcd"))
+            .unwrap_or_default();
+        eprintln!("{what}: {first}");
+    }
     assert!(
         c.records().is_some_and(|r| r.len() == 1),
         "etcd should hold the good node's record only: {:?}",
@@ -570,6 +584,9 @@ fn rotated_client_certificate_files_are_picked_up_without_a_restart() {
         "after the rotation the agent did not program a peer put in etcd:\n{}",
         c.diagnostics()
     );
+    let logs = c.nodes[0].logs();
+    let tls_lines: Vec<&str> = logs.lines().filter(|l| l.contains("TLS")).collect();
+    eprintln!("agent's TLS lines:\n{}", tls_lines.join("\n"));
 }
 
 /// A fake peer `n` of the 200-change test: subnet 10.200.`subnet`.0/24, underlay and MAC
@@ -646,9 +663,11 @@ fn two_hundred_changes_while_the_watch_is_down_are_caught_up_by_resuming_it() {
          add rule ip cnit_cut out ip daddr {ETCD_ADDR} drop"
     ));
     let killed = netns.run("ss", &["-K", "dst", &ETCD_ADDR.to_string()]);
+    // ss prints each socket it destroyed: the agent's connections (watch and lease) to etcd.
+    let destroyed = String::from_utf8_lossy(&killed.stdout);
     assert!(
-        killed.status.success(),
-        "ss -K failed: {}",
+        killed.status.success() && destroyed.contains(&format!("{ETCD_ADDR}:2379")),
+        "ss -K destroyed no connection to etcd (stdout {destroyed:?}): {}",
         String::from_utf8_lossy(&killed.stderr)
     );
     let log_len_at_cut = fs::read_to_string(c.nodes[node].log_path())
@@ -708,6 +727,7 @@ fn two_hundred_changes_while_the_watch_is_down_are_caught_up_by_resuming_it() {
     );
     let log = fs::read_to_string(c.nodes[node].log_path()).unwrap_or_default();
     let after_cut = &log[log_len_at_cut.min(log.len())..];
+    eprintln!("agent log from the cut on:\n{after_cut}");
     assert_eq!(
         full_reconciles(&c),
         1,
