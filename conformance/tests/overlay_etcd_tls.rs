@@ -244,6 +244,30 @@ impl LeaseWatch {
     }
 }
 
+/// Established TCP connections from the nodes' namespaces (the agents) to etcd's client port
+/// at `member`.
+fn agent_connections(c: &OverlayCluster<EtcdCluster>, member: IpAddr) -> usize {
+    c.nodes
+        .iter()
+        .map(|n| {
+            let out = n.netns().run(
+                "ss",
+                &[
+                    "-Htn",
+                    "state",
+                    "established",
+                    "dst",
+                    &member.to_string(),
+                    "dport",
+                    "=",
+                    ":2379",
+                ],
+            );
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        })
+        .sum()
+}
+
 /// The harness itself: three members elect a leader; another takes over when it dies; a
 /// restarted member rejoins on its data; a cut-off member cannot serve quorum reads while the
 /// other two can; TLS is enforced (no client certificate or a foreign CA's is refused). If
@@ -371,11 +395,18 @@ fn agents_ride_out_a_leader_kill_and_a_cut_off_member_over_tls() {
         .wait_leader(ELECTION)
         .filter(|&l| l != leader)
         .unwrap_or((leader + 1) % c.etcd.len());
+    let connected = agent_connections(&c, c.etcd.addr(cut));
     eprintln!(
-        "killed {} (the leader); cutting off {} (leader now: {:?})",
+        "killed {} (the leader); cutting off {} (leader now: {:?}), to which the agents hold \
+         {connected} connections",
         c.etcd.name(leader),
         c.etcd.name(cut),
         c.etcd.leader().map(|l| c.etcd.name(l).to_owned())
+    );
+    assert!(
+        connected > 0,
+        "no agent is connected to {}: cutting it off would disrupt nothing",
+        c.etcd.name(cut)
     );
     c.etcd.cut_off(cut);
     let cut_at = Instant::now();
