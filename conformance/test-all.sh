@@ -18,6 +18,9 @@ conformance/scripts/install-test-deps.sh
 echo "== format"
 cargo fmt --all -- --check
 
+echo "== lint"
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "== build (release, once)"
 cargo build --release --workspace --bins
 

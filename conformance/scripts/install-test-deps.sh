@@ -5,7 +5,7 @@
 # proves the harness), jq, python3 (the UDP listener that reports source addresses), iperf3,
 # and cnitool, built offline from Debian's CNI 1.1.2 source package with Debian's Go.
 # For the vxlan-overlay tests and bench: etcd-server, etcd-client, protobuf-compiler and
-# libprotobuf-dev (protoc and the well-known types it imports), ethtool.
+# libprotobuf-dev (protoc and the well-known types it imports), ethtool, curl.
 # For the runtime and packaging tests: containerd, runc, podman, busybox-static, a CRI client
 # (grpcio venv + stubs from Debian's containerd source) and cargo-deb, all under $TOOLS.
 #
@@ -41,8 +41,8 @@ PACKAGES=(
     # vxlan-overlay (tests/vxlan_overlay.rs, vxlan-bench): Debian's etcd 3.4 server and
     # etcdctl, protoc and its well-known .proto files (libprotobuf-dev: protobuf-compiler only
     # recommends it) for the etcd-client crate's build, ethtool for the bench's offload
-    # settings (iperf3 is above)
-    etcd-server etcd-client protobuf-compiler libprotobuf-dev ethtool
+    # settings (iperf3 is above), curl for the agent's /metrics and /healthz
+    etcd-server etcd-client protobuf-compiler libprotobuf-dev ethtool curl
     # the three-member TLS etcd (tests/overlay_etcd_tls.rs) makes its certificates with openssl
     openssl
     # Runtimes end to end (tests/runtimes.rs): containerd 1.6 with its CRI plugin, podman 4

@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
 use cni_conformance::etcd::Etcdctl;
+use cni_conformance::http;
 use cni_conformance::netns::{Netns, Node};
 use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
 use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
@@ -662,10 +663,48 @@ fn install_cni_renders_the_vxlan_overlay_template() {
     assert_eq!(vx["bridge"], "cbr0");
     assert_eq!(vx["mtu"], 0);
     assert_eq!(vx["logFile"], "/var/log/vxlan-overlay.log");
+    // On by default, on loopback: what the DaemonSet's probes (host 127.0.0.1) reach.
+    assert_eq!(vx["metricsAddress"], "127.0.0.1:9472", "{conf:#}");
     assert_eq!(conf["cniVersion"], "1.0.0");
     assert_eq!(conf["name"], "k8s-pod-network");
     assert!(inst.bin().join("vxlan-overlay").is_file());
     assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+
+    // METRICS_ADDRESS: any address (IPv6 in brackets) rendered as given; "off" leaves the
+    // field out, and the agent serves nothing.
+    let render = |metrics: &str| {
+        let o = run(inst
+            .command()
+            .env("CNI_NETWORK", "vxlan-overlay")
+            .env("PLUGINS", "vxlan-overlay portmap")
+            .env("CLUSTER_CIDR", "10.200.0.0/16")
+            .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379")
+            .env("METRICS_ADDRESS", metrics));
+        assert!(
+            o.status.success(),
+            "METRICS_ADDRESS={metrics}: {}",
+            text(&o)
+        );
+        installed_conflist(&inst).0
+    };
+    for (given, rendered) in [
+        ("0.0.0.0:9100", json!("0.0.0.0:9100")),
+        ("[::1]:9472", json!("[::1]:9472")),
+        ("off", Value::Null),
+    ] {
+        let conf = render(given);
+        let vx = &conf["plugins"][0];
+        assert_eq!(
+            vx["metricsAddress"], rendered,
+            "METRICS_ADDRESS={given}: {conf:#}"
+        );
+        assert_eq!(
+            vx["clusterCIDR"], "10.200.0.0/16",
+            "METRICS_ADDRESS={given} broke the rest: {conf:#}"
+        );
+    }
+    let vx = &render("127.0.0.1:9472")["plugins"][0];
+    assert_eq!(vx["metricsAddress"], "127.0.0.1:9472");
 
     // The plugin reads the rendered entry: an ADD before the agent leased a subnet is "try
     // again later" (11), not a config error (7). State goes to temp dirs, not the node's.
@@ -800,6 +839,51 @@ fn install_cni_error_paths_write_nothing() {
                 c
             },
             "CLUSTER_CIDR=10.200.0.0 is not an IPv4 CIDR",
+        ),
+        (
+            "metrics address without a port",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.1");
+                c
+            },
+            "METRICS_ADDRESS=127.0.0.1 is not IPv4:port",
+        ),
+        (
+            "metrics address with a host name",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "localhost:9472");
+                c
+            },
+            "METRICS_ADDRESS=localhost:9472 is not IPv4:port",
+        ),
+        (
+            "metrics address with port 0 (no probe can follow it)",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.1:0");
+                c
+            },
+            "METRICS_ADDRESS=127.0.0.1:0 is not",
+        ),
+        (
+            "metrics address with an octet past 255",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.256:9472");
+                c
+            },
+            "METRICS_ADDRESS=127.0.0.256:9472 is not",
+        ),
+        (
+            "metrics address that would break the JSON",
+            {
+                let mut c = vxlan(&inst);
+                c.env("METRICS_ADDRESS", "127.0.0.1:9472\",\"x\":\"y");
+                c
+            },
+            "METRICS_ADDRESS=",
         ),
         (
             "MTU that is not a number",
@@ -1024,9 +1108,61 @@ impl SuiteNode {
     }
 }
 
-/// `cni-suite <args>` inside the node namespace `node`.
+/// How long one `cni-suite doctor` or `teardown` may take before the test kills it and
+/// fails: far beyond a healthy run (a few seconds, 250 pods included).
+const SUITE_LIMIT: Duration = Duration::from_secs(120);
+
+/// `cni-suite <args>` inside the node namespace `node`, killed (and the test failed) after
+/// [`SUITE_LIMIT`].
 fn suite_in(node: &Netns, args: &[&str]) -> Output {
-    run(node.command(plugin_binary("cni-suite")).args(args))
+    run_within(
+        node.command(plugin_binary("cni-suite")).args(args),
+        SUITE_LIMIT,
+    )
+}
+
+/// Runs `cmd` to its end, its output collected; kills it and panics after `limit`.
+fn run_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Drained on threads: a full pipe must not stall the command while we wait for it.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = err.join().unwrap_or_default();
+                panic!(
+                    "{cmd:?} did not finish within {limit:?}; killed. stderr:\n{}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 /// `cni-suite doctor --json` inside `node` on these directories (containerd's config is
@@ -1345,6 +1481,77 @@ fn teardown_dry_run_changes_nothing_and_yes_removes_only_the_suites_state() {
     );
 }
 
+/// The suite's veths (`veth` + 11 hex digits) in `netns`.
+fn suite_veths(netns: &Netns) -> Vec<String> {
+    netns
+        .links_of_kind("veth")
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.len() == 15 && n.starts_with("veth"))
+        .collect()
+}
+
+#[test]
+fn teardown_removes_a_node_of_250_pods_in_bounded_time() {
+    require_root();
+    const PODS: usize = 250;
+    // How long the removal may take. It took about 5 s here, nearly all of it the kernel's
+    // ~17 ms per veth deletion (RCU synchronisation; `ip -batch` of the same 250 deletes
+    // takes 4.2 s). The bound catches a hang or stalls on netlink receive timeouts (10 s
+    // each), not a slow machine.
+    const LIMIT: Duration = Duration::from_secs(60);
+    let mut s = SuiteNode::new();
+    for i in 0..PODS {
+        s.add_pod(&format!("td-many-{i:03}"));
+    }
+    let netns = s.node.netns();
+    assert_eq!(
+        suite_veths(netns).len(),
+        PODS,
+        "a veth per pod before teardown"
+    );
+    let leases = s.ipam_root().join(&s.network);
+    let leased = fs::read_dir(&leases)
+        .expect("the network's IPAM dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10.245.3."))
+        .count();
+    assert_eq!(leased, PODS, "a lease per pod before teardown");
+
+    // The plan names every pod's veth once.
+    let (o, plan) = s.teardown(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deletes = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| {
+            a["action"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("delete link veth")
+        })
+        .count();
+    assert_eq!(deletes, PODS, "{plan:#}");
+
+    let started = Instant::now();
+    let (o, done) = s.teardown(&["--yes"]);
+    let took = started.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    for a in done["actions"].as_array().expect("actions") {
+        assert_eq!(a["result"], "done", "{a}");
+    }
+    assert!(took < LIMIT, "teardown of {PODS} pods took {took:?}");
+    eprintln!("teardown of {PODS} pods took {took:?}");
+    assert_eq!(suite_veths(netns), Vec::<String>::new(), "veths left");
+    assert!(!netns.has_link(&s.bridge), "bridge {} left", s.bridge);
+    assert!(!leases.exists(), "the network's leases are left");
+    let rules = stdout(&run(netns.command("nft").args(["list", "ruleset"])));
+    assert!(!rules.contains(&s.table()), "{} left:\n{rules}", s.table());
+    let attached = s.pods.iter().filter(|p| p.has_link("eth0")).count();
+    assert_eq!(attached, 0, "pods kept their interface");
+}
+
 // ---------------------------------------------------------------------------------------
 // cni-suite doctor and teardown on a vxlan-overlay node
 
@@ -1363,7 +1570,12 @@ impl OverlaySuite {
         // A leaseTTL that outlives the test, so a killed agent's record is still in etcd when
         // teardown looks; a resync that never comes, so the agent does not repair what a test
         // breaks on purpose.
-        let cluster = OverlayCluster::start(nodes, 300, 3600);
+        OverlaySuite::start_with(nodes, 300, 3600, &json!({}))
+    }
+
+    /// [`start`](Self::start) with this leaseTTL, resyncSeconds and more plugin fields.
+    fn start_with(nodes: u8, lease_ttl: u64, resync: u64, fields: &Value) -> OverlaySuite {
+        let cluster = OverlayCluster::start_with(nodes, lease_ttl, resync, fields);
         let dir = TempDir::new().expect("temp dir");
         let s = OverlaySuite { cluster, dir };
         write(
@@ -1546,6 +1758,70 @@ fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
             assert!(!hint(c).is_empty(), "a failure carries a fix: {c}");
         }
     }
+}
+
+#[test]
+fn doctor_reads_the_agents_healthz_on_its_metrics_address() {
+    require_root();
+    // A short leaseTTL and resync, so that etcd's loss shows in /healthz within seconds.
+    let metrics: std::net::SocketAddr = "127.0.0.1:9472".parse().expect("address");
+    let mut s = OverlaySuite::start_with(2, 6, 1, &json!({"metricsAddress": metrics}));
+    s.cluster
+        .wait_converged(&[0, 1], Duration::from_secs(20), "two nodes");
+    let name = format!("agent-health:{}", s.node().net_name());
+    let url = format!("http://{metrics}/healthz");
+
+    // Healthy: ok, with the figures of /metrics (one peer, a recent sync).
+    let (_, report) = s.doctor();
+    let c = check(&report, &name);
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(message(c).starts_with(&format!("{url}: ok")), "{c}");
+    assert!(message(c).contains("1 peer(s) programmed"), "{c}");
+    assert!(message(c).contains("last sync"), "{c}");
+
+    // etcd gone: the lease cannot be renewed and no sync succeeds, /healthz turns 503 and
+    // the doctor fails with the agent's own reason.
+    s.cluster.etcd.kill();
+    let turned = eventually(Duration::from_secs(30), || {
+        http::get(s.node().netns(), metrics, "/healthz").is_ok_and(|r| r.status == 503)
+    });
+    assert!(
+        turned,
+        "/healthz stayed 200 without etcd:\n{}",
+        s.cluster.diagnostics()
+    );
+    let reason = http::get(s.node().netns(), metrics, "/healthz")
+        .expect("the agent answers")
+        .body;
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &name);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        message(c).contains(&format!("{url}: 503 {}", reason.trim())),
+        "the check names the agent's reason {reason:?}: {c}"
+    );
+    assert!(hint(c).contains("etcd") || hint(c).contains("log"), "{c}");
+
+    // The agent stopped: nothing answers, and the check says what to do.
+    s.cluster.nodes[0].take_agent().kill();
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let c = check(&report, &name);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        message(c).contains(&format!("nothing answers on {url}")),
+        "{c}"
+    );
+    assert!(
+        message(c).contains("no vxlan-overlay agent runs"),
+        "the check names the cause: {c}"
+    );
+    assert!(hint(c).contains("start the agent"), "{c}");
+    assert!(
+        hint(c).contains(&format!("metricsAddress {metrics}")),
+        "{c}"
+    );
 }
 
 #[test]

@@ -21,6 +21,8 @@
 #   CLUSTER_CIDR         the cluster's pod range (vxlan-overlay, kubenet-vpc-route)
 #   NON_MASQUERADE_CIDR  destinations never masqueraded          [CLUSTER_CIDR, else 10.0.0.0/8]
 #   ETCD_ENDPOINTS       comma-separated etcd v3 URLs (vxlan-overlay)
+#   METRICS_ADDRESS      where the agent serves /metrics and /healthz, IPv4:port or
+#                        [IPv6]:port; "off" serves nothing (vxlan-overlay)   [127.0.0.1:9472]
 #   CLUSTER_NAME         the cluster's name in route table tags (kubenet-vpc-route)
 #   BRIDGE [cbr0]   MTU [0]   LOG_DIR [/var/log]   CNI_VERSION [1.0.0]
 #   NETWORK_NAME [k8s-pod-network]
@@ -62,6 +64,9 @@ POD_CIDR=${POD_CIDR:-}
 CLUSTER_CIDR=${CLUSTER_CIDR:-}
 NON_MASQUERADE_CIDR=${NON_MASQUERADE_CIDR:-${CLUSTER_CIDR:-10.0.0.0/8}}
 ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-}
+# Loopback by default: the kubelet probes it from the node (the DaemonSet's probes name host
+# 127.0.0.1), and the unauthenticated endpoint stays off the network unless asked for.
+METRICS_ADDRESS=${METRICS_ADDRESS:-127.0.0.1:9472}
 CLUSTER_NAME=${CLUSTER_NAME:-}
 
 TMP_FILES=""
@@ -103,6 +108,20 @@ check_value() {
 
 is_cidr() { echo "$1" | grep -Eq '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$'; }
 
+# host:port as the agent parses it (a socket address): a dotted IPv4 address with octets up
+# to 255, or a bracketed IPv6 address, and a port 1-65535 (a probe cannot follow port 0).
+is_socket_address() {
+    port=${1##*:}
+    host=${1%:*}
+    case "$port" in ''|*[!0-9]*) return 1 ;; esac
+    [ ${#port} -le 5 ] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || return 1
+    case "$host" in
+        \[*\]) echo "$host" | grep -Eq '^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$' ;;
+        *) echo "$host" | grep -Eq '^(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}$' || return 1
+           for octet in $(echo "$host" | tr . ' '); do [ "$octet" -le 255 ] || return 1; done ;;
+    esac
+}
+
 # The node's spec.podCIDR from the API server, with the pod's service account.
 pod_cidr_from_node() {
     sa=/var/run/secrets/kubernetes.io/serviceaccount
@@ -139,9 +158,19 @@ fi
 sed_args=""
 for var in $needed; do
     eval "value=\${$var:-}"
+    if [ "$var" = METRICS_ADDRESS ] && [ "$value" = off ]; then
+        # Optional: "off" drops the line (it is never the last member of its object).
+        sed_args="$sed_args -e '/@@METRICS_ADDRESS@@/d'"
+        continue
+    fi
     # ETCD_ENDPOINTS_JSON is rendered from ETCD_ENDPOINTS: name what the operator sets.
     [ -n "$value" ] || die "$CNI_NETWORK needs ${var%_JSON}"
-    [ "$var" = ETCD_ENDPOINTS_JSON ] || check_value "$var" "$value"
+    case "$var" in
+        ETCD_ENDPOINTS_JSON) ;;
+        # Brackets of an IPv6 address are outside check_value's set; the pattern is stricter.
+        METRICS_ADDRESS) is_socket_address "$value" || die "METRICS_ADDRESS=$value is not IPv4:port or [IPv6]:port with a port 1-65535 (or off)" ;;
+        *) check_value "$var" "$value" ;;
+    esac
     case "$var" in
         *CIDR) is_cidr "$value" || die "$var=$value is not an IPv4 CIDR" ;;
         MTU) case "$value" in *[!0-9]*) die "MTU=$value is not a number" ;; esac ;;

@@ -2,7 +2,7 @@
 //! (runtime set to use CNI, the provider started without errors, pod create and delete
 //! logged, kube-dns running), and then the suite's own state: binaries, every conflist and the
 //! plugins it names, bridges, VXLAN devices, forwarding, masquerade tables, leaked leases,
-//! the agent's lease and VPC routes. It only reads; nothing on the node changes.
+//! the agent's lease and `/healthz`, and VPC routes. It only reads; nothing on the node changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -20,7 +20,7 @@ use crate::kernel::{self, Links};
 use crate::netconf::{self, ConfFile, Kind, SuiteNetwork};
 use crate::report::{Check, Report};
 use crate::runtime;
-use crate::{logs, vpc, SUITE_PLUGINS};
+use crate::{agent_health, logs, vpc, SUITE_PLUGINS};
 
 /// Where to look.
 #[derive(Clone, Debug)]
@@ -117,6 +117,7 @@ pub fn run(opts: &Options) -> Report {
         if let Kind::Overlay(cfg) = &net.kind {
             report.push(check_agent(net, cfg));
             report.push(check_agent_record(net, cfg));
+            report.push(agent_health::check(net, cfg));
             report.push(check_agent_log(net, opts));
             if let Some(links) = links.as_mut() {
                 report.push(check_vxlan(cfg, links));

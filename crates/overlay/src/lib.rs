@@ -66,6 +66,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The metrics endpoint could not be set up on `metricsAddress`.
+    #[error("metricsAddress {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -100,7 +109,7 @@ impl From<Error> for CniError {
             Error::Config(_) | Error::Conflict(_) => code::INVALID_NETWORK_CONFIG,
             Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) => code::TRY_AGAIN_LATER,
             Error::Exhausted { .. } => code::RANGE_EXHAUSTED,
-            Error::Io { .. } | Error::Runtime(_) => code::IO_FAILURE,
+            Error::Io { .. } | Error::Metrics { .. } | Error::Runtime(_) => code::IO_FAILURE,
         };
         CniError::new(c, e.to_string())
     }
