@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
+use cni_conformance::etcd::Etcdctl;
 use cni_conformance::http;
 use cni_conformance::netns::{Netns, Node};
 use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
