@@ -43,6 +43,8 @@ PACKAGES=(
     # recommends it) for the etcd-client crate's build, ethtool for the bench's offload
     # settings (iperf3 is above), curl for the agent's /metrics and /healthz
     etcd-server etcd-client protobuf-compiler libprotobuf-dev ethtool curl
+    # the three-member TLS etcd (tests/overlay_etcd_tls.rs) makes its certificates with openssl
+    openssl
     # Runtimes end to end (tests/runtimes.rs): containerd 1.6 with its CRI plugin, podman 4
     # with its CNI backend, runc for both, busybox-static for local images, python3-venv for
     # the CRI client

@@ -4,6 +4,9 @@
 //! The server listens on its underlay address (what agents use) and on 127.0.0.1 inside its
 //! namespace (what `etcdctl` uses), so its ports never meet anything outside the test. Its data
 //! directory is a temporary directory; the process is killed when the guard is dropped.
+//!
+//! [`Etcdctl`] is what the tests read and write etcd with, for this server and for the
+//! three-member TLS cluster of [`crate::etcd_cluster`] alike.
 
 use std::fs::{self, File};
 use std::net::{IpAddr, SocketAddr};
@@ -42,14 +45,25 @@ impl EtcdServer {
     /// Starts etcd in `netns` (already connected to the underlay and holding `addr`) and waits
     /// until it answers; panics if it does not within [`START_TIMEOUT`].
     pub fn start(netns: Netns, addr: IpAddr) -> EtcdServer {
+        EtcdServer::start_in(netns, addr, &std::env::temp_dir())
+    }
+
+    /// [`start`](Self::start) with etcd's directory (data and log) created inside `parent`:
+    /// a tmpfs, say, so that a benchmark measures etcd's work rather than the disk's fsyncs.
+    pub fn start_in(netns: Netns, addr: IpAddr, parent: &Path) -> EtcdServer {
         assert!(
             Path::new(ETCD).is_file() && Path::new(ETCDCTL).is_file(),
             "{ETCD} or {ETCDCTL} missing: run conformance/scripts/install-test-deps.sh"
         );
         let dir = tempfile::Builder::new()
             .prefix("cnit-etcd-")
-            .tempdir()
-            .expect("cannot create etcd's directory");
+            .tempdir_in(parent)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create etcd's directory in {}: {e}",
+                    parent.display()
+                )
+            });
         let mut server = EtcdServer {
             child: None,
             addr,
@@ -144,25 +158,27 @@ impl EtcdServer {
         );
     }
 
-    /// Runs `etcdctl <args>` against this server (from inside its namespace), bounded by a
-    /// 3 s command timeout; panics only if etcdctl cannot be started.
-    pub fn ctl(&self, args: &[&str]) -> Output {
-        self.netns
-            .command(ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .args([
-                &format!("--endpoints=http://127.0.0.1:{CLIENT_PORT}"),
-                "--dial-timeout=2s",
-                "--command-timeout=3s",
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {ETCDCTL}: {e}"))
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
     }
+}
 
-    /// [`ctl`](Self::ctl) that panics, with etcdctl's stderr, unless it succeeds; returns stdout.
-    pub fn ctl_ok(&self, args: &[&str]) -> String {
+/// An etcd a test reads and writes with `etcdctl`: the single [`EtcdServer`] or the
+/// three-member TLS cluster. Only [`ctl`](Etcdctl::ctl) differs (where etcdctl runs, with
+/// which flags); the record and lease helpers are shared.
+pub trait Etcdctl {
+    /// The client URLs agents are configured with.
+    fn endpoints(&self) -> Vec<String>;
+
+    /// Runs `etcdctl <args>` against a live member, bounded by a 3 s command timeout; panics
+    /// only if etcdctl cannot be started.
+    fn ctl(&self, args: &[&str]) -> Output;
+
+    /// The last `lines` lines of etcd's log (of every member), for failure messages.
+    fn log_tail(&self, lines: usize) -> String;
+
+    /// [`ctl`](Etcdctl::ctl) that panics, with etcdctl's stderr, unless it succeeds; returns stdout.
+    fn ctl_ok(&self, args: &[&str]) -> String {
         let out = self.ctl(args);
         assert!(
             out.status.success(),
@@ -177,7 +193,7 @@ impl EtcdServer {
     ///
     /// Values must be single-line (JSON records are), since etcdctl prints key and value on
     /// alternate lines.
-    pub fn get_prefix(&self, prefix: &str) -> Option<Vec<(String, String)>> {
+    fn get_prefix(&self, prefix: &str) -> Option<Vec<(String, String)>> {
         let out = self.ctl(&["get", "--prefix", prefix]);
         if !out.status.success() {
             return None;
@@ -195,7 +211,7 @@ impl EtcdServer {
 
     /// The etcd lease id `key` is attached to (0 = none); `None` if the key does not exist or
     /// etcd does not answer.
-    pub fn key_lease(&self, key: &str) -> Option<i64> {
+    fn key_lease(&self, key: &str) -> Option<i64> {
         let out = self.ctl(&["get", key, "-w", "json"]);
         if !out.status.success() {
             return None;
@@ -207,7 +223,7 @@ impl EtcdServer {
 
     /// The seconds lease `id` has left; `None` once it has expired or been revoked (etcd
     /// reports TTL -1), or when etcd does not answer.
-    pub fn lease_remaining(&self, id: i64) -> Option<i64> {
+    fn lease_remaining(&self, id: i64) -> Option<i64> {
         let out = self.ctl(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"]);
         if !out.status.success() {
             return None;
@@ -217,7 +233,7 @@ impl EtcdServer {
     }
 
     /// Writes `key` = `value`, attached to etcd lease `lease` when given.
-    pub fn put(&self, key: &str, value: &str, lease: Option<i64>) {
+    fn put(&self, key: &str, value: &str, lease: Option<i64>) {
         let lease_arg = lease.map(|l| format!("--lease={l:x}"));
         let mut args = vec!["put"];
         if let Some(l) = &lease_arg {
@@ -229,7 +245,7 @@ impl EtcdServer {
     }
 
     /// Grants a lease of `ttl` seconds and returns its id.
-    pub fn lease_grant(&self, ttl: u64) -> i64 {
+    fn lease_grant(&self, ttl: u64) -> i64 {
         let out = self.ctl_ok(&["lease", "grant", &ttl.to_string()]);
         // "lease 694d7a3c4e1f2a05 granted with TTL(6s)"
         out.split_whitespace()
@@ -239,17 +255,33 @@ impl EtcdServer {
     }
 
     /// Revokes lease `id`: every key attached to it is deleted at once.
-    pub fn lease_revoke(&self, id: i64) {
+    fn lease_revoke(&self, id: i64) {
         self.ctl_ok(&["lease", "revoke", &format!("{id:x}")]);
     }
+}
 
-    /// The last `lines` lines of etcd's log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log_path(), lines)
+impl Etcdctl for EtcdServer {
+    fn endpoints(&self) -> Vec<String> {
+        vec![self.endpoint()]
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("etcd.log")
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.netns
+            .command(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .args([
+                &format!("--endpoints=http://127.0.0.1:{CLIENT_PORT}"),
+                "--dial-timeout=2s",
+                "--command-timeout=3s",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {ETCDCTL}: {e}"))
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path(), lines)
     }
 }
 

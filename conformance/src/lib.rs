@@ -20,15 +20,21 @@
 //! [`overlay`] builds a whole VXLAN overlay out of namespaces (underlay bridge, etcd from
 //! [`etcd`], node agents, pods) for the vxlan-overlay tests and `vxlan-bench`;
 //! [`ping_stream`] accounts for every echo request during an outage; [`http`] GETs an
-//! endpoint inside a namespace (the agent's `/metrics` and `/healthz`).
+//! endpoint inside a namespace (the agent's `/metrics` and `/healthz`); [`etcd_gateway`]
+//! writes etcd records in bulk and reads etcd's request counters (`vxlan-scale-bench`).
+//! [`etcd_cluster`] is a three-member etcd with TLS (certificates from [`pki`]) on the same
+//! underlay.
 
 pub mod cnitool;
 pub mod etcd;
+pub mod etcd_cluster;
+pub mod etcd_gateway;
 pub mod http;
 pub mod leases;
 pub mod netns;
 pub mod overlay;
 pub mod ping_stream;
+pub mod pki;
 pub mod plugin;
 pub mod result;
 pub mod runner;

@@ -116,6 +116,19 @@ impl Netns {
         Some(json)
     }
 
+    /// Runs `nft <script>` inside the namespace (one argument: commands separated by `;`)
+    /// and panics, with its stderr, if it fails. Tables live in the namespace and vanish
+    /// with it.
+    pub fn nft_ok(&self, script: &str) {
+        let out = self.run("nft", &[script]);
+        assert!(
+            out.status.success(),
+            "nft {script:?} in netns {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Whether a link named `ifname` exists in this namespace.
     pub fn has_link(&self, ifname: &str) -> bool {
         self.ip(&["link", "show", "dev", ifname]).status.success()

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::cnitool::CnitoolNetwork;
-use crate::etcd::{tail, EtcdServer};
+use crate::etcd::{tail, EtcdServer, Etcdctl};
 use crate::leases::LeaseDir;
 use crate::netns::{Netns, Node};
 use crate::plugin::{bin_dir, plugin_binary, PluginRun};
@@ -274,6 +274,12 @@ impl Agent {
         self.started
     }
 
+    /// The agent's process id (`ip netns exec` execs it in place, so it is the child's), for
+    /// reading its CPU time and memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The agent's exit status if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -391,7 +397,7 @@ impl Peer {
 
 /// The subnet records under `prefix` in etcd, as peers; `None` when etcd does not answer.
 /// Panics on a record that is not in flannel's format.
-pub fn records(etcd: &EtcdServer, prefix: &str) -> Option<Vec<Peer>> {
+pub fn records(etcd: &impl Etcdctl, prefix: &str) -> Option<Vec<Peer>> {
     let subnets = format!("{}/subnets/", prefix.trim_end_matches('/'));
     let kvs = etcd.get_prefix(&subnets)?;
     Some(
@@ -656,6 +662,11 @@ impl OverlayNode {
         ));
     }
 
+    /// The running agent's process id, if one runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Agent::pid)
+    }
+
     /// The running agent, if any.
     pub fn agent_mut(&mut self) -> Option<&mut Agent> {
         self.agent.as_mut()
@@ -800,6 +811,16 @@ impl OverlayNode {
             .config(&conf)
     }
 
+    /// Everything the agent logged: its `logFile`, then its stdout and stderr.
+    pub fn logs(&self) -> String {
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "{}{}",
+            read(&self.log_path()),
+            read(&self.dir.path().join("agent.out"))
+        )
+    }
+
     /// The node's log tail, agent output and VXLAN state, for failure messages.
     pub fn diagnostics(&self) -> String {
         format!(
@@ -823,22 +844,25 @@ pub struct OverlayPod {
     pub node: usize,
 }
 
-/// An etcd-backed overlay: the underlay, etcd, and nodes 1..=n each running an agent.
-pub struct OverlayCluster {
+/// An etcd-backed overlay: the underlay, etcd, and nodes 1..=n each running an agent. etcd is
+/// the single plaintext [`EtcdServer`] unless a test brings another ([`on_etcd`](Self::on_etcd)),
+/// like the TLS cluster of [`crate::etcd_cluster`].
+pub struct OverlayCluster<E: Etcdctl = EtcdServer> {
     // Drop order: pods, then nodes (agents die first), then etcd, then the underlay.
     /// Pods attached so far.
     pub pods: Vec<OverlayPod>,
     /// The nodes; node `i` has underlay address 172.30.0.`i + 1`.
     pub nodes: Vec<OverlayNode>,
     /// etcd.
-    pub etcd: EtcdServer,
+    pub etcd: E,
     /// The underlay bridge.
     pub underlay: Underlay,
     /// `leaseTTL` of every agent, in seconds.
     pub lease_ttl: u64,
     /// `resyncSeconds` of every agent.
     pub resync_seconds: u64,
-    /// More plugin fields for every node (a JSON object), like `{"txChecksumOffload": true}`.
+    /// More plugin fields for every node (a JSON object), like `{"txChecksumOffload": true}`
+    /// or the etcd TLS files.
     pub extra_fields: Value,
 }
 
@@ -868,6 +892,21 @@ impl OverlayCluster {
         extra_fields: &Value,
     ) -> OverlayCluster {
         let etcd = start_etcd(&underlay);
+        OverlayCluster::on_etcd(underlay, etcd, n, lease_ttl, resync_seconds, extra_fields)
+    }
+}
+
+impl<E: Etcdctl> OverlayCluster<E> {
+    /// `n` nodes with agents on `underlay`, whose agents use the running `etcd` (started on
+    /// that underlay); waits for every lease.
+    pub fn on_etcd(
+        underlay: Underlay,
+        etcd: E,
+        n: u8,
+        lease_ttl: u64,
+        resync_seconds: u64,
+        extra_fields: &Value,
+    ) -> OverlayCluster<E> {
         let mut cluster = OverlayCluster {
             pods: Vec::new(),
             nodes: Vec::new(),
@@ -890,7 +929,7 @@ impl OverlayCluster {
     /// extra fields.
     pub fn node_fields(&self) -> Value {
         let mut fields = json!({
-            "etcdEndpoints": [self.etcd.endpoint()],
+            "etcdEndpoints": self.etcd.endpoints(),
             "etcdPrefix": ETCD_PREFIX,
             "leaseTTL": self.lease_ttl,
             "resyncSeconds": self.resync_seconds,
@@ -906,9 +945,21 @@ impl OverlayCluster {
     /// Adds the next node and starts its agent (without waiting for its lease); returns its
     /// index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with(&json!({}))
+    }
+
+    /// [`add_node`](Self::add_node) with `fields` (a JSON object) over this cluster's node
+    /// fields: a node with its own TLS files, say.
+    pub fn add_node_with(&mut self, fields: &Value) -> usize {
         let index = self.nodes.len();
         let host = u8::try_from(index + 1).expect("fewer than 100 nodes");
-        let mut node = OverlayNode::new(&self.underlay, host, &self.node_fields());
+        let mut all = self.node_fields();
+        if let (Some(base), Some(extra)) = (all.as_object_mut(), fields.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        let mut node = OverlayNode::new(&self.underlay, host, &all);
         node.start_agent();
         self.nodes.push(node);
         index
@@ -976,7 +1027,7 @@ impl OverlayCluster {
     }
 }
 
-impl Drop for OverlayCluster {
+impl<E: Etcdctl> Drop for OverlayCluster<E> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("overlay cluster state at failure:\n{}", self.diagnostics());

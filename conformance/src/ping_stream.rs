@@ -124,6 +124,29 @@ pub fn parse_ping_output(text: &str) -> Option<PingReport> {
     Some(PingReport { sent, answered })
 }
 
+/// Stops each ping stream (5 requests/s, started at `started`) and asserts that it ran the
+/// whole time and that every request was answered; `during` says when, for the message.
+pub fn assert_streams_lost_nothing(streams: Vec<PingStream>, started: Instant, during: &str) {
+    let elapsed = started.elapsed();
+    for stream in streams {
+        let label = stream.label();
+        let report = stream.stop();
+        // At 5/s, the stream must have run the whole time (allowing for ping's own pacing).
+        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
+        assert!(
+            report.sent >= expected,
+            "ping {label} sent only {} requests in {elapsed:?}",
+            report.sent
+        );
+        assert!(
+            report.lost().is_empty(),
+            "ping {label}: requests {:?} of {} went unanswered {during}",
+            report.lost(),
+            report.sent
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
+use cni_conformance::etcd::Etcdctl;
 use cni_conformance::http;
 use cni_conformance::netns::{Netns, Node};
 use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
@@ -2021,13 +2022,14 @@ fn workspace_binaries() -> Vec<String> {
 
 /// The spec versions each binary must say it speaks on `--version`: the plugins, cni-suite
 /// (which asks them VERSION) and the runner every version; the benches the one version they
-/// configure (cni-bench) or attach pods at through cnitool (vxlan-bench).
+/// configure (cni-bench), attach pods at through cnitool (vxlan-bench) or write the agent's
+/// conflist at (vxlan-scale-bench).
 fn spoken_versions(bin: &str) -> Vec<&'static str> {
     match bin {
         "kubenet-bridge" | "vpc-route" | "vxlan-overlay" | "cni-suite" | "cni-conformance" => {
             cni_conformance::SPEC_VERSIONS.to_vec()
         }
-        "cni-bench" | "vxlan-bench" => vec!["1.0.0"],
+        "cni-bench" | "vxlan-bench" | "vxlan-scale-bench" => vec!["1.0.0"],
         other => panic!("binary {other} is new: add the CNI versions it speaks to this test"),
     }
 }
@@ -2043,6 +2045,7 @@ fn every_binary_answers_help_and_version() {
         "cni-conformance",
         "cni-bench",
         "vxlan-bench",
+        "vxlan-scale-bench",
     ] {
         assert!(
             bins.iter().any(|x| x == b),

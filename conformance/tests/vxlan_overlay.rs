@@ -21,12 +21,13 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use cni_conformance::etcd::Etcdctl;
 use cni_conformance::netns::Netns;
 use cni_conformance::overlay::{
     link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, CLUSTER_CIDR, DEVICE,
     ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
 };
-use cni_conformance::ping_stream::PingStream;
+use cni_conformance::ping_stream::{assert_streams_lost_nothing, PingStream};
 use cni_conformance::traffic::ping;
 use cni_conformance::{eventually, require_root};
 use ipnet::Ipv4Net;
@@ -813,29 +814,6 @@ fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_no
         a.diagnostics(),
         b.diagnostics()
     );
-}
-
-/// Stops each ping stream (5 requests/s, started at `started`) and asserts that it ran the
-/// whole time and that every request was answered; `during` says when, for the message.
-fn assert_streams_lost_nothing(streams: Vec<PingStream>, started: Instant, during: &str) {
-    let elapsed = started.elapsed();
-    for stream in streams {
-        let label = stream.label();
-        let report = stream.stop();
-        // At 5/s, the stream must have run the whole time (allowing for ping's own pacing).
-        let expected = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX) * 5 / 2;
-        assert!(
-            report.sent >= expected,
-            "ping {label} sent only {} requests in {elapsed:?}",
-            report.sent
-        );
-        assert!(
-            report.lost().is_empty(),
-            "ping {label}: requests {:?} of {} went unanswered {during}",
-            report.lost(),
-            report.sent
-        );
-    }
 }
 
 /// What a restarted agent must keep: its subnet.env, its agent.json and its VTEP MAC.

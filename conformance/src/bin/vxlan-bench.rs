@@ -35,7 +35,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cni_conformance::etcd::EtcdServer;
+use cni_conformance::etcd::{EtcdServer, Etcdctl};
 use cni_conformance::netns::Netns;
 use cni_conformance::overlay::{
     link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, BRIDGE, CLUSTER_CIDR,
