@@ -16,11 +16,14 @@ use pod_bridge::attach::host_veth_name;
 use pod_bridge::BridgeNetwork;
 use serde_json::Value;
 
+pub mod agent_health;
+pub mod report;
+
 use crate::kernel::{self, Links};
 use crate::netconf::{self, ConfFile, Kind, SuiteNetwork};
-use crate::report::{Check, Report};
+use report::{Check, Report};
 use crate::runtime;
-use crate::{agent_health, logs, vpc, SUITE_PLUGINS};
+use crate::{logs, vpc, SUITE_PLUGINS};
 
 /// Where to look.
 #[derive(Clone, Debug)]
