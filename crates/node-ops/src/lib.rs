@@ -9,6 +9,7 @@
 
 pub mod doctor;
 pub mod kernel;
+pub mod libcni_cache;
 pub mod logs;
 pub mod netconf;
 pub mod runtime;
@@ -21,9 +22,6 @@ pub use doctor::report::{Check, Report, Status};
 
 /// Plugin types of this suite; other types in a conflist belong to someone else.
 pub const SUITE_PLUGINS: [&str; 3] = ["kubenet-bridge", "vxlan-overlay", "vpc-route"];
-
-/// Where libcni (containerd, CRI-O, podman, cnitool) caches results: `<dir>/results`.
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
 
 /// What can go wrong while acting on the node.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::doctor::read_results;
 use crate::kernel::{self, Links};
+use crate::libcni_cache;
 use crate::netconf::{self, Kind, SuiteNetwork};
 use crate::{vpc, Error};
 
@@ -291,7 +291,7 @@ fn plan_nft(plan: &mut Plan) -> Result<(), Error> {
 
 fn plan_files(opts: &Options, nets: &[SuiteNetwork], plan: &mut Plan) {
     let names: BTreeSet<&str> = nets.iter().map(|n| n.name.as_str()).collect();
-    match read_results(&opts.cache_dir.join("results")) {
+    match libcni_cache::read_results(&libcni_cache::results_dir(&opts.cache_dir)) {
         Ok(results) => {
             for r in results
                 .into_iter()

@@ -20,10 +20,11 @@ pub mod agent_health;
 pub mod report;
 
 use crate::kernel::{self, Links};
+use crate::libcni_cache::{self, CachedResult};
 use crate::netconf::{self, ConfFile, Kind, SuiteNetwork};
-use report::{Check, Report};
 use crate::runtime;
 use crate::{logs, vpc, SUITE_PLUGINS};
+use report::{Check, Report};
 
 /// Where to look.
 #[derive(Clone, Debug)]
@@ -1151,9 +1152,9 @@ fn check_vpc(
 /// libcni's cached results of our networks whose pod is gone.
 fn check_results_cache(opts: &Options, nets: &[SuiteNetwork], links: &Links) -> Check {
     const NAME: &str = "results-cache";
-    let dir = opts.cache_dir.join("results");
+    let dir = libcni_cache::results_dir(&opts.cache_dir);
     let names: BTreeSet<&str> = nets.iter().map(|n| n.name.as_str()).collect();
-    let entries = match read_results(&dir) {
+    let entries = match libcni_cache::read_results(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Check::skip(
@@ -1194,48 +1195,6 @@ fn check_results_cache(opts: &Options, nets: &[SuiteNetwork], links: &Links) -> 
             "the runtime never sent DEL for them; `cni-suite teardown` or removing the files clears them",
         )
     }
-}
-
-/// One file of libcni's results cache.
-#[derive(Clone, Debug)]
-pub struct CachedResult {
-    /// The file.
-    pub path: PathBuf,
-    /// `networkName`.
-    pub network: String,
-    /// `containerId`.
-    pub container_id: String,
-    /// `ifName`.
-    pub ifname: String,
-}
-
-/// The entries of libcni's results cache dir (`{"kind":"cniCacheV1","containerId",
-/// "ifName","networkName",...}`); files in other formats are left out.
-pub fn read_results(dir: &Path) -> std::io::Result<Vec<CachedResult>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let Ok(bytes) = std::fs::read(e.path()) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-            continue;
-        };
-        let (Some(net), Some(id), Some(ifname)) = (
-            v["networkName"].as_str(),
-            v["containerId"].as_str(),
-            v["ifName"].as_str(),
-        ) else {
-            continue;
-        };
-        out.push(CachedResult {
-            path: e.path(),
-            network: net.to_string(),
-            container_id: id.to_string(),
-            ifname: ifname.to_string(),
-        });
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
 }
 
 /// kube-proxy's service rules only see pod-to-pod traffic on a bridge through br_netfilter.
@@ -1363,7 +1322,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_lease_files_and_results_cache() {
+    fn reads_lease_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("10.1.0.2"), "abc\r\neth0").unwrap();
         std::fs::write(dir.path().join("10.1.0.3"), "").unwrap();
@@ -1374,17 +1333,5 @@ mod tests {
         assert_eq!(l[0].1, Some(("abc".into(), "eth0".into())));
         assert_eq!(l[1].1, None);
         assert!(read_leases(&dir.path().join("nope")).unwrap().is_empty());
-
-        let res = dir.path().join("results");
-        std::fs::create_dir(&res).unwrap();
-        std::fs::write(
-            res.join("k-abc-eth0"),
-            r#"{"kind":"cniCacheV1","containerId":"abc","ifName":"eth0","networkName":"k"}"#,
-        )
-        .unwrap();
-        std::fs::write(res.join("junk"), "x").unwrap();
-        let r = read_results(&res).unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].network, "k");
     }
 }
