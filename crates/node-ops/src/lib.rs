@@ -7,6 +7,7 @@
 //! agent state, so nothing belonging to another provider is ever looked at or removed.
 //! Both commands work on the network namespace they run in (`ip netns exec` for tests).
 
+pub mod bin_dir;
 pub mod doctor;
 pub mod kernel;
 pub mod libcni_cache;

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -19,6 +18,7 @@ use serde_json::Value;
 pub mod agent_health;
 pub mod report;
 
+use crate::bin_dir::is_executable;
 use crate::kernel::{self, Links};
 use crate::libcni_cache::{self, CachedResult};
 use crate::netconf::{self, ConfFile, Kind, SuiteNetwork};
@@ -298,10 +298,6 @@ fn join_paths(p: &[PathBuf]) -> String {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-pub(crate) fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The suite's binaries in the bin dir: present, executable, answering `--version`, all
