@@ -3,6 +3,7 @@
 //! and `config:<file>` for suite entries that do not decode or resolve.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use super::binaries::VersionCache;
 use super::report::Check;
@@ -105,4 +106,32 @@ pub(super) fn check_conf_file(opts: &Options, f: &ConfFile, versions: &mut Versi
             format!("install the missing plugins into {} (reference plugins: Debian containernetworking-plugins) or fix the list", opts.bin_dir.display()),
         )
     }
+}
+
+/// The conf dir cannot be listed: no network config is visible to the runtime either.
+pub(super) fn conf_dir_unreadable(opts: &Options, e: &std::io::Error) -> Check {
+    Check::fail(
+        "conf-dir",
+        format!("cannot read {}: {e}", opts.conf_dir.display()),
+        "create it and install a conflist (packaging/kubernetes/install-cni.sh)",
+    )
+}
+
+/// A suite plugin's entry in `path` that does not decode as its configuration.
+pub(super) fn config_undecodable(path: &Path, e: &str) -> Check {
+    Check::fail(
+        format!("config:{}", file_name(path)),
+        format!("a suite plugin's settings do not decode: {e}"),
+        format!("fix {} (see README's field tables)", path.display()),
+    )
+}
+
+/// A kubenet-bridge network that decodes but does not resolve (pool, gateway): every ADD
+/// fails.
+pub(super) fn network_unresolved(net: &SuiteNetwork, e: &str) -> Check {
+    Check::fail(
+        format!("config:{}", file_name(&net.file)),
+        format!("network {:?}: {e}: every ADD fails", net.name),
+        format!("fix the kubenet-bridge entry of {}", net.file.display()),
+    )
 }

@@ -9,6 +9,17 @@ use super::report::Check;
 use crate::kernel::{self, Links};
 use crate::netconf::SuiteNetwork;
 
+/// The links of this network namespace cannot be dumped: the link checks cannot run.
+pub(super) fn links_unreadable(e: &crate::Error) -> Check {
+    Check::fail(
+        "netlink",
+        format!("cannot list links: {e}"),
+        "run as root on the node (or inside its network namespace)",
+    )
+}
+
+/// Forwarding between the bridge and the node's uplink, which pods need for anything
+/// beyond the node.
 pub(super) fn check_ip_forward() -> Check {
     const NAME: &str = "ip-forward";
     match kernel::ip_forward() {

@@ -29,7 +29,7 @@ pub use binaries::plugin_versions;
 
 use crate::kernel::{self, Links};
 use crate::netconf::{self, Kind};
-use report::{Check, Report};
+use report::Report;
 
 /// Where to look.
 #[derive(Clone, Debug)]
@@ -64,11 +64,7 @@ pub fn run(opts: &Options) -> Report {
     let files = match netconf::load_dir(&opts.conf_dir) {
         Ok(f) => f,
         Err(e) => {
-            report.push(Check::fail(
-                "conf-dir",
-                format!("cannot read {}: {e}", opts.conf_dir.display()),
-                "create it and install a conflist (packaging/kubernetes/install-cni.sh)",
-            ));
+            report.push(conflists::conf_dir_unreadable(opts, &e));
             Vec::new()
         }
     };
@@ -81,22 +77,14 @@ pub fn run(opts: &Options) -> Report {
         report.push(conflists::check_conf_file(opts, f, &mut versions));
     }
     for (path, e) in &config_errors {
-        report.push(Check::fail(
-            format!("config:{}", file_name(path)),
-            format!("a suite plugin's settings do not decode: {e}"),
-            format!("fix {} (see README's field tables)", path.display()),
-        ));
+        report.push(conflists::config_undecodable(path, e));
     }
     report.push(datapath::check_ip_forward());
 
     let mut links = match Links::read() {
         Ok(l) => Some(l),
         Err(e) => {
-            report.push(Check::fail(
-                "netlink",
-                format!("cannot list links: {e}"),
-                "run as root on the node (or inside its network namespace)",
-            ));
+            report.push(datapath::links_unreadable(&e));
             None
         }
     };
@@ -105,11 +93,7 @@ pub fn run(opts: &Options) -> Report {
     for net in &nets {
         let resolved = net.resolve();
         if let (Kind::Kubenet(_), Err(e)) = (&net.kind, &resolved) {
-            report.push(Check::fail(
-                format!("config:{}", file_name(&net.file)),
-                format!("network {:?}: {e}: every ADD fails", net.name),
-                format!("fix the kubenet-bridge entry of {}", net.file.display()),
-            ));
+            report.push(conflists::network_unresolved(net, e));
         }
         let leases = ipam::read_leases(&net.ipam_dir());
         if let Some(links) = links.as_mut() {
