@@ -7,11 +7,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket as RawSocket, SocketAddr};
-
-use crate::socket::{self, Header};
+use crate::socket::{Netfilter, RawMessage, Request, Socket};
 use crate::Error;
+use ipnet::Ipv4Net;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -169,56 +167,35 @@ fn parse_comment(mut udata: &[u8]) -> Option<String> {
 
 /// NFT_MSG_GETTABLE for `table` in family ip: its attributes, or None if it does not exist.
 fn get_table(table: &str) -> Result<Option<Vec<Attr>>, Error> {
-    let io = |what: &str, e: std::io::Error| Error::Firewall(format!("{what}: {e}"));
-    let mut sock = RawSocket::new(NETLINK_NETFILTER).map_err(|e| io("open netfilter socket", e))?;
-    sock.bind_auto()
-        .map_err(|e| io("bind netfilter socket", e))?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .map_err(|e| io("connect netfilter socket", e))?;
-    socket::bound(&sock).map_err(|e| Error::Firewall(e.to_string()))?;
+    let firewall = |e: Error| Error::Firewall(e.to_string());
+    let mut sock = Socket::<Netfilter>::open().map_err(firewall)?;
     let mut name = table.as_bytes().to_vec();
     name.push(0);
     let attr_len = 4 + name.len();
-    let len = 16 + 4 + ((attr_len + 3) & !3);
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
-    msg.extend_from_slice(&(1u16 | 4).to_ne_bytes()); // NLM_F_REQUEST | NLM_F_ACK
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id
-    msg.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version, res_id
-    msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    msg.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-    msg.extend_from_slice(&name);
-    msg.resize(len, 0);
-    sock.send(&msg, 0).map_err(|e| io("send to netfilter", e))?;
-    let mut found = None;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = socket::receive(&sock, &mut buf).map_err(|e| Error::Firewall(e.to_string()))?;
-        let mut off = 0;
-        while off < n {
-            let b = &buf[off..n];
-            let head = Header::parse(b)
-                .ok_or_else(|| Error::Firewall("malformed netfilter reply".into()))?;
-            if head.is_error() {
-                let code = head
-                    .error_code(b)
-                    .ok_or_else(|| Error::Firewall("netfilter error without its code".into()))?;
-                return match code {
-                    0 => Ok(found),
-                    c if -c == libc::ENOENT => Ok(None),
-                    c => Err(io(
-                        "netfilter GETTABLE",
-                        std::io::Error::from_raw_os_error(-c),
-                    )),
-                };
-            }
-            if head.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
-                found = Some(parse_attrs(b.get(20..head.len).unwrap_or_default()));
-            }
-            off += head.next();
+    let mut payload = Vec::with_capacity(4 + ((attr_len + 3) & !3));
+    payload.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version, res_id
+    payload.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    payload.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+    payload.extend_from_slice(&name);
+    payload.resize(4 + ((attr_len + 3) & !3), 0);
+    let request = Request::new(
+        RawMessage {
+            kind: (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+            payload,
+        },
+        0,
+        format!("netfilter GETTABLE {table}"),
+    );
+    match sock.request(request) {
+        Ok(replies) => Ok(replies
+            .iter()
+            .find(|m| m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE)
+            // After the nfgenmsg (4 bytes) come the table's attributes.
+            .map(|m| parse_attrs(m.payload.get(4..).unwrap_or_default()))),
+        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(None)
         }
+        Err(e) => Err(firewall(e)),
     }
 }
 

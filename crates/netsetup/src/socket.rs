@@ -1,5 +1,6 @@
-//! A synchronous rtnetlink socket that sends requests in bounded batches and matches every
-//! reply and acknowledgement to its request by sequence number.
+//! A synchronous netlink socket, generic over the protocol (rtnetlink for links, addresses,
+//! routes and neighbours; netfilter for the masquerade table), that sends requests in bounded
+//! batches and matches every reply and acknowledgement to its request by sequence number.
 //!
 //! Bounded, because the kernel answers each request of a send with its own acknowledgement
 //! queued on our socket, and drops what does not fit the receive buffer (ENOBUFS): one send of
@@ -17,7 +18,10 @@ use netlink_packet_core::{
     Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket as RawSocket, SocketAddr};
+use netlink_sys::{
+    protocols::{NETLINK_NETFILTER, NETLINK_ROUTE},
+    Socket as RawSocket, SocketAddr,
+};
 
 use crate::Error;
 
@@ -115,19 +119,113 @@ pub fn receive(raw: &RawSocket, buf: &mut [u8]) -> Result<usize, Error> {
         })
 }
 
+/// A netlink protocol: its number, and how its messages become bytes and back.
+pub trait Protocol {
+    /// The protocol number (`NETLINK_ROUTE`, `NETLINK_NETFILTER`).
+    const ID: isize;
+    /// One message of the protocol (its type and payload; the header is the socket's).
+    type Message;
+    /// Bytes `msg` takes with its header, for sizing chunks.
+    fn size(msg: &Self::Message) -> usize;
+    /// Appends `msg` to `out` with a header of these flags and sequence number.
+    fn emit(msg: Self::Message, flags: u16, seq: u32, out: &mut Vec<u8>);
+    /// Decodes one whole message (header included) that is neither an error nor DONE.
+    fn parse(bytes: &[u8]) -> Result<Self::Message, Error>;
+}
+
+/// rtnetlink, through netlink-packet-route.
+#[derive(Debug)]
+pub struct Route;
+
+impl Protocol for Route {
+    const ID: isize = NETLINK_ROUTE;
+    type Message = RouteNetlinkMessage;
+
+    fn size(msg: &RouteNetlinkMessage) -> usize {
+        msg.buffer_len() + NLMSG_HDRLEN
+    }
+
+    fn emit(msg: RouteNetlinkMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        msg.finalize();
+        let start = out.len();
+        out.resize(start + msg.buffer_len(), 0);
+        msg.serialize(&mut out[start..]);
+    }
+
+    fn parse(bytes: &[u8]) -> Result<RouteNetlinkMessage, Error> {
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(inner) => Ok(inner),
+            other => Err(Error::Decode(format!(
+                "unexpected netlink payload {:?}",
+                other.message_type()
+            ))),
+        }
+    }
+}
+
+/// nfnetlink, as raw messages: the few nftables requests the suite makes are built by hand
+/// (see `masquerade`), with no crate for the nftables message set.
+#[derive(Debug)]
+pub struct Netfilter;
+
+/// A netfilter message: its type (`subsystem << 8 | message`) and the payload after the
+/// netlink header (the `nfgenmsg` and the attributes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawMessage {
+    /// The netlink message type.
+    pub kind: u16,
+    /// Everything after the 16-byte header.
+    pub payload: Vec<u8>,
+}
+
+impl Protocol for Netfilter {
+    const ID: isize = NETLINK_NETFILTER;
+    type Message = RawMessage;
+
+    fn size(msg: &RawMessage) -> usize {
+        NLMSG_HDRLEN + msg.payload.len()
+    }
+
+    fn emit(msg: RawMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
+        let len = NLMSG_HDRLEN + msg.payload.len();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&msg.kind.to_ne_bytes());
+        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        out.extend_from_slice(&msg.payload);
+        out.resize(out.len() + ((4 - len % 4) % 4), 0);
+    }
+
+    fn parse(bytes: &[u8]) -> Result<RawMessage, Error> {
+        let head = Header::parse(bytes)
+            .ok_or_else(|| Error::Decode("truncated netfilter message".into()))?;
+        Ok(RawMessage {
+            kind: head.kind,
+            payload: bytes[NLMSG_HDRLEN..head.len].to_vec(),
+        })
+    }
+}
+
 /// One request of a batch: a message, its extra `NLM_F_*` flags, and what it does (for errors).
-pub struct Request {
+pub struct Request<M = RouteNetlinkMessage> {
     /// The message.
-    pub message: RouteNetlinkMessage,
+    pub message: M,
     /// Flags besides `NLM_F_REQUEST | NLM_F_ACK` (`NLM_F_CREATE`, `NLM_F_EXCL`, `NLM_F_DUMP`).
     pub flags: u16,
     /// What the request does, as error messages name it ("create veth veth1234").
     pub what: String,
 }
 
-impl Request {
+impl<M> Request<M> {
     /// A request with its flags and a description.
-    pub fn new(message: RouteNetlinkMessage, flags: u16, what: impl Into<String>) -> Self {
+    pub fn new(message: M, flags: u16, what: impl Into<String>) -> Self {
         Request {
             message,
             flags,
@@ -141,24 +239,35 @@ impl Request {
 }
 
 /// The outcome of one request: the messages it got back, or the kernel's error.
-pub type Reply = Result<Vec<RouteNetlinkMessage>, io::Error>;
+pub type Reply<M = RouteNetlinkMessage> = Result<Vec<M>, io::Error>;
 
-/// An rtnetlink socket bound to the network namespace it was opened in.
-pub struct Socket {
+/// Every request's description and reply, in the order sent.
+pub type Replies<M = RouteNetlinkMessage> = Vec<(String, Reply<M>)>;
+
+/// A netlink socket of protocol `P` bound to the network namespace it was opened in.
+pub struct Socket<P: Protocol = Route> {
     raw: RawSocket,
     seq: u32,
     buf: Vec<u8>,
+    protocol: std::marker::PhantomData<P>,
 }
 
-impl Socket {
-    /// Opens a socket in the calling thread's current network namespace.
+impl Socket<Route> {
+    /// Opens an rtnetlink socket in the calling thread's current network namespace.
     pub fn new() -> Result<Socket, Error> {
-        let mut raw =
-            RawSocket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
+        let sock = Socket::open()?;
+        // Strict checking makes filtered dumps (addresses of one link) filter in the kernel.
+        let _ = sock.raw.set_netlink_get_strict_chk(true);
+        Ok(sock)
+    }
+}
+
+impl<P: Protocol> Socket<P> {
+    /// Opens a socket of protocol `P` in the calling thread's current network namespace.
+    pub fn open() -> Result<Socket<P>, Error> {
+        let mut raw = RawSocket::new(P::ID).map_err(|e| Error::io("open netlink socket", e))?;
         raw.bind_auto()
             .map_err(|e| Error::io("bind netlink socket", e))?;
-        // Strict checking makes filtered dumps (addresses of one link) filter in the kernel.
-        let _ = raw.set_netlink_get_strict_chk(true);
         raw.connect(&SocketAddr::new(0, 0))
             .map_err(|e| Error::io("connect netlink socket", e))?;
         bound(&raw)?;
@@ -166,6 +275,7 @@ impl Socket {
             raw,
             seq: 0,
             buf: vec![0; 64 * 1024],
+            protocol: std::marker::PhantomData,
         })
     }
 
@@ -173,12 +283,15 @@ impl Socket {
     /// socket's buffer (see the module's doc). The kernel handles them in order and keeps
     /// going after a failed one. An error here (an overrun, a timeout) leaves the socket
     /// usable: replies of an abandoned chunk carry sequence numbers no later batch waits for.
-    pub fn batch(&mut self, requests: Vec<Request>) -> Result<Vec<(String, Reply)>, Error> {
+    pub fn batch(
+        &mut self,
+        requests: Vec<Request<P::Message>>,
+    ) -> Result<Replies<P::Message>, Error> {
         let mut out = Vec::with_capacity(requests.len());
         let mut chunk = Vec::new();
         let mut bytes = 0;
         for req in requests {
-            let size = req.message.buffer_len() + NLMSG_HDRLEN;
+            let size = P::size(&req.message);
             let full = chunk.len() >= CHUNK_REQUESTS || bytes + size > CHUNK_BYTES;
             if !chunk.is_empty() && (full || req.is_dump()) {
                 out.extend(self.exchange(std::mem::take(&mut chunk))?);
@@ -199,20 +312,21 @@ impl Socket {
     }
 
     /// One send of `requests` and every reply to them.
-    fn exchange(&mut self, requests: Vec<Request>) -> Result<Vec<(String, Reply)>, Error> {
+    fn exchange(
+        &mut self,
+        requests: Vec<Request<P::Message>>,
+    ) -> Result<Replies<P::Message>, Error> {
         let first_seq = self.seq.wrapping_add(1);
         let mut out = Vec::with_capacity(requests.len());
         let mut packet = Vec::new();
         for req in requests {
             self.seq = self.seq.wrapping_add(1);
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_ACK | req.flags;
-            header.sequence_number = self.seq;
-            let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(req.message));
-            msg.finalize();
-            let start = packet.len();
-            packet.resize(start + msg.buffer_len(), 0);
-            msg.serialize(&mut packet[start..]);
+            P::emit(
+                req.message,
+                NLM_F_REQUEST | NLM_F_ACK | req.flags,
+                self.seq,
+                &mut packet,
+            );
             log::trace!("netlink send seq={} {}", self.seq, req.what);
             out.push((req.what, Ok(Vec::new())));
         }
@@ -253,13 +367,9 @@ impl Socket {
                         finish = true;
                     }
                     _ => {
-                        let msg =
-                            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&b[..head.len])
-                                .map_err(|e| Error::Decode(e.to_string()))?;
-                        if let (NetlinkPayload::InnerMessage(inner), Ok(list)) =
-                            (msg.payload, &mut out[idx].1)
-                        {
-                            list.push(inner);
+                        let msg = P::parse(&b[..head.len])?;
+                        if let Ok(list) = &mut out[idx].1 {
+                            list.push(msg);
                         }
                     }
                 }
@@ -275,7 +385,7 @@ impl Socket {
     }
 
     /// Sends one request; its replies, or its error as [`Error::Netlink`].
-    pub fn request(&mut self, req: Request) -> Result<Vec<RouteNetlinkMessage>, Error> {
+    pub fn request(&mut self, req: Request<P::Message>) -> Result<Vec<P::Message>, Error> {
         let mut replies = self.batch(vec![req])?;
         let (what, reply) = replies
             .pop()
@@ -285,10 +395,10 @@ impl Socket {
 }
 
 /// Turns a batch's replies into the first error, if any, ignoring those `ok_if` accepts.
-pub fn first_error(
-    replies: Vec<(String, Reply)>,
+pub fn first_error<M>(
+    replies: Replies<M>,
     ok_if: impl Fn(&str, &io::Error) -> bool,
-) -> Result<Vec<Vec<RouteNetlinkMessage>>, Error> {
+) -> Result<Vec<Vec<M>>, Error> {
     let mut out = Vec::with_capacity(replies.len());
     for (what, reply) in replies {
         match reply {
