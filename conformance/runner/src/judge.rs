@@ -17,8 +17,8 @@ use std::os::unix::process::ExitStatusExt;
 
 use serde_json::Value;
 
-use crate::runner::runtime::{shorten, ChainRun, Invocation};
-use crate::runner::verdict::{Findings, Level, Step};
+use crate::runtime::{shorten, ChainRun, Invocation};
+use crate::verdict::{Findings, Level, Step};
 use crate::{crash_marker, version_at_least};
 
 /// Why an invocation counts as a crash, if it does: killed by a signal, or a crash marker in
@@ -214,7 +214,7 @@ fn names_variable(text: &str, variable: &str) -> bool {
 mod tests {
     use super::*;
     use crate::plugin::PluginOutput;
-    use crate::runner::verdict::Outcome;
+    use crate::verdict::Outcome;
     use std::process::ExitStatus;
 
     fn inv(code: i32, stdout: &str, stderr: &str) -> Invocation {

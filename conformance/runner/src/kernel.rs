@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::netns::Netns;
-use crate::runner::shape::ResultRoute;
+use crate::shape::ResultRoute;
 
 /// The names of the links in `netns`, except `lo`, sorted.
 pub fn links(netns: &Netns) -> Vec<String> {

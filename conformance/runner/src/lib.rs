@@ -1,6 +1,13 @@
 //! `cni-conformance`: a black-box runner of the CNI spec's cases against any plugin or
 //! conflist, like youki's contest runner takes any `--runtime`.
 //!
+//! It knows the spec, not this suite: its only crate of ours is cni-spec, for the shared
+//! `--version` text, and it judges what plugins print with its own reading of the spec
+//! ([`shape`], [`judge`]), so a bug in the suite's types cannot hide behind them. What a runtime
+//! needs to run plugins is public, for the suite's test kit (cni-testkit) to build on: named
+//! network namespaces that delete themselves ([`netns`]) and plugin execution with the CNI
+//! environment ([`plugin`]).
+//!
 //! For every spec version from 0.3.0 to 1.1.0 that was asked for, the runner rewrites the
 //! list's `cniVersion` (and suffixes its name, so plugin state per network is the run's own)
 //! and runs each case in a fresh node namespace, where plugins are exec'd as if it were the
@@ -17,7 +24,9 @@ pub mod cases;
 pub mod cli;
 pub mod judge;
 pub mod kernel;
+pub mod netns;
 pub mod network;
+pub mod plugin;
 pub mod report;
 pub mod runtime;
 pub mod shape;
@@ -29,17 +38,93 @@ use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use serde_json::json;
 
+use crate::cases::{Case, CaseCtx};
+use crate::cli::{Command, Options, Target, USAGE};
 use crate::netns::Node;
-use crate::runner::cases::{Case, CaseCtx};
-use crate::runner::cli::{Command, Options, Target, USAGE};
-use crate::runner::network::{LoadError, NetworkList};
-use crate::runner::report::{PluginInfo, Report, Row};
-use crate::runner::runtime::PluginCall;
-use crate::runner::verdict::{Findings, Outcome};
+use crate::network::{LoadError, NetworkList};
+use crate::report::{PluginInfo, Report, Row};
+use crate::runtime::PluginCall;
+use crate::verdict::{Findings, Outcome};
+
+/// The CNI spec versions our plugins support, oldest first; conformance cases loop over these.
+pub const SPEC_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// `--version` of this package's binaries: `<name> <version>`, then the spec versions it
+/// speaks, in the shape every binary of the suite prints (shared through cni-spec).
+pub fn version_banner(name: &str, spoken: &[&str]) -> String {
+    format!(
+        "{name} {}",
+        cni_spec::version_text(env!("CARGO_PKG_VERSION"), spoken)
+    )
+}
+
+/// Longest interface name the kernel accepts (IFNAMSIZ 16, minus the terminating NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Markers of a crash in a plugin's stdout or stderr: a Rust panic ("panicked"), a Rust
+/// backtrace, a Go panic's goroutine dump, a Python traceback, and the panic guard of our own
+/// plugins' skeleton (cni-skel), which turns a panic into code 199 with "internal error (a
+/// bug" on stdout and "internal error: <message> at <file:line>" on stderr, so the word
+/// "panicked" never appears.
+pub const CRASH_MARKERS: [&str; 5] = [
+    "panicked",
+    "stack backtrace:",
+    "goroutine 1 [",
+    "Traceback (most recent call last)",
+    "internal error (a bug",
+];
+
+/// The crash marker found in a plugin's output, if any (see [`CRASH_MARKERS`]).
+pub fn crash_marker(stdout: &str, stderr: &str) -> Option<&'static str> {
+    CRASH_MARKERS
+        .iter()
+        .copied()
+        .find(|m| stdout.contains(m) || stderr.contains(m))
+}
+
+/// A name no other test, in this process or another, uses at the same time: `prefix` followed
+/// by the process id and a per-process counter, in hex, like `cnit-node-1f3a-2`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}-{n:x}", std::process::id())
+}
+
+/// A [`unique_name`] that is also a valid interface name (bridge names, network names that
+/// end up in link names): panics if it would be longer than [`MAX_IFNAME_LEN`], so keep
+/// prefixes to 5 bytes or fewer.
+pub fn unique_link_name(prefix: &str) -> String {
+    let name = unique_name(prefix);
+    assert!(
+        name.len() <= MAX_IFNAME_LEN,
+        "unique name {name:?} is longer than {MAX_IFNAME_LEN} bytes: use a shorter prefix"
+    );
+    name
+}
+
+/// Whether spec version `version` is `min` or later (`"0.4.0"`-style dotted triples).
+///
+/// Panics on a malformed version, which would be a bug in the test itself.
+pub fn version_at_least(version: &str, min: &str) -> bool {
+    fn parse(v: &str) -> [u32; 3] {
+        let parts: Vec<u32> = v
+            .split('.')
+            .map(|p| {
+                p.parse()
+                    .unwrap_or_else(|_| panic!("bad spec version {v:?}"))
+            })
+            .collect();
+        parts
+            .try_into()
+            .unwrap_or_else(|_| panic!("spec version {v:?} is not major.minor.patch"))
+    }
+    parse(version) >= parse(min)
+}
 
 /// Why a run could not start or finish (exit status 2).
 #[derive(Debug)]
@@ -347,5 +432,25 @@ impl Drop for QuietPanics {
         if let Some(previous) = self.previous.take() {
             panic::set_hook(previous);
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("1.0.0", "0.4.0"));
+        assert!(version_at_least("0.4.0", "0.4.0"));
+        assert!(!version_at_least("0.3.1", "0.4.0"));
+        assert!(version_at_least("0.10.0", "0.4.0"));
+    }
+
+    #[test]
+    fn unique_names_differ_and_fit_an_interface_name() {
+        let a = unique_link_name("kb");
+        let b = unique_link_name("kb");
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_IFNAME_LEN);
     }
 }

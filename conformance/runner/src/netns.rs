@@ -258,6 +258,17 @@ impl Drop for Netns {
     }
 }
 
+/// Whether `from` reaches `to` by ping: up to three one-second attempts, so a first packet
+/// lost to ARP resolution or a link still coming up is not a failure.
+pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
+    let to = to.to_string();
+    (0..3).any(|_| {
+        from.run("ping", &["-c1", "-W1", "-n", "-q", &to])
+            .status
+            .success()
+    })
+}
+
 /// One link as `ip -j link show` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {

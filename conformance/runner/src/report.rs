@@ -6,8 +6,8 @@ use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
-use crate::runner::network::NetworkList;
-use crate::runner::verdict::{CaseLevel, Outcome};
+use crate::network::NetworkList;
+use crate::verdict::{CaseLevel, Outcome};
 
 /// One plugin of the list, as the report describes it.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::netns::{Netns, Node};
+use crate::network::NetworkList;
 use crate::plugin::{PluginOutput, PluginRun};
-use crate::runner::network::NetworkList;
 use crate::{unique_name, version_at_least};
 
 /// The interface name the runner asks plugins to create in pods.

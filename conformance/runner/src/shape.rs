@@ -1,6 +1,6 @@
 //! The shape of ADD and VERSION results at each spec version (SPEC.md "Result"/"Success" and
 //! "Version" of 0.3.0 to 1.1.0), judged without knowing the plugin: no expected range, no
-//! expected gateway. `crate::result::check_add_result` judges a bridge plugin against its
+//! expected gateway. `cni_testkit::result::check_add_result` judges a bridge plugin against its
 //! known podCIDR and gateway and panics on the first problem; these checks record every
 //! problem at its level instead, so one run reports all of them.
 //!
@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use crate::runner::verdict::{Findings, Level};
+use crate::verdict::{Findings, Level};
 use crate::version_at_least;
 
 /// The pod an ADD result is about.
@@ -415,7 +415,7 @@ pub fn is_semver_triple(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::verdict::Outcome;
+    use crate::verdict::Outcome;
     use serde_json::json;
 
     const POD: PodView<'static> = PodView {

@@ -1,6 +1,11 @@
-//! Test support for black-box CNI conformance tests: network namespaces that delete
-//! themselves, plugin execution with the CNI environment, and observers of the kernel state and
-//! traffic a plugin leaves behind.
+//! The suite's test kit: one node/pod/namespace fixture for every black-box suite (this crate's
+//! tests/), the benchmarks and the crates' kernel tests, plus observers of the kernel state and
+//! traffic a plugin leaves behind, and fixtures that know our plugins (host-local's lease layout
+//! in [`leases`], cni-skel's panic marker, where the built binaries are in [`plugin`]).
+//!
+//! Namespaces ([`netns`]) and plugin execution ([`plugin::PluginRun`]) are the conformance
+//! runner's own (cni-conformance runs plugins like a runtime does, and so do the tests); this
+//! crate re-exports them so that there is one `Netns` in the workspace.
 //!
 //! Everything here shells out to the tools an operator would use (`ip`, `ping`, `python3`,
 //! `cnitool`), so tests check what the kernel really holds rather than what the plugin claims.
@@ -31,55 +36,23 @@ pub mod etcd_cluster;
 pub mod etcd_gateway;
 pub mod http;
 pub mod leases;
-pub mod netns;
 pub mod overlay;
 pub mod ping_stream;
 pub mod pki;
 pub mod plugin;
 pub mod result;
-pub mod runner;
 pub mod scenarios;
 pub mod topology;
 pub mod traffic;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+pub use cni_conformance::netns;
+pub use cni_conformance::{
+    crash_marker, unique_link_name, unique_name, version_at_least, version_banner, CRASH_MARKERS,
+    MAX_IFNAME_LEN, SPEC_VERSIONS,
+};
+
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// The CNI spec versions our plugins support, oldest first; conformance cases loop over these.
-pub const SPEC_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-/// `--version` of this package's binaries: `<name> <version>`, then the spec versions it
-/// speaks, in the shape every binary of the suite prints (shared through cni-spec).
-pub fn version_banner(name: &str, spoken: &[&str]) -> String {
-    format!(
-        "{name} {}",
-        cni_spec::version_text(env!("CARGO_PKG_VERSION"), spoken)
-    )
-}
-
-/// Longest interface name the kernel accepts (IFNAMSIZ 16, minus the terminating NUL).
-pub const MAX_IFNAME_LEN: usize = 15;
-
-/// Markers of a crash in a plugin's stdout or stderr: a Rust panic ("panicked"), a Rust
-/// backtrace, a Go panic's goroutine dump, a Python traceback, and the panic guard of our own
-/// plugins' skeleton (cni-skel), which turns a panic into code 199 with "internal error (a
-/// bug" on stdout and "internal error: <message> at <file:line>" on stderr, so the word
-/// "panicked" never appears.
-pub const CRASH_MARKERS: [&str; 5] = [
-    "panicked",
-    "stack backtrace:",
-    "goroutine 1 [",
-    "Traceback (most recent call last)",
-    "internal error (a bug",
-];
-
-/// The crash marker found in a plugin's output, if any (see [`CRASH_MARKERS`]).
-pub fn crash_marker(stdout: &str, stderr: &str) -> Option<&'static str> {
-    CRASH_MARKERS
-        .iter()
-        .copied()
-        .find(|m| stdout.contains(m) || stderr.contains(m))
-}
 
 /// Panics unless the test process runs as root.
 ///
@@ -90,28 +63,8 @@ pub fn require_root() {
     assert!(
         euid.is_root(),
         "conformance tests need root (they create network namespaces), but euid is {euid}: \
-         run `sudo -E cargo test --release -p cni-conformance`"
+         run `sudo -E cargo test --release -p cni-testkit`"
     );
-}
-
-/// A name no other test, in this process or another, uses at the same time: `prefix` followed
-/// by the process id and a per-process counter, in hex, like `cnit-node-1f3a-2`.
-pub fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{:x}-{n:x}", std::process::id())
-}
-
-/// A [`unique_name`] that is also a valid interface name (bridge names, network names that
-/// end up in link names): panics if it would be longer than [`MAX_IFNAME_LEN`], so keep
-/// prefixes to 5 bytes or fewer.
-pub fn unique_link_name(prefix: &str) -> String {
-    let name = unique_name(prefix);
-    assert!(
-        name.len() <= MAX_IFNAME_LEN,
-        "unique name {name:?} is longer than {MAX_IFNAME_LEN} bytes: use a shorter prefix"
-    );
-    name
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
@@ -131,42 +84,12 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// Whether spec version `version` is `min` or later (`"0.4.0"`-style dotted triples).
-///
-/// Panics on a malformed version, which would be a bug in the test itself.
-pub fn version_at_least(version: &str, min: &str) -> bool {
-    fn parse(v: &str) -> [u32; 3] {
-        let parts: Vec<u32> = v
-            .split('.')
-            .map(|p| {
-                p.parse()
-                    .unwrap_or_else(|_| panic!("bad spec version {v:?}"))
-            })
-            .collect();
-        parts
-            .try_into()
-            .unwrap_or_else(|_| panic!("spec version {v:?} is not major.minor.patch"))
-    }
-    parse(version) >= parse(min)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_compare_numerically() {
-        assert!(version_at_least("1.0.0", "0.4.0"));
-        assert!(version_at_least("0.4.0", "0.4.0"));
-        assert!(!version_at_least("0.3.1", "0.4.0"));
-        assert!(version_at_least("0.10.0", "0.4.0"));
-    }
-
-    #[test]
-    fn unique_names_differ_and_fit_an_interface_name() {
-        let a = unique_link_name("kb");
-        let b = unique_link_name("kb");
-        assert_ne!(a, b);
-        assert!(a.len() <= MAX_IFNAME_LEN);
-    }
+/// The checkout's root, for tests of the scripts and files in it (packaging/, examples): this
+/// crate lives in `conformance/testkit`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("conformance/testkit has two parents")
+        .to_path_buf()
 }

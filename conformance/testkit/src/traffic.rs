@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Lines};
 use std::net::Ipv4Addr;
 use std::process::{Child, ChildStdout, Stdio};
 
+pub use crate::netns::ping;
 use crate::netns::Netns;
 
 /// Debian's interpreter, which install-test-deps.sh guarantees (a pyenv shim on PATH might not
@@ -40,17 +41,6 @@ for _ in range(5):
         pass
     time.sleep(0.2)
 "#;
-
-/// Whether `from` reaches `to` by ping: up to three one-second attempts, so a first packet
-/// lost to ARP resolution or a link still coming up is not a failure.
-pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
-    let to = to.to_string();
-    (0..3).any(|_| {
-        from.run("ping", &["-c1", "-W1", "-n", "-q", &to])
-            .status
-            .success()
-    })
-}
 
 /// A UDP listener in a namespace that reports where the first datagram came from. The
 /// listener process is killed when this is dropped.

@@ -25,7 +25,7 @@
 //!
 //! ```text
 //! cargo build --release -p kubenet-bridge
-//! cargo test --release -p cni-conformance --test crash_consistency -- --nocapture
+//! cargo test --release -p cni-testkit --test crash_consistency -- --nocapture
 //! ```
 
 use std::cell::RefCell;
@@ -40,11 +40,11 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cni_conformance::leases::LeaseDir;
-use cni_conformance::netns::{Netns, Node};
-use cni_conformance::plugin::plugin_binary;
-use cni_conformance::result::host_veth_name;
-use cni_conformance::{eventually, require_root, unique_link_name, unique_name};
+use cni_testkit::leases::LeaseDir;
+use cni_testkit::netns::{Netns, Node};
+use cni_testkit::plugin::plugin_binary;
+use cni_testkit::result::host_veth_name;
+use cni_testkit::{eventually, require_root, unique_link_name, unique_name};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -304,7 +304,7 @@ impl Harness {
             .entry(verb.to_owned())
             .or_default()
             .push(started.elapsed());
-        let marker = cni_conformance::crash_marker(&stdout, &stderr);
+        let marker = cni_testkit::crash_marker(&stdout, &stderr);
         assert!(
             marker.is_none(),
             "plugin crashed ({marker:?} in its output): stdout {stdout}; stderr {stderr}"

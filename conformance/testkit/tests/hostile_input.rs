@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo build --release -p kubenet-bridge
-//! cargo test --release -p cni-conformance --test hostile_input
+//! cargo test --release -p cni-testkit --test hostile_input
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,12 +25,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cni_conformance::leases::LeaseDir;
-use cni_conformance::netns::{Netns, Node};
-use cni_conformance::plugin::{bin_dir, plugin_binary, PluginOutput, PluginRun};
-use cni_conformance::{
-    require_root, unique_link_name, unique_name, version_at_least, SPEC_VERSIONS,
-};
+use cni_testkit::leases::LeaseDir;
+use cni_testkit::netns::{Netns, Node};
+use cni_testkit::plugin::{bin_dir, plugin_binary, PluginOutput, PluginRun};
+use cni_testkit::{require_root, unique_link_name, unique_name, version_at_least, SPEC_VERSIONS};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::{json, Value};
 use tempfile::TempDir;

@@ -8,7 +8,7 @@
 //! conformance/scripts/install-test-deps.sh
 //! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
 //! cargo build --release -p kubenet-bridge
-//! cargo test --release -p cni-conformance
+//! cargo test --release -p cni-testkit
 //! ```
 //! `CNI_SUITE_BIN_DIR` overrides where the plugin binary is looked up; `CNI_SUITE_TOOLS` where
 //! cnitool is. Failure messages start with the spec version, like `[1.0.0] add pod a`. The
@@ -20,21 +20,19 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use cni_conformance::leases::LeaseDir;
-use cni_conformance::netns::{Netns, Node};
-use cni_conformance::plugin::{
-    bin_dir, plugin_binary, PluginOutput, PluginRun, REFERENCE_PLUGIN_DIR,
-};
-use cni_conformance::result::{check_add_result, host_veth_name};
-use cni_conformance::scenarios::{
+use cni_testkit::leases::LeaseDir;
+use cni_testkit::netns::{Netns, Node};
+use cni_testkit::plugin::{bin_dir, plugin_binary, PluginOutput, PluginRun, REFERENCE_PLUGIN_DIR};
+use cni_testkit::result::{check_add_result, host_veth_name};
+use cni_testkit::scenarios::{
     assert_attachment_in_kernel, chained_with_portmap_and_bandwidth, cnitool_add_check_del,
     BridgeNetwork,
 };
-use cni_conformance::topology::{
+use cni_testkit::topology::{
     NodeNeighbours, INSIDE_HOST_ADDR, OUTSIDE_HOST_ADDR, OUTSIDE_NODE_ADDR,
 };
-use cni_conformance::traffic::{observed_source, ping};
-use cni_conformance::{
+use cni_testkit::traffic::{observed_source, ping};
+use cni_testkit::{
     eventually, require_root, unique_link_name, unique_name, version_at_least, SPEC_VERSIONS,
 };
 use ipnet::Ipv4Net;

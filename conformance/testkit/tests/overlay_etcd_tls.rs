@@ -10,7 +10,7 @@
 //! conformance/scripts/install-test-deps.sh
 //! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
 //! cargo build --release -p vxlan-overlay
-//! cargo test --release -p cni-conformance --test overlay_etcd_tls
+//! cargo test --release -p cni-testkit --test overlay_etcd_tls
 //! ```
 //! Everything (members, agents, namespaces, certificates) is removed when a test ends, pass or
 //! fail; on failure the nodes' logs, VXLAN state and every member's log are printed.
@@ -21,14 +21,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cni_conformance::etcd::Etcdctl;
-use cni_conformance::etcd_cluster::EtcdCluster;
-use cni_conformance::overlay::{
+use cni_testkit::etcd::Etcdctl;
+use cni_testkit::etcd_cluster::EtcdCluster;
+use cni_testkit::overlay::{
     subnet_key, OverlayCluster, Peer, Underlay, ETCD_ADDR, ETCD_PREFIX, LEASE_TIMEOUT,
 };
-use cni_conformance::ping_stream::{assert_streams_lost_nothing, PingStream};
-use cni_conformance::pki::{CertAuthority, KeyPair};
-use cni_conformance::{eventually, require_root};
+use cni_testkit::ping_stream::{assert_streams_lost_nothing, PingStream};
+use cni_testkit::pki::{CertAuthority, KeyPair};
+use cni_testkit::{eventually, require_root};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
@@ -83,7 +83,7 @@ fn tls_fields(ca: &Path, client: Option<&KeyPair>) -> Value {
 
 /// The record etcd holds for the node at `underlay`, with the key's lease, if any.
 fn record_at(etcd: &impl Etcdctl, underlay: IpAddr) -> Option<(Peer, i64)> {
-    let peer = cni_conformance::overlay::records(etcd, ETCD_PREFIX)?
+    let peer = cni_testkit::overlay::records(etcd, ETCD_PREFIX)?
         .into_iter()
         .find(|r| r.underlay == underlay)?;
     let lease = etcd.key_lease(&subnet_key(ETCD_PREFIX, peer.subnet))?;
@@ -141,7 +141,7 @@ impl LeaseWatch {
     /// One look at etcd; returns whether etcd answered.
     fn check(&mut self, etcd: &impl Etcdctl, phase: &str) -> bool {
         let at = self.started.elapsed();
-        let Some(records) = cni_conformance::overlay::records(etcd, ETCD_PREFIX) else {
+        let Some(records) = cni_testkit::overlay::records(etcd, ETCD_PREFIX) else {
             *self.unanswered.entry(phase.to_owned()).or_default() += 1;
             return false;
         };

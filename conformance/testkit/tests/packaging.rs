@@ -5,12 +5,12 @@
 //! in a node namespace (healthy: every check ok or skipped; broken: the right checks fail),
 //! `cni-suite teardown` (a dry run changes nothing; `--yes` removes the suite's state and
 //! nothing else), both also on a vxlan-overlay node of a real overlay (etcd and agents from
-//! `cni_conformance::overlay`, nothing made by hand), and every workspace binary's
+//! `cni_testkit::overlay`, nothing made by hand), and every workspace binary's
 //! `--help`/`--version`.
 //!
 //! Run as root, after `cargo build --release --workspace --bins` (every binary is required):
 //! ```text
-//! cargo test --release -p cni-conformance --test packaging
+//! cargo test --release -p cni-testkit --test packaging
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,24 +22,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cni_conformance::cnitool::LIBCNI_RESULT_CACHE;
-use cni_conformance::etcd::Etcdctl;
-use cni_conformance::http;
-use cni_conformance::netns::{Netns, Node};
-use cni_conformance::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
-use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
-use cni_conformance::{eventually, require_root, unique_link_name, unique_name};
+use cni_testkit::cnitool::LIBCNI_RESULT_CACHE;
+use cni_testkit::etcd::Etcdctl;
+use cni_testkit::http;
+use cni_testkit::netns::{Netns, Node};
+use cni_testkit::overlay::{OverlayCluster, OverlayNode, BRIDGE, DEVICE, ETCD_PREFIX};
+use cni_testkit::plugin::{bin_dir, plugin_binary, reference_plugin, PluginRun};
+use cni_testkit::{eventually, repo_root, require_root, unique_link_name, unique_name};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("conformance/ has a parent")
-        .to_path_buf()
-}
 
 /// The cargo target dir the test binary was built in (`<dir>/<triple>/release/deps/<test>`).
 fn target_dir() -> PathBuf {
@@ -1555,7 +1548,7 @@ fn teardown_removes_a_node_of_250_pods_in_bounded_time() {
 // ---------------------------------------------------------------------------------------
 // cni-suite doctor and teardown on a vxlan-overlay node
 
-/// Node 0 of an etcd-backed overlay (etcd and real agents, from `cni_conformance::overlay`)
+/// Node 0 of an etcd-backed overlay (etcd and real agents, from `cni_testkit::overlay`)
 /// as cni-suite sees it: a conf dir holding the conflist its agent reads, a bin dir with
 /// vxlan-overlay, and libcni's cache dir (where cnitool, which attaches the pods, caches
 /// results).
@@ -2027,7 +2020,7 @@ fn workspace_binaries() -> Vec<String> {
 fn spoken_versions(bin: &str) -> Vec<&'static str> {
     match bin {
         "kubenet-bridge" | "vpc-route" | "vxlan-overlay" | "cni-suite" | "cni-conformance" => {
-            cni_conformance::SPEC_VERSIONS.to_vec()
+            cni_testkit::SPEC_VERSIONS.to_vec()
         }
         "cni-bench" | "vxlan-bench" | "vxlan-scale-bench" => vec!["1.0.0"],
         other => panic!("binary {other} is new: add the CNI versions it speaks to this test"),

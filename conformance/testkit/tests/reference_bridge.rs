@@ -4,21 +4,21 @@
 //! fail, the machine or the harness is broken, not kubenet-bridge.
 //!
 //! Run (as root): `conformance/scripts/install-test-deps.sh && cargo test --release -p
-//! cni-conformance --test reference_bridge`.
+//! cni-testkit --test reference_bridge`.
 
 use std::net::Ipv4Addr;
 
-use cni_conformance::leases::LeaseDir;
-use cni_conformance::netns::{Netns, Node};
-use cni_conformance::plugin::{reference_plugin, PluginRun, REFERENCE_PLUGIN_DIR};
-use cni_conformance::result::{check_add_result, host_veth_name};
-use cni_conformance::scenarios::{
+use cni_testkit::leases::LeaseDir;
+use cni_testkit::netns::{Netns, Node};
+use cni_testkit::plugin::{reference_plugin, PluginRun, REFERENCE_PLUGIN_DIR};
+use cni_testkit::result::{check_add_result, host_veth_name};
+use cni_testkit::scenarios::{
     assert_attachment_in_kernel, chained_with_portmap_and_bandwidth, cnitool_add_check_del,
     BridgeNetwork,
 };
-use cni_conformance::topology::{NodeNeighbours, OUTSIDE_HOST_ADDR, OUTSIDE_NODE_ADDR};
-use cni_conformance::traffic::{observed_source, ping};
-use cni_conformance::{require_root, unique_link_name, unique_name};
+use cni_testkit::topology::{NodeNeighbours, OUTSIDE_HOST_ADDR, OUTSIDE_NODE_ADDR};
+use cni_testkit::traffic::{observed_source, ping};
+use cni_testkit::{require_root, unique_link_name, unique_name};
 use ipnet::Ipv4Net;
 use serde_json::json;
 use tempfile::TempDir;

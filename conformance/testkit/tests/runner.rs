@@ -6,11 +6,12 @@
 //! `tuning`, and small plugins broken on purpose, generated into a tempdir as shell wrappers
 //! around kubenet-bridge: the runner must exit 1 and name the case each breaks.
 //!
-//! Run as root after building the plugins (cargo builds the runner itself for this test):
+//! Run as root after building the plugins and the runner (another package, so cargo does not
+//! build it for this test):
 //! ```text
 //! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
 //! cargo build --release --workspace --bins
-//! cargo test --release -p cni-conformance --test runner -- --nocapture
+//! cargo test --release -p cni-testkit --test runner -- --nocapture
 //! ```
 //! `--nocapture` shows each run's table.
 
@@ -20,13 +21,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
-use cni_conformance::plugin::{bin_dir, plugin_binary, reference_plugin, REFERENCE_PLUGIN_DIR};
-use cni_conformance::require_root;
+use cni_testkit::plugin::{bin_dir, plugin_binary, reference_plugin, REFERENCE_PLUGIN_DIR};
+use cni_testkit::require_root;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-/// The runner binary, which cargo builds for this package's integration tests.
-const RUNNER: &str = env!("CARGO_BIN_EXE_cni-conformance");
+/// The runner binary, next to the plugins (`cargo build --release -p cni-conformance`).
+fn runner() -> PathBuf {
+    plugin_binary("cni-conformance")
+}
 
 /// What one run of the runner produced.
 struct RunnerRun {
@@ -220,7 +223,7 @@ impl Workspace {
     /// prints its table.
     fn run_args(&self, args: &[&OsStr]) -> RunnerRun {
         let json = self.path("report.json");
-        let out = Command::new(RUNNER)
+        let out = Command::new(runner())
             .args(args)
             .arg("--json")
             .arg(&json)
@@ -539,7 +542,7 @@ exit 0
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(RUNNER)
+    let out = Command::new(runner())
         .args(["--conflist", "/nonexistent.conflist"])
         .env_remove("CNI_PATH")
         .output()

@@ -15,7 +15,7 @@
 //! Needs root and `conformance/scripts/install-test-deps.sh` (containerd, runc, podman,
 //! busybox-static, the CRI client). Run:
 //! ```text
-//! cargo test --release -p cni-conformance --test runtimes
+//! cargo test --release -p cni-testkit --test runtimes
 //! ```
 
 use std::collections::BTreeSet;
@@ -27,8 +27,8 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cni_conformance::plugin::{plugin_binary, REFERENCE_PLUGIN_DIR};
-use cni_conformance::{eventually, require_root, unique_link_name, unique_name};
+use cni_testkit::plugin::{plugin_binary, REFERENCE_PLUGIN_DIR};
+use cni_testkit::{eventually, repo_root, require_root, unique_link_name, unique_name};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -36,13 +36,6 @@ use tempfile::TempDir;
 /// Both tests change the host namespace: one at a time, so one's restore never undoes the
 /// other's setup.
 static HOST: Mutex<()> = Mutex::new(());
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("conformance/ has a parent")
-        .to_path_buf()
-}
 
 fn tools_dir() -> PathBuf {
     std::env::var_os("CNI_SUITE_TOOLS")

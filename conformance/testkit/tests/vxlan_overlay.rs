@@ -9,7 +9,7 @@
 //! conformance/scripts/install-test-deps.sh
 //! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
 //! cargo build --release -p vxlan-overlay
-//! cargo test --release -p cni-conformance --test vxlan_overlay
+//! cargo test --release -p cni-testkit --test vxlan_overlay
 //! ```
 //! Every test builds its own underlay, etcd and nodes (names unique per process), so the tests
 //! run in parallel with each other and with the other suites; everything is killed and
@@ -21,15 +21,15 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use cni_conformance::etcd::Etcdctl;
-use cni_conformance::netns::Netns;
-use cni_conformance::overlay::{
+use cni_testkit::etcd::Etcdctl;
+use cni_testkit::netns::Netns;
+use cni_testkit::overlay::{
     link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, CLUSTER_CIDR, DEVICE,
     ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
 };
-use cni_conformance::ping_stream::{assert_streams_lost_nothing, PingStream};
-use cni_conformance::traffic::ping;
-use cni_conformance::{eventually, require_root};
+use cni_testkit::ping_stream::{assert_streams_lost_nothing, PingStream};
+use cni_testkit::traffic::ping;
+use cni_testkit::{eventually, require_root};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 

@@ -1,20 +1,20 @@
 //! The vxlan-overlay agent's `metricsAddress` endpoint, black-box: a two-node overlay (etcd
-//! and agents from `cni_conformance::overlay`) whose agents serve `/metrics` and `/healthz`
+//! and agents from `cni_testkit::overlay`) whose agents serve `/metrics` and `/healthz`
 //! in their node namespaces, read with curl from inside them. Judged: every metric the README
 //! names is there with values that match the node (its peers, its subnet, renewals going up),
 //! and `/healthz` turns 503 with a reason once etcd is gone and 200 again when it is back.
 //!
 //! Run as root, after `cargo build --release -p vxlan-overlay`:
 //! ```text
-//! cargo test --release -p cni-conformance --test vxlan_overlay_metrics
+//! cargo test --release -p cni-testkit --test vxlan_overlay_metrics
 //! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cni_conformance::http::{self, Reply};
-use cni_conformance::overlay::OverlayCluster;
-use cni_conformance::{eventually, require_root};
+use cni_testkit::http::{self, Reply};
+use cni_testkit::overlay::OverlayCluster;
+use cni_testkit::{eventually, require_root};
 use serde_json::json;
 
 /// `leaseTTL`: short, so a lost lease shows within seconds.

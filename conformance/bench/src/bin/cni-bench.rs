@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cni_testkit::netns::{Netns, Node};
 use serde_json::{json, Value};
 
 /// The spec version both sides are configured with (one version: the table compares
@@ -76,7 +77,7 @@ fn parse_args() -> Result<Args, String> {
             "--version" | "-V" => {
                 println!(
                     "{}",
-                    cni_conformance::version_banner("cni-bench", &[SPEC_VERSION])
+                    cni_testkit::version_banner("cni-bench", &[SPEC_VERSION])
                 );
                 std::process::exit(0);
             }
@@ -101,19 +102,6 @@ struct Subject {
 struct Sample {
     took: Duration,
     max_rss_kb: i64,
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let st = Command::new(cmd)
-        .args(args)
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd} {args:?} failed"))
-    }
 }
 
 /// Runs the plugin once and waits for it with wait4, for its rusage.
@@ -168,22 +156,11 @@ fn summarize(samples: &[Sample]) -> Value {
     json!({"n": ms.len(), "median_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0), "max_rss_kb": rss})
 }
 
-struct NodeNs {
-    name: String,
-    pods: Vec<String>,
-}
-
-impl Drop for NodeNs {
-    fn drop(&mut self) {
-        for p in &self.pods {
-            let _ = sh("ip", &["netns", "del", p]);
-        }
-        let _ = sh("ip", &["netns", "del", &self.name]);
-    }
-}
-
-fn enter_netns(name: &str) -> Result<(), String> {
-    let f = File::open(format!("/var/run/netns/{name}")).map_err(|e| e.to_string())?;
+/// Moves this process into `netns`, so that plugins are exec'd straight into it (no `ip netns
+/// exec` in the measured time) and see it as the host.
+fn enter_netns(netns: &Netns) -> Result<(), String> {
+    let name = netns.name();
+    let f = File::open(netns.path()).map_err(|e| e.to_string())?;
     // SAFETY: setns on an fd we own; this process is single-threaded at this point.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(format!("setns {name}: {}", std::io::Error::last_os_error()));
@@ -194,7 +171,7 @@ fn enter_netns(name: &str) -> Result<(), String> {
 /// ADD then DEL of `pods` one at a time; returns (add samples, del samples).
 fn sequential(
     s: &Subject,
-    pods: &[String],
+    pods: &[Netns],
     tag: &str,
 ) -> Result<(Vec<Sample>, Vec<Sample>), String> {
     let mut adds = Vec::new();
@@ -203,7 +180,7 @@ fn sequential(
             s,
             "ADD",
             &format!("{tag}{i}"),
-            &format!("/var/run/netns/{p}"),
+            &p.path().to_string_lossy(),
         )?);
     }
     let mut dels = Vec::new();
@@ -212,7 +189,7 @@ fn sequential(
             s,
             "DEL",
             &format!("{tag}{i}"),
-            &format!("/var/run/netns/{p}"),
+            &p.path().to_string_lossy(),
         )?);
     }
     Ok((adds, dels))
@@ -221,7 +198,7 @@ fn sequential(
 /// All ADDs at once, then all DELs at once.
 fn concurrent(
     s: &Subject,
-    pods: &[String],
+    pods: &[Netns],
     tag: &str,
 ) -> Result<(Vec<Sample>, Vec<Sample>), String> {
     let run = |verb: &str| -> Result<Vec<Sample>, String> {
@@ -231,7 +208,7 @@ fn concurrent(
                 .enumerate()
                 .map(|(i, p)| {
                     let id = format!("{tag}{i}");
-                    let ns = format!("/var/run/netns/{p}");
+                    let ns = p.path().to_string_lossy().into_owned();
                     scope.spawn(move || exec(s, verb, &id, &ns))
                 })
                 .collect();
@@ -259,7 +236,6 @@ fn real_main() -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("must run as root (it creates network namespaces)".into());
     }
-    let id = std::process::id();
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
     let ours = Subject {
         label: "kubenet-bridge",
@@ -310,19 +286,12 @@ fn real_main() -> Result<(), String> {
         }
     }
     let pods_needed = args.rounds.max(args.concurrency);
-    let node = NodeNs {
-        name: format!("cnibench-node-{id}"),
-        pods: (0..pods_needed)
-            .map(|i| format!("cnibench-{id}-p{i}"))
-            .collect(),
-    };
-    sh("ip", &["netns", "add", &node.name])?;
-    for p in &node.pods {
-        sh("ip", &["netns", "add", p])?;
-    }
-    enter_netns(&node.name)?;
-    let seq_pods = &node.pods[..args.rounds];
-    let conc_pods = &node.pods[..args.concurrency];
+    // Guards from the test kit: the namespaces go when this returns, on errors too.
+    let node = Node::new();
+    let pods: Vec<Netns> = (0..pods_needed).map(|_| Netns::new("cnibench-")).collect();
+    enter_netns(node.netns())?;
+    let seq_pods = &pods[..args.rounds];
+    let conc_pods = &pods[..args.concurrency];
     // Warm-up: creates each bridge, so both sides are measured on a node already set up.
     for s in subjects {
         sequential(s, &seq_pods[..1], "warm")?;

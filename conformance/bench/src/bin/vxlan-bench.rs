@@ -35,14 +35,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cni_conformance::etcd::{EtcdServer, Etcdctl};
-use cni_conformance::netns::Netns;
-use cni_conformance::overlay::{
+use cni_testkit::etcd::{EtcdServer, Etcdctl};
+use cni_testkit::netns::Netns;
+use cni_testkit::overlay::{
     link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, BRIDGE, CLUSTER_CIDR,
     DEVICE, ETCD_PREFIX,
 };
-use cni_conformance::require_root;
-use cni_conformance::scenarios::CNITOOL_SPEC_VERSION;
+use cni_testkit::require_root;
+use cni_testkit::scenarios::CNITOOL_SPEC_VERSION;
 use ipnet::Ipv4Net;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde_json::{json, Value};
@@ -142,7 +142,7 @@ fn parse_args() -> Result<Args, String> {
                 // Pods are attached through cnitool, at its spec version.
                 println!(
                     "{}",
-                    cni_conformance::version_banner("vxlan-bench", &[CNITOOL_SPEC_VERSION])
+                    cni_testkit::version_banner("vxlan-bench", &[CNITOOL_SPEC_VERSION])
                 );
                 std::process::exit(0);
             }
@@ -541,7 +541,7 @@ fn iperf(p: &PathUnderTest, seconds: u64) -> Throughput {
         .stderr(Stdio::null())
         .spawn()
         .expect("start iperf3 server");
-    let listening = cni_conformance::eventually(Duration::from_secs(5), || {
+    let listening = cni_testkit::eventually(Duration::from_secs(5), || {
         let out = p.pods[1].run("ss", &["-Hltn", &format!("sport = :{IPERF_PORT}")]);
         !out.stdout.is_empty()
     });
@@ -698,7 +698,7 @@ fn time_join(
     let status = node.take_agent().terminate();
     assert!(status.success(), "agent exited {status}");
     if let Some(me) = &me {
-        let dropped = cni_conformance::eventually(Duration::from_secs(10), || {
+        let dropped = cni_testkit::eventually(Duration::from_secs(10), || {
             existing
                 .iter()
                 .all(|n| n.vxlan_state().is_some_and(|s| !s.mentions(me)))
@@ -816,7 +816,7 @@ fn run(args: &Args) -> Value {
     let offload_roles = check_offloads(&paths).unwrap_or_else(|e| panic!("{e}"));
     for p in &paths {
         assert!(
-            cni_conformance::traffic::ping(&p.pods[0], p.addrs[1]),
+            cni_testkit::traffic::ping(&p.pods[0], p.addrs[1]),
             "{}: pods cannot reach each other",
             p.label
         );

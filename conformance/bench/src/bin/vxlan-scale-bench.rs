@@ -20,7 +20,7 @@
 //! 4. leaves one by one: delay from the last delete to their routes gone;
 //! 5. churn: a share of the peers replaced every second; the exact peer set at the end.
 //!
-//! Run as root after `cargo build --release -p vxlan-overlay -p cni-conformance`. Writes
+//! Run as root after `cargo build --release -p vxlan-overlay -p cni-benches`. Writes
 //! `vxlan-scale.md`, `vxlan-scale.json` and `vxlan-scale.svg` to `--out` and prints the
 //! markdown; exits 1 if any correctness check failed (a missed timing target does not). Every
 //! wait is bounded; everything is torn down at the end, on failure and on Ctrl-C.
@@ -32,12 +32,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cni_conformance::etcd::EtcdServer;
-use cni_conformance::etcd_gateway::{kv_requests, metric, EtcdGateway};
-use cni_conformance::netns::Netns;
-use cni_conformance::overlay::{records, subnet_key, OverlayNode, Peer, Underlay, DEVICE};
-use cni_conformance::require_root;
-use cni_conformance::scenarios::CNITOOL_SPEC_VERSION;
+use cni_testkit::etcd::EtcdServer;
+use cni_testkit::etcd_gateway::{kv_requests, metric, EtcdGateway};
+use cni_testkit::netns::Netns;
+use cni_testkit::overlay::{records, subnet_key, OverlayNode, Peer, Underlay, DEVICE};
+use cni_testkit::require_root;
+use cni_testkit::scenarios::CNITOOL_SPEC_VERSION;
 use ipnet::Ipv4Net;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -201,7 +201,7 @@ fn parse_args() -> Result<Args, String> {
                 // The conflists it writes for the agent are at cnitool's spec version.
                 println!(
                     "{}",
-                    cni_conformance::version_banner("vxlan-scale-bench", &[CNITOOL_SPEC_VERSION])
+                    cni_testkit::version_banner("vxlan-scale-bench", &[CNITOOL_SPEC_VERSION])
                 );
                 std::process::exit(0);
             }
@@ -334,7 +334,7 @@ impl Bed {
         let tmpfs = Tmpfs::new();
         let underlay = Underlay::new();
         let netns = Netns::new("cnit-etcd-");
-        let addr = underlay.addr(cni_conformance::overlay::ETCD_HOST);
+        let addr = underlay.addr(cni_testkit::overlay::ETCD_HOST);
         underlay.connect(&netns, addr);
         let etcd = EtcdServer::start_in(netns, addr, tmpfs.path());
         let gw = EtcdGateway::connect(&etcd);
@@ -353,7 +353,7 @@ impl Bed {
     fn node(&mut self, prefix: &str, resync: u64) -> OverlayNode {
         let host = self.next_host;
         self.next_host += 1;
-        assert!(host < cni_conformance::overlay::ETCD_HOST, "out of hosts");
+        assert!(host < cni_testkit::overlay::ETCD_HOST, "out of hosts");
         let fields = json!({
             "etcdEndpoints": [self.etcd.endpoint()],
             "etcdPrefix": prefix,
@@ -955,7 +955,7 @@ fn main() {
 
 /// The agent binary's `--version` line (which agent was measured).
 fn agent_version() -> String {
-    let bin = cni_conformance::plugin::plugin_binary(cni_conformance::overlay::PLUGIN);
+    let bin = cni_testkit::plugin::plugin_binary(cni_testkit::overlay::PLUGIN);
     std::process::Command::new(&bin)
         .arg("--version")
         .output()

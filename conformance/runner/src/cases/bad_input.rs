@@ -1,6 +1,6 @@
 //! Bad input: each case spoils one thing a runtime sends (stdin, a `CNI_*` variable, the verb
 //! for the version, `prevResult`) and expects a refusal: non-zero exit, the error object, the
-//! well-known code, no crash (see [`crate::runner::judge`] for the levels of each part).
+//! well-known code, no crash (see [`crate::judge`] for the levels of each part).
 //!
 //! A refusal is a MUST where succeeding would claim work the plugin cannot have done:
 //! undecodable configuration, a version it cannot speak, an unknown verb, a required attachment
@@ -28,11 +28,11 @@
 use serde_json::{json, Value};
 
 use super::{Case, CaseCtx};
-use crate::runner::judge::{self, codes_text, Refusal};
-use crate::runner::kernel;
-use crate::runner::network::NetworkList;
-use crate::runner::runtime::{PluginCall, Pod};
-use crate::runner::verdict::{skip, CaseLevel, Findings, Level, Step};
+use crate::judge::{self, codes_text, Refusal};
+use crate::kernel;
+use crate::network::NetworkList;
+use crate::runtime::{PluginCall, Pod};
+use crate::verdict::{skip, CaseLevel, Findings, Level, Step};
 use crate::{unique_name, version_at_least};
 
 /// What must exist before the bad call.

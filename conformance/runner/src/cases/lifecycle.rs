@@ -15,16 +15,16 @@ use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use super::{Case, CaseCtx};
-use crate::runner::judge::{self, Refusal};
-use crate::runner::kernel;
-use crate::runner::runtime::Pod;
-use crate::runner::shape::{check_add_result, check_version_result, VersionEcho};
-use crate::runner::verdict::{skip, CaseLevel, Findings, Level, Step};
-use crate::traffic::ping;
+use crate::judge::{self, Refusal};
+use crate::kernel;
+use crate::netns::ping;
+use crate::runtime::Pod;
+use crate::shape::{check_add_result, check_version_result, VersionEcho};
+use crate::verdict::{skip, CaseLevel, Findings, Level, Step};
 use crate::version_at_least;
 
 /// The lifecycle cases of `list`, in table order.
-pub fn cases(list: &crate::runner::network::NetworkList) -> Vec<Case> {
+pub fn cases(list: &crate::network::NetworkList) -> Vec<Case> {
     let mut cases = Vec::new();
     for (index, plugin) in list.plugins.iter().enumerate() {
         let name = if list.plugins.len() > 1 {

@@ -15,12 +15,12 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+use crate::judge;
 use crate::netns::Node;
-use crate::runner::judge;
-use crate::runner::network::NetworkList;
-use crate::runner::runtime::{AttachmentId, ChainRun, Invocation, PluginCall, Pod, Runtime};
-use crate::runner::shape::{check_add_result, PodView, ResultFacts};
-use crate::runner::verdict::{skip, CaseLevel, Findings, Level, Step};
+use crate::network::NetworkList;
+use crate::runtime::{AttachmentId, ChainRun, Invocation, PluginCall, Pod, Runtime};
+use crate::shape::{check_add_result, PodView, ResultFacts};
+use crate::verdict::{skip, CaseLevel, Findings, Level, Step};
 use crate::version_at_least;
 
 /// What a case does, given its context; records violations in the findings.

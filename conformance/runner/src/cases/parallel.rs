@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use std::thread;
 
 use super::{Case, CaseCtx};
-use crate::runner::judge;
-use crate::runner::kernel;
-use crate::runner::runtime::{ChainRun, Pod};
-use crate::runner::verdict::{skip, CaseLevel, Findings, Level, Step};
+use crate::judge;
+use crate::kernel;
+use crate::runtime::{ChainRun, Pod};
+use crate::verdict::{skip, CaseLevel, Findings, Level, Step};
 
 /// The parallel case (its name carries no count: the count is an option).
 pub fn case() -> Case {

@@ -6,10 +6,10 @@
 use serde_json::json;
 
 use super::{Case, CaseCtx};
-use crate::runner::judge;
-use crate::runner::kernel;
-use crate::runner::runtime::Pod;
-use crate::runner::verdict::{CaseLevel, Findings, Level, Step};
+use crate::judge;
+use crate::kernel;
+use crate::runtime::Pod;
+use crate::verdict::{CaseLevel, Findings, Level, Step};
 
 /// The 1.1.0 cases.
 pub fn cases() -> Vec<Case> {
