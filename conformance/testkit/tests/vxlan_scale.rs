@@ -6,13 +6,14 @@
 //! well-formed output files. Timings are not judged here: on a shared 2-core machine they are
 //! the benchmark's business (README).
 //!
-//! Run as root after `cargo build --release -p vxlan-overlay` (cargo builds the bench itself
-//! for this test).
+//! Run as root after `cargo build --release -p vxlan-overlay -p cni-benches` (the bench is
+//! another package's binary, found next to the plugins).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cni_testkit::plugin::plugin_binary;
 use cni_testkit::require_root;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -33,7 +34,7 @@ fn small_scale_bench_keeps_exact_peer_sets() {
         .expect("create the output directory");
     let log = out.path().join("bench.log");
     let log_file = std::fs::File::create(&log).expect("create the bench log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlan-scale-bench"))
+    let mut child = Command::new(plugin_binary("vxlan-scale-bench"))
         // Each wait for convergence bounded well inside RUN_BOUND.
         .args(["--small", "--timeout", "20", "--out"])
         .arg(out.path())

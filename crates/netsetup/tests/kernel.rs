@@ -248,7 +248,7 @@ fn underlay_link(node: &TempNetns, sock: &mut Socket, name: &str, addrs: &[&str]
 
 /// `ip -d -j link show <name>`'s `info_data` of a VXLAN link.
 fn vxlan_info(node: &TempNetns, name: &str) -> serde_json::Value {
-    let out = ip_stdout(&node, &["-d", "-j", "link", "show", name]);
+    let out = ip_stdout(node, &["-d", "-j", "link", "show", name]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v[0]["linkinfo"]["info_data"].clone()
 }
