@@ -9,6 +9,11 @@
 //! to find. GC runs every [`CHECK_EVERY`] cycles, itself killed at times, with
 //! `cni.dev/valid-attachments` listing the pods really attached.
 //!
+//! Beside that run, focused tests sweep the kill instant across one verb at a time (every
+//! 500 µs from spawn): an ADD killed and then deleted, a killed ADD retried, a killed DEL
+//! retried, and GC killed while destroyed sandboxes leak leases; each ends with the node drained
+//! to nothing but the lock, the round-robin hint and an empty index.
+//!
 //! The plugin is exec'd directly into the node namespace (`setns` between fork and exec), not
 //! through `ip netns exec`: that wrapper spends the first milliseconds setting up a mount
 //! namespace, where most kills would land instead of in the plugin.
@@ -687,6 +692,85 @@ fn non_lease_entries(dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Kill instants swept across a whole ADD, DEL or GC: every 500 µs from spawn to
+/// [`LATE_KILL_US`], so that some land in each step whatever the machine's speed.
+fn kill_sweep() -> impl Iterator<Item = Duration> {
+    (0..=LATE_KILL_US).step_by(500).map(Duration::from_micros)
+}
+
+impl Harness {
+    /// A container id of this process for the `n`th attachment of a test.
+    fn container_id(tag: &str, n: usize) -> String {
+        format!("{tag}{n:04}-{}", std::process::id())
+    }
+
+    /// ADD of `id` into `slot` that must succeed; records it as attached (checking its lease).
+    fn attach(&mut self, slot: usize, id: &str, ctx: &str) {
+        let out = self
+            .add(slot, id, None)
+            .expect_ok(&format!("{ctx}: ADD of {id}"));
+        self.record_attached(slot, id, &out, &format!("{ctx}: ADD of {id}"));
+    }
+
+    /// After a completed DEL of `id`: no lease file names it and the pod has no interface.
+    fn assert_released(&self, slot: usize, id: &str, ctx: &str) {
+        assert!(!self.is_leased(id), "{ctx}: a lease still names {id}");
+        assert!(
+            !self.slots[slot].netns.has_link(IFNAME),
+            "{ctx}: the pod of {id} still has {IFNAME}"
+        );
+    }
+
+    /// DELs every attached pod, then GC with none valid, as a drained node would; afterwards
+    /// no veth, no lease, and the state directory holds only the lock, the round-robin hint
+    /// and an empty index.
+    fn drain_and_check(&mut self, ctx: &str) {
+        for slot in 0..SLOTS {
+            if let Some(att) = self.slots[slot].attached.take() {
+                self.del(slot, &att.id, None)
+                    .expect_ok(&format!("{ctx}: DEL of {}", att.id));
+            }
+        }
+        self.gc(None).expect_ok(&format!("{ctx}: final GC"));
+        let mut left = BTreeMap::new();
+        let settled = eventually(Duration::from_secs(10), || {
+            left = self.node_veths();
+            left.is_empty()
+        });
+        assert!(settled, "{ctx}: veths left on the node: {left:?}");
+        let owners = self.lease_owners(ctx);
+        assert!(owners.is_empty(), "{ctx}: lease files left: {owners:?}");
+        let rest = non_lease_entries(self.leases.path());
+        let expected: BTreeSet<String> = ["attachments/", "last_reserved_ip.0", "lock"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            rest, expected,
+            "{ctx}: the state directory must hold only the lock, the round-robin hint and an \
+             empty index"
+        );
+    }
+
+    /// Prints what the run did and how long the unkilled runs took.
+    fn report(&self, what: &str, took: Duration) {
+        eprintln!(
+            "crash consistency, {what}: {took:.1?} (seed {:#x}): {:?}",
+            self.seed, self.stats
+        );
+        for (verb, times) in self.timings.borrow_mut().iter_mut() {
+            times.sort();
+            eprintln!(
+                "  {verb} runs not killed: {}, wall time from spawn p10 {:.1?} p50 {:.1?} p90 {:.1?} max {:.1?}",
+                times.len(),
+                times[times.len() / 10],
+                times[times.len() / 2],
+                times[times.len() * 9 / 10],
+                times[times.len() - 1]
+            );
+        }
+    }
+}
+
 #[test]
 fn kill_anywhere_in_1000_add_del_cycles_never_double_assigns_and_gc_reclaims_all() {
     let mut h = Harness::new();
@@ -699,51 +783,10 @@ fn kill_anywhere_in_1000_add_del_cycles_never_double_assigns_and_gc_reclaims_all
             h.gc_and_check(&ctx);
         }
     }
-    let cycles_took = started.elapsed();
-
-    // Tear everything down as a drained node would: DEL every pod, then GC with none valid.
-    let ctx = format!("teardown (seed {:#x})", h.seed);
-    for slot in 0..SLOTS {
-        if let Some(att) = h.slots[slot].attached.take() {
-            h.del(slot, &att.id, None)
-                .expect_ok(&format!("{ctx}: DEL of {}", att.id));
-        }
-    }
-    h.gc(None).expect_ok(&format!("{ctx}: final GC"));
-    let mut left = BTreeMap::new();
-    let settled = eventually(Duration::from_secs(10), || {
-        left = h.node_veths();
-        left.is_empty()
-    });
-    assert!(settled, "{ctx}: veths left on the node: {left:?}");
-    let owners = h.lease_owners(&ctx);
-    assert!(owners.is_empty(), "{ctx}: lease files left: {owners:?}");
-    let rest = non_lease_entries(h.leases.path());
-    let expected: BTreeSet<String> = ["attachments/", "last_reserved_ip.0", "lock"]
-        .map(String::from)
-        .into();
-    assert_eq!(
-        rest, expected,
-        "{ctx}: the state directory must hold only the lock, the round-robin hint and an \
-         empty index"
-    );
+    h.report(&format!("{CYCLES} cycles"), started.elapsed());
+    h.drain_and_check(&format!("teardown (seed {:#x})", h.seed));
 
     let s = &h.stats;
-    eprintln!(
-        "crash consistency: {CYCLES} cycles in {cycles_took:.1?} (seed {:#x}): {s:?}",
-        h.seed
-    );
-    for (verb, times) in h.timings.borrow_mut().iter_mut() {
-        times.sort();
-        eprintln!(
-            "  {verb} runs not killed: {}, wall time from spawn p10 {:.1?} p50 {:.1?} p90 {:.1?} max {:.1?}",
-            times.len(),
-            times[times.len() / 10],
-            times[times.len() / 2],
-            times[times.len() * 9 / 10],
-            times[times.len() - 1]
-        );
-    }
     // Enough kills really landed inside the plugin for the run to mean something.
     assert!(
         s.adds_killed >= CYCLES / 10 && s.dels_killed >= CYCLES / 20,
@@ -765,4 +808,148 @@ fn kill_anywhere_in_1000_add_del_cycles_never_double_assigns_and_gc_reclaims_all
         s.leases_reclaimed_by_gc > 0,
         "no leaked lease reached GC, so GC's reclaiming went untested: {s:?}"
     );
+}
+
+#[test]
+fn an_add_killed_at_any_step_then_deleted_leaves_nothing_behind() {
+    let mut h = Harness::new();
+    let started = Instant::now();
+    for (n, kill) in kill_sweep().enumerate() {
+        let id = Harness::container_id("addkill", n);
+        let ctx = format!("ADD of {id} with a kill {kill:?} after spawn");
+        h.stats.adds += 1;
+        match h.add(0, &id, Some(kill)) {
+            Outcome::Killed => {
+                h.stats.adds_killed += 1;
+                let phase = h.add_phase(0, &id);
+                *h.stats.add_killed_at.entry(phase).or_default() += 1;
+            }
+            Outcome::Ok(_) => {}
+            Outcome::Failed(_, why) => panic!("{ctx}: ADD into a clean sandbox failed: {why}"),
+        }
+        // The runtime's answer to a failed sandbox setup.
+        h.stats.dels += 1;
+        h.del(0, &id, None).expect_ok(&format!("{ctx}: DEL"));
+        h.assert_released(0, &id, &ctx);
+    }
+    h.report("ADDs killed across their run", started.elapsed());
+    assert!(
+        h.stats.adds_killed > 0 && h.stats.adds_killed < h.stats.adds,
+        "the sweep must kill some ADDs and let others finish: {:?}",
+        h.stats
+    );
+    h.drain_and_check("after the ADD sweep");
+}
+
+#[test]
+fn a_killed_add_retried_succeeds_or_answers_already_attached() {
+    let mut h = Harness::new();
+    let started = Instant::now();
+    for (n, kill) in kill_sweep().enumerate() {
+        let id = Harness::container_id("retry", n);
+        let ctx = format!("ADD of {id} with a kill {kill:?} after spawn, then retried");
+        h.stats.adds += 1;
+        let outcome = match h.add(0, &id, Some(kill)) {
+            Outcome::Killed => {
+                h.stats.adds_killed += 1;
+                h.stats.add_retries += 1;
+                h.add(0, &id, None)
+            }
+            finished => finished,
+        };
+        match outcome {
+            Outcome::Ok(out) => {
+                h.record_attached(0, &id, &out, &ctx);
+                h.check_no_double_use(&ctx);
+                h.slots[0].attached = None;
+            }
+            // The killed ADD had created the veth: the runtime DELs, below.
+            Outcome::Failed(Some(ALREADY_ATTACHED), _) => {
+                h.stats.add_retries_already_attached += 1;
+            }
+            Outcome::Failed(_, why) => panic!("{ctx}: ADD failed: {why}"),
+            Outcome::Killed => panic!("{ctx}: the retry was killed, though none was scheduled"),
+        }
+        h.stats.dels += 1;
+        h.del(0, &id, None).expect_ok(&format!("{ctx}: DEL"));
+        h.assert_released(0, &id, &ctx);
+    }
+    h.report("ADDs killed and retried", started.elapsed());
+    assert!(
+        h.stats.add_retries > 0,
+        "no ADD of the sweep was killed, so no retry was tested: {:?}",
+        h.stats
+    );
+    h.drain_and_check("after the retried ADDs");
+}
+
+#[test]
+fn a_del_killed_at_any_step_completes_when_retried() {
+    let mut h = Harness::new();
+    let started = Instant::now();
+    for (n, kill) in kill_sweep().enumerate() {
+        let id = Harness::container_id("delkill", n);
+        let ctx = format!("DEL of {id} with a kill {kill:?} after spawn, then retried");
+        h.stats.adds += 1;
+        h.attach(0, &id, &ctx);
+        h.slots[0].attached = None;
+        h.stats.dels += 1;
+        match h.del(0, &id, Some(kill)) {
+            Outcome::Killed => {
+                h.stats.dels_killed += 1;
+                let phase = h.del_phase(0, &id);
+                *h.stats.del_killed_at.entry(phase).or_default() += 1;
+            }
+            Outcome::Ok(_) => {}
+            Outcome::Failed(_, why) => panic!("{ctx}: DEL failed: {why}"),
+        }
+        h.del(0, &id, None)
+            .expect_ok(&format!("{ctx}: DEL retried"));
+        h.assert_released(0, &id, &ctx);
+    }
+    h.report("DELs killed and retried", started.elapsed());
+    assert!(
+        h.stats.dels_killed > 0,
+        "no DEL of the sweep was killed: {:?}",
+        h.stats
+    );
+    h.drain_and_check("after the retried DELs");
+}
+
+#[test]
+fn gc_killed_at_any_step_then_rerun_reclaims_destroyed_sandboxes_and_keeps_attached_pods() {
+    let mut h = Harness::new();
+    let started = Instant::now();
+    for slot in 0..SLOTS {
+        h.attach(slot, &Harness::container_id("gcpod", slot), "setup");
+    }
+    for (n, kill) in kill_sweep().step_by(5).enumerate() {
+        // A sandbox destroyed without DEL leaks its lease; a new pod takes the slot.
+        let slot = n % SLOTS;
+        let leaked = h.slots[slot]
+            .attached
+            .clone()
+            .expect("every slot is attached");
+        h.destroy_sandbox(slot);
+        let ctx = format!("GC with a kill {kill:?} after spawn, {} leaked", leaked.id);
+        assert!(h.is_leased(&leaked.id), "{ctx}: the lease leaked before GC");
+        h.attach(slot, &Harness::container_id("gcpod", SLOTS + n), &ctx);
+        h.stats.gcs += 1;
+        match h.gc(Some(kill)) {
+            Outcome::Killed => h.stats.gcs_killed += 1,
+            Outcome::Ok(_) => {}
+            Outcome::Failed(_, why) => panic!("{ctx}: GC failed: {why}"),
+        }
+        // A full GC afterwards: the leaked lease goes, the attached pods keep theirs.
+        h.gc_and_check(&ctx);
+        assert!(!h.is_leased(&leaked.id), "{ctx}: GC kept the leaked lease");
+        h.check_no_double_use(&ctx);
+    }
+    h.report("GCs killed across their run", started.elapsed());
+    assert!(
+        h.stats.gcs_killed > 0,
+        "no GC of the sweep was killed: {:?}",
+        h.stats
+    );
+    h.drain_and_check("after the GC sweep");
 }
