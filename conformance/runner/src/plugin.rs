@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::netns::Node;
 
-/// How long one plugin (or cnitool) run may take before the test kills it and fails; generous
+/// How long one plugin (or cnitool) run may take before it is killed and the run fails; generous
 /// because 40 concurrent runs share 2 cores and a lock.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -115,108 +115,10 @@ pub struct PluginOutput {
     pub stderr: String,
 }
 
-/// The error object the CNI spec requires on stdout when a plugin fails.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CniError {
-    /// `cniVersion` of the error object.
-    pub cni_version: String,
-    /// `code`: 1-99 are the spec's, 100 and up the plugin's own.
-    pub code: u64,
-    /// `msg`, never empty.
-    pub msg: String,
-}
-
 impl PluginOutput {
     /// stdout parsed as JSON, if it is JSON.
     pub fn json(&self) -> Option<Value> {
         serde_json::from_str(&self.stdout).ok()
-    }
-
-    /// Asserts exit 0 and returns stdout as JSON (`Value::Null` if stdout is empty, as it may
-    /// be for DEL, CHECK and STATUS). `ctx` names the case, like `[1.0.0] add pod a`.
-    pub fn expect_success(&self, ctx: &str) -> Value {
-        assert!(
-            self.status.success(),
-            "{ctx}: expected success, {}",
-            self.describe()
-        );
-        self.assert_no_panic(ctx);
-        if self.stdout.trim().is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("{ctx}: stdout is not JSON ({e}); {}", self.describe()))
-    }
-
-    /// Asserts a spec-shaped failure: non-zero exit, and on stdout a JSON object with string
-    /// `cniVersion`, integer `code` and non-empty `msg`. Returns the error.
-    pub fn expect_cni_error(&self, ctx: &str) -> CniError {
-        assert!(
-            !self.status.success(),
-            "{ctx}: expected failure, {}",
-            self.describe()
-        );
-        self.assert_no_panic(ctx);
-        let json = self
-            .json()
-            .unwrap_or_else(|| panic!("{ctx}: error is not JSON on stdout; {}", self.describe()));
-        let field = |name: &str| json.get(name).cloned().unwrap_or(Value::Null);
-        let cni_version = field("cniVersion")
-            .as_str()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| panic!("{ctx}: error lacks cniVersion; {}", self.describe()))
-            .to_owned();
-        let code = field("code")
-            .as_u64()
-            .unwrap_or_else(|| panic!("{ctx}: error lacks integer code; {}", self.describe()));
-        let msg = field("msg")
-            .as_str()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| panic!("{ctx}: error lacks msg; {}", self.describe()))
-            .to_owned();
-        CniError {
-            cni_version,
-            code,
-            msg,
-        }
-    }
-
-    /// [`expect_cni_error`](Self::expect_cni_error) with a given `code`, and, when
-    /// `input_version` is given, the `cniVersion` the spec requires: "the same version supplied
-    /// on input".
-    pub fn expect_cni_error_code(
-        &self,
-        ctx: &str,
-        code: u64,
-        input_version: Option<&str>,
-    ) -> CniError {
-        let err = self.expect_cni_error(ctx);
-        assert_eq!(
-            err.code,
-            code,
-            "{ctx}: wrong error code; {}",
-            self.describe()
-        );
-        if let Some(version) = input_version {
-            assert_eq!(
-                err.cni_version,
-                version,
-                "{ctx}: error cniVersion must echo the input's; {}",
-                self.describe()
-            );
-        }
-        err
-    }
-
-    /// A panic is a bug whatever the input: Rust prints "panicked" on stderr, our skeleton's
-    /// panic guard prints code 199 "internal error (a bug ..." (see [`crate::CRASH_MARKERS`]).
-    fn assert_no_panic(&self, ctx: &str) {
-        let marker = crate::crash_marker(&self.stdout, &self.stderr);
-        assert!(
-            marker.is_none(),
-            "{ctx}: plugin crashed ({marker:?} in its output); {}",
-            self.describe()
-        );
     }
 
     /// Exit status, stdout and stderr, for failure messages.

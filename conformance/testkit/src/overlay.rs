@@ -28,7 +28,7 @@ use crate::cnitool::CnitoolNetwork;
 use crate::etcd::{tail, EtcdServer, Etcdctl};
 use crate::leases::LeaseDir;
 use crate::netns::{Netns, Node};
-use crate::plugin::{bin_dir, plugin_binary, PluginRun};
+use crate::plugin::{bin_dir, plugin_binary, Expect, PluginRun};
 use crate::result::{check_add_result, host_veth_name};
 use crate::scenarios::{
     assert_attachment_in_kernel, BridgeNetwork, CNITOOL_IFNAME, CNITOOL_SPEC_VERSION,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::cnitool::CnitoolNetwork;
 use crate::leases::LeaseDir;
 use crate::netns::{Netns, Node};
+use crate::plugin::Expect;
 use crate::result::{check_add_result, host_veth_name, interface_names, ExpectedAttachment};
 
 /// The interface name cnitool asks for when `CNI_IFNAME` is unset.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use cni_testkit::leases::LeaseDir;
 use cni_testkit::netns::{Netns, Node};
-use cni_testkit::plugin::{bin_dir, plugin_binary, PluginOutput, PluginRun};
+use cni_testkit::plugin::{bin_dir, plugin_binary, Expect, PluginOutput, PluginRun};
 use cni_testkit::{require_root, unique_link_name, unique_name, version_at_least, SPEC_VERSIONS};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::{json, Value};

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use cni_testkit::leases::LeaseDir;
 use cni_testkit::netns::{Netns, Node};
-use cni_testkit::plugin::{bin_dir, plugin_binary, PluginOutput, PluginRun, REFERENCE_PLUGIN_DIR};
+use cni_testkit::plugin::{
+    bin_dir, plugin_binary, Expect, PluginOutput, PluginRun, REFERENCE_PLUGIN_DIR,
+};
 use cni_testkit::result::{check_add_result, host_veth_name};
 use cni_testkit::scenarios::{
     assert_attachment_in_kernel, chained_with_portmap_and_bandwidth, cnitool_add_check_del,

@@ -28,6 +28,7 @@ use cni_testkit::overlay::{
     ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
 };
 use cni_testkit::ping_stream::{assert_streams_lost_nothing, PingStream};
+use cni_testkit::plugin::Expect;
 use cni_testkit::traffic::ping;
 use cni_testkit::{eventually, require_root};
 use ipnet::Ipv4Net;

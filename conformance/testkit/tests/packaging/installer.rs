@@ -3,6 +3,7 @@
 //! nothing.
 
 use super::*;
+use cni_testkit::plugin::Expect;
 
 struct Installer {
     dir: TempDir,

@@ -3,6 +3,7 @@
 //! ([`OverlaySuite`]), and running the command inside them with a time limit.
 
 use super::*;
+use cni_testkit::plugin::Expect;
 
 /// A node namespace with the suite installed in temp dirs: bin dir (kubenet-bridge,
 /// portmap), conf dir (one kubenet-bridge conflist), a containerd config naming both, and a
