@@ -5,12 +5,14 @@
 //! back with `ip -j`, so assertions see the kernel's view.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
+use nix::sched::CloneFlags;
 use serde_json::Value;
 
 use crate::unique_name;
@@ -223,6 +225,16 @@ impl Netns {
         peer.ip_ok(&["link", "set", peer_ifname, "up"]);
     }
 
+    /// Moves the calling thread into this namespace; see [`enter_thread`].
+    pub fn enter_thread(&self) -> std::io::Result<()> {
+        enter_thread(&self.path())
+    }
+
+    /// Runs `work` on a short-lived thread inside this namespace; see [`on_thread_inside`].
+    pub fn on_thread_inside<T: Send>(&self, work: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        on_thread_inside(&self.path(), work)
+    }
+
     /// Deletes the namespace now, panicking if that fails; for tests in which the sandbox
     /// disappears before the runtime calls DEL.
     pub fn delete(mut self) {
@@ -266,6 +278,33 @@ pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
         from.run("ping", &["-c1", "-W1", "-n", "-q", &to])
             .status
             .success()
+    })
+}
+
+/// Moves the calling thread into the network namespace at `path`, for good: setns moves only
+/// the calling thread, and the threads it starts afterwards are born in the namespace too. For
+/// a process that execs plugins as if the namespace were its host.
+pub fn enter_thread(path: &Path) -> std::io::Result<()> {
+    let file = File::open(path)?;
+    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+/// Runs `work` on a short-lived thread that entered the network namespace at `path`, and
+/// returns what it returned: sockets it creates belong to that namespace (a socket stays in the
+/// namespace it was made in), while the caller stays where it is. A panic in `work` is
+/// resumed here.
+pub fn on_thread_inside<T: Send>(
+    path: &Path,
+    work: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_thread(path)?;
+                Ok(work())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 

@@ -6,16 +6,15 @@
 //! in its own `grpc_server_started_total`; a test that never reads through the gateway can
 //! therefore attribute every `Range` request in that counter to the agents it runs.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use serde_json::{json, Value};
 
 use crate::etcd::{EtcdServer, CLIENT_PORT};
+use crate::netns;
 
 /// Bound on connecting, and on each read and write of a request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -225,20 +224,16 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// A TCP connection to 127.0.0.1:[`CLIENT_PORT`] in the namespace at `netns_path`: made on a
-/// short-lived thread that enters the namespace (setns moves only the calling thread), so the
-/// socket belongs to that namespace while this process stays where it is.
+/// A TCP connection to 127.0.0.1:[`CLIENT_PORT`] in the namespace at `netns_path`, made on a
+/// thread inside it so that the socket belongs to that namespace while this process stays
+/// where it is.
 fn connect_in(netns_path: &Path) -> TcpStream {
-    let path = netns_path.to_path_buf();
-    let stream = std::thread::spawn(move || -> Result<TcpStream, String> {
-        let ns = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], CLIENT_PORT));
-        TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| format!("{addr}: {e}"))
+    let addr = SocketAddr::from(([127, 0, 0, 1], CLIENT_PORT));
+    let stream = netns::on_thread_inside(netns_path, || {
+        TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)
     })
-    .join()
-    .expect("the connecting thread does not panic")
-    .unwrap_or_else(|e| panic!("cannot connect to etcd's gateway: {e}"));
+    .unwrap_or_else(|e| panic!("cannot enter {}: {e}", netns_path.display()))
+    .unwrap_or_else(|e| panic!("cannot connect to etcd's gateway at {addr}: {e}"));
     stream
         .set_read_timeout(Some(REQUEST_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))

@@ -386,18 +386,10 @@ struct Forwarder {
 impl Forwarder {
     fn start(netns: &Netns, port: u16) -> Self {
         use std::net::{TcpListener, TcpStream};
-        use std::os::fd::AsRawFd;
         use std::sync::atomic::Ordering;
-        let path = netns.path();
-        let listener = std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: a valid namespace fd; only this short-lived thread moves.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            TcpListener::bind(("127.0.0.1", port)).expect("bind in netns")
-        })
-        .join()
-        .expect("netns thread");
+        let listener = netns
+            .on_thread_inside(|| TcpListener::bind(("127.0.0.1", port)).expect("bind in netns"))
+            .expect("enter the test namespace");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();

@@ -9,9 +9,7 @@
 //! would flatter us.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -156,18 +154,6 @@ fn summarize(samples: &[Sample]) -> Value {
     json!({"n": ms.len(), "median_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0), "max_rss_kb": rss})
 }
 
-/// Moves this process into `netns`, so that plugins are exec'd straight into it (no `ip netns
-/// exec` in the measured time) and see it as the host.
-fn enter_netns(netns: &Netns) -> Result<(), String> {
-    let name = netns.name();
-    let f = File::open(netns.path()).map_err(|e| e.to_string())?;
-    // SAFETY: setns on an fd we own; this process is single-threaded at this point.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!("setns {name}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 /// ADD then DEL of `pods` one at a time; returns (add samples, del samples).
 fn sequential(
     s: &Subject,
@@ -289,7 +275,11 @@ fn real_main() -> Result<(), String> {
     // Guards from the test kit: the namespaces go when this returns, on errors too.
     let node = Node::new();
     let pods: Vec<Netns> = (0..pods_needed).map(|_| Netns::new("cnibench-")).collect();
-    enter_netns(node.netns())?;
+    // Plugins are exec'd straight into the node (no `ip netns exec` in the measured time) and
+    // see it as the host; this is the only thread yet, so every later one is born there too.
+    node.netns()
+        .enter_thread()
+        .map_err(|e| format!("entering {}: {e}", node.netns().name()))?;
     let seq_pods = &pods[..args.rounds];
     let conc_pods = &pods[..args.concurrency];
     // Warm-up: creates each bridge, so both sides are measured on a node already set up.
