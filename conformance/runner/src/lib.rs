@@ -51,7 +51,8 @@ use crate::report::{PluginInfo, Report, Row};
 use crate::runtime::PluginCall;
 use crate::verdict::{Findings, Outcome};
 
-/// The CNI spec versions our plugins support, oldest first; conformance cases loop over these.
+/// The CNI spec versions the runner knows, oldest first (the ones the suite's plugins speak too);
+/// the cases loop over these.
 pub const SPEC_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// `--version` of this package's binaries: `<name> <version>`, then the spec versions it
