@@ -10,7 +10,7 @@
 //! `cni.dev/valid-attachments` listing the pods really attached.
 //!
 //! Beside that run, focused tests sweep the kill instant across one verb at a time (every
-//! 500 µs from spawn): an ADD killed and then deleted, a killed ADD retried, a killed DEL
+//! 100 µs from spawn to 6 ms, then every millisecond to 25 ms): an ADD killed and then deleted, a killed ADD retried, a killed DEL
 //! retried, and GC killed while destroyed sandboxes leak leases; each ends with the node drained
 //! to nothing but the lock, the round-robin hint and an empty index.
 //!
@@ -692,10 +692,14 @@ fn non_lease_entries(dir: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Kill instants swept across a whole ADD, DEL or GC: every 500 µs from spawn to
-/// [`LATE_KILL_US`], so that some land in each step whatever the machine's speed.
+/// Kill instants swept across a whole ADD, DEL or GC: every 100 µs for the first
+/// 2 x [`EARLY_KILL_US`] (an unloaded ADD is over in about 4 ms), then every millisecond to
+/// [`LATE_KILL_US`] (a loaded one, and DEL), so that kills land in each step whatever the
+/// machine's load.
 fn kill_sweep() -> impl Iterator<Item = Duration> {
-    (0..=LATE_KILL_US).step_by(500).map(Duration::from_micros)
+    let fine = (0..2 * EARLY_KILL_US).step_by(100);
+    let coarse = (2 * EARLY_KILL_US..=LATE_KILL_US).step_by(1_000);
+    fine.chain(coarse).map(Duration::from_micros)
 }
 
 impl Harness {
