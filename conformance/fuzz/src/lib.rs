@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use cni_spec::result::ResultError;
-use cni_spec::{code, command_from, CniResult, Command, Env, NetConf, Route, Version, SUPPORTED};
+use cni_spec::{command_from, Code, CniResult, Command, Env, NetConf, Route, Version, SUPPORTED};
 use node_ipam::Pool;
 use overlay::subnet_file::SubnetEnv;
 use overlay::OverlayConfig;
@@ -51,9 +51,9 @@ pub fn netconf(data: &[u8]) {
         Err(e) => {
             assert!(
                 [
-                    code::INCOMPATIBLE_VERSION,
-                    code::DECODING_FAILURE,
-                    code::INVALID_NETWORK_CONFIG
+                    Code::IncompatibleVersion,
+                    Code::DecodingFailure,
+                    Code::InvalidNetworkConfig
                 ]
                 .contains(&e.code),
                 "NetConf::parse failed with code {} (README: 1, 6 or 7): {e}",
@@ -61,7 +61,7 @@ pub fn netconf(data: &[u8]) {
             );
             assert!(!e.msg.is_empty(), "error without a message: {e:?}");
             let printed = e.to_json("1.0.0");
-            assert_eq!(printed["code"], e.code, "error object: {printed}");
+            assert_eq!(printed["code"], e.code.as_u32(), "error object: {printed}");
             return;
         }
     };
@@ -92,7 +92,7 @@ fn kubenet_config(conf: &NetConf) {
     let cfg = match conf.plugin_config::<KubenetConfig>() {
         Ok(cfg) => cfg,
         Err(e) => {
-            assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "{e}");
+            assert_eq!(e.code, Code::InvalidNetworkConfig, "{e}");
             return;
         }
     };
@@ -126,7 +126,7 @@ fn overlay_config(conf: &NetConf) {
     let cfg = match conf.plugin_config::<OverlayConfig>() {
         Ok(cfg) => cfg,
         Err(e) => {
-            assert_eq!(e.code, code::INVALID_NETWORK_CONFIG, "{e}");
+            assert_eq!(e.code, Code::InvalidNetworkConfig, "{e}");
             return;
         }
     };
@@ -274,12 +274,12 @@ pub fn env(data: &[u8]) {
         Ok(command) => {
             assert_eq!(lookup("CNI_COMMAND"), Some(command.as_str()));
         }
-        Err(e) => assert_eq!(e.code, code::INVALID_ENVIRONMENT, "{e}"),
+        Err(e) => assert_eq!(e.code, Code::InvalidEnvironment, "{e}"),
     }
     for command in COMMANDS {
         match Env::from_lookup(command, lookup) {
             Ok(env) => check_env(command, &env),
-            Err(e) => assert_eq!(e.code, code::INVALID_ENVIRONMENT, "[{command}] {e}"),
+            Err(e) => assert_eq!(e.code, Code::InvalidEnvironment, "[{command}] {e}"),
         }
     }
 }

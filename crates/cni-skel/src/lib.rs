@@ -1,8 +1,9 @@
 //! CNI plugin skeleton: reads `CNI_*` and stdin, calls one [`Plugin`], prints a result or the
 //! spec's error object, and logs one line per verb.
 //!
-//! This is the only place where errors become CNI codes and JSON: plugins return their own
-//! error type, convertible into [`CniError`].
+//! This is the only place where errors become the spec's error object: plugins return their
+//! own error type, which says its [`Code`] through [`ErrorCode`] (one `impl` per crate), and
+//! [`error_object`] builds the message and details from it.
 
 pub mod log_file;
 
@@ -10,7 +11,9 @@ use std::io::{Read, Write};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use cni_spec::{code, Attachment, CniError, CniResult, Command, Env, NetConf, Version, SUPPORTED};
+use cni_spec::{
+    Attachment, CniError, CniResult, Code, Command, Env, ErrorCode, NetConf, Version, SUPPORTED,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -42,8 +45,8 @@ pub struct Request<C> {
 pub trait Plugin {
     /// The plugin's own configuration fields.
     type Config: DeserializeOwned;
-    /// The plugin's error type; converted to a spec error once, here.
-    type Error: Into<CniError>;
+    /// The plugin's error type; converted to a spec error once, here ([`error_object`]).
+    type Error: ErrorCode;
 
     /// Attaches the container. Must roll back what it created when it fails.
     fn add(&self, req: &Request<Self::Config>) -> Result<AddOutput, Self::Error>;
@@ -98,7 +101,7 @@ pub fn run<P: Plugin>(plugin: &P, about: &About) -> ExitCode {
     let outcome = match (command, read) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => {
-            Err(CniError::new(code::IO_FAILURE, "cannot read stdin").with_details(e.to_string()))
+            Err(CniError::new(Code::IoFailure, "cannot read stdin").with_details(e.to_string()))
         }
         (Ok(command), Ok(_)) => dispatch(plugin, command, &stdin, about),
     };
@@ -158,13 +161,13 @@ fn dispatch<P: Plugin>(
     let v = conf.cni_version;
     if command == Command::Check && !v.has_check() {
         return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
+            Code::IncompatibleVersion,
             format!("CHECK needs cniVersion 0.4.0 or later, config has {v}"),
         ));
     }
     if matches!(command, Command::Status | Command::Gc) && !v.has_status_and_gc() {
         return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
+            Code::IncompatibleVersion,
             format!("{command} needs cniVersion 1.1.0 or later, config has {v}"),
         ));
     }
@@ -179,7 +182,7 @@ fn dispatch<P: Plugin>(
             // Without the list every attachment would look stale: refuse rather than tear
             // down every pod of the network.
             return Err(CniError::new(
-                code::INVALID_NETWORK_CONFIG,
+                Code::InvalidNetworkConfig,
                 "GC needs cni.dev/valid-attachments",
             )
             .with_details("an empty list releases everything; a missing one is refused"));
@@ -202,7 +205,7 @@ fn dispatch<P: Plugin>(
         config,
     };
     let (outcome, note) = match command {
-        Command::Add => match plugin.add(&req).map_err(Into::into) {
+        Command::Add => match plugin.add(&req).map_err(error_object) {
             Ok(AddOutput::Result(result)) => {
                 let note = result
                     .ips
@@ -215,19 +218,22 @@ fn dispatch<P: Plugin>(
             Ok(AddOutput::PrevResult) => (Ok(prev_result_output(&req.conf)), None),
             Err(e) => (Err(e), None),
         },
-        Command::Del => split_note(plugin.del(&req).map_err(Into::into)),
+        Command::Del => split_note(plugin.del(&req).map_err(error_object)),
         Command::Check => (
             if req.conf.disable_check {
                 Ok(Value::Null)
             } else {
-                plugin.check(&req).map_err(Into::into).map(|()| Value::Null)
+                plugin
+                    .check(&req)
+                    .map_err(error_object)
+                    .map(|()| Value::Null)
             },
             None,
         ),
         Command::Status => (
             plugin
                 .status(&req)
-                .map_err(Into::into)
+                .map_err(error_object)
                 .map(|()| Value::Null),
             None,
         ),
@@ -236,7 +242,7 @@ fn dispatch<P: Plugin>(
                 (Ok(Value::Null), Some("disableGC set".to_string()))
             } else {
                 let valid = req.conf.valid_attachments.as_deref().unwrap_or_default();
-                split_note(plugin.gc(&req, valid).map_err(Into::into))
+                split_note(plugin.gc(&req, valid).map_err(error_object))
             }
         }
         Command::Version => return Ok(version_info(stdin)),
@@ -245,6 +251,18 @@ fn dispatch<P: Plugin>(
         log_file::verb_line(&req, started.elapsed(), note.as_deref(), &outcome);
     }
     outcome
+}
+
+/// The error object for a plugin's error: its code, its text as `msg`, and its cause as
+/// `details` when the text does not already say it.
+pub fn error_object<E: ErrorCode>(e: E) -> CniError {
+    let msg = e.to_string();
+    let details = e
+        .source()
+        .map(|s| s.to_string())
+        .filter(|s| !msg.contains(s.as_str()))
+        .unwrap_or_default();
+    CniError::new(e.code(), msg).with_details(details)
 }
 
 fn split_note(r: Result<Option<String>, CniError>) -> (Result<Value, CniError>, Option<String>) {
@@ -294,7 +312,7 @@ fn install_panic_guard() {
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let err = CniError::new(code::INTERNAL, "internal error (a bug: please report it)")
+        let err = CniError::new(Code::Internal, "internal error (a bug: please report it)")
             .with_details(format!("{msg} at {at}"));
         let version = PANIC_VERSION
             .get()

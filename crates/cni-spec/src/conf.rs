@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::env::is_valid_identifier;
-use crate::error::{code, CniError};
+use crate::error::{CniError, Code};
 use crate::result::CniResult;
 use crate::version::{Version, SUPPORTED};
 
@@ -65,33 +65,33 @@ impl NetConf {
     pub fn parse_with(stdin: &[u8], lenient_prev_result: bool) -> Result<NetConf, CniError> {
         let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(
-                code::DECODING_FAILURE,
+                Code::DecodingFailure,
                 "network configuration is not valid JSON",
             )
             .with_details(e.to_string())
         })?;
         let obj = raw.as_object().ok_or_else(|| {
             CniError::new(
-                code::DECODING_FAILURE,
+                Code::DecodingFailure,
                 "network configuration is not a JSON object",
             )
         })?;
         let cni_version = match obj.get("cniVersion") {
             None => {
                 return Err(CniError::new(
-                    code::INVALID_NETWORK_CONFIG,
+                    Code::InvalidNetworkConfig,
                     "cniVersion is missing",
                 ))
             }
             Some(Value::String(s)) => s.parse::<Version>().map_err(|e| {
-                CniError::new(code::INCOMPATIBLE_VERSION, e.to_string()).with_details(format!(
+                CniError::new(Code::IncompatibleVersion, e.to_string()).with_details(format!(
                     "supported versions: {}",
                     SUPPORTED.map(Version::as_str).join(", ")
                 ))
             })?,
             Some(_) => {
                 return Err(CniError::new(
-                    code::INVALID_NETWORK_CONFIG,
+                    Code::InvalidNetworkConfig,
                     "cniVersion is not a string",
                 ))
             }
@@ -99,7 +99,7 @@ impl NetConf {
         let name = string_field(obj, "name")?;
         if !is_valid_identifier(&name) {
             return Err(CniError::new(
-                code::INVALID_NETWORK_CONFIG,
+                Code::InvalidNetworkConfig,
                 format!("invalid network name {name:?}"),
             )
             .with_details(
@@ -129,7 +129,7 @@ impl NetConf {
                 }
                 serde_json::from_value::<Vec<Attachment>>(v.clone()).map_err(|e| {
                     CniError::new(
-                        code::DECODING_FAILURE,
+                        Code::DecodingFailure,
                         "cni.dev/valid-attachments does not decode",
                     )
                     .with_details(e.to_string())
@@ -152,7 +152,7 @@ impl NetConf {
     /// Decodes the plugin's own fields from the whole object; a failure is code 7.
     pub fn plugin_config<T: DeserializeOwned>(&self) -> Result<T, CniError> {
         T::deserialize(&self.raw).map_err(|e| {
-            CniError::new(code::INVALID_NETWORK_CONFIG, "invalid plugin configuration")
+            CniError::new(Code::InvalidNetworkConfig, "invalid plugin configuration")
                 .with_details(e.to_string())
         })
     }
@@ -166,13 +166,13 @@ fn decode_prev_result(v: &Value) -> Result<CniResult, CniError> {
             .is_some_and(|s| s.parse::<Version>().is_ok());
         if !ok {
             return Err(CniError::new(
-                code::INCOMPATIBLE_VERSION,
+                Code::IncompatibleVersion,
                 format!("prevResult has unsupported cniVersion {version}"),
             ));
         }
     }
     CniResult::from_json(v).map_err(|e| {
-        CniError::new(code::DECODING_FAILURE, "prevResult does not decode")
+        CniError::new(Code::DecodingFailure, "prevResult does not decode")
             .with_details(e.to_string())
     })
 }
@@ -181,11 +181,11 @@ fn string_field(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Strin
     match obj.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::String(_)) | None => Err(CniError::new(
-            code::INVALID_NETWORK_CONFIG,
+            Code::InvalidNetworkConfig,
             format!("{key} is missing"),
         )),
         Some(_) => Err(CniError::new(
-            code::INVALID_NETWORK_CONFIG,
+            Code::InvalidNetworkConfig,
             format!("{key} is not a string"),
         )),
     }

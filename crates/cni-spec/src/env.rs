@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::{code, CniError};
+use crate::error::{CniError, Code};
 
 /// The verb a runtime asks for in `CNI_COMMAND`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,12 +74,12 @@ pub fn command_from<'a>(
 ) -> Result<Command, CniError> {
     match lookup("CNI_COMMAND") {
         None | Some("") => Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
+            Code::InvalidEnvironment,
             "CNI_COMMAND is not set",
         )),
         Some(s) => Command::parse(s).ok_or_else(|| {
             CniError::new(
-                code::INVALID_ENVIRONMENT,
+                Code::InvalidEnvironment,
                 format!("unknown CNI_COMMAND {s:?}"),
             )
             .with_details("expected one of ADD, DEL, CHECK, VERSION, STATUS, GC")
@@ -112,7 +112,7 @@ impl Env {
         };
         if !env.netns.is_empty() && !env.netns.starts_with('/') {
             return Err(CniError::new(
-                code::INVALID_ENVIRONMENT,
+                Code::InvalidEnvironment,
                 format!("CNI_NETNS {:?} is not an absolute path", env.netns),
             ));
         }
@@ -138,7 +138,7 @@ fn required<'a>(
     match lookup(key) {
         Some(v) if !v.is_empty() => Ok(v.to_string()),
         _ => Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
+            Code::InvalidEnvironment,
             format!("{key} is not set"),
         )),
     }
@@ -164,7 +164,7 @@ pub const MAX_CONTAINER_ID_LEN: usize = 239;
 fn validate_container_id(id: &str) -> Result<(), CniError> {
     if id.len() > MAX_CONTAINER_ID_LEN {
         Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
+            Code::InvalidEnvironment,
             format!(
                 "CNI_CONTAINERID is {} bytes long, at most {MAX_CONTAINER_ID_LEN} are accepted",
                 id.len()
@@ -174,7 +174,7 @@ fn validate_container_id(id: &str) -> Result<(), CniError> {
         Ok(())
     } else {
         Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
+            Code::InvalidEnvironment,
             format!("invalid CNI_CONTAINERID {id:?}"),
         )
         .with_details("must start with a letter or digit, then letters, digits, '_', '.' or '-'"))
@@ -197,7 +197,7 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     match why {
         None => Ok(()),
         Some(why) => Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
+            Code::InvalidEnvironment,
             format!("invalid CNI_IFNAME {name:?}: {why}"),
         )),
     }
@@ -229,7 +229,7 @@ mod tests {
         let pairs = [("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")];
         assert!(Env::from_lookup(Command::Del, env(&pairs)).is_ok());
         let e = Env::from_lookup(Command::Add, env(&pairs)).unwrap_err();
-        assert_eq!(e.code, code::INVALID_ENVIRONMENT);
+        assert_eq!(e.code, Code::InvalidEnvironment);
         assert!(Env::from_lookup(Command::Check, env(&pairs)).is_err());
     }
 
@@ -251,7 +251,7 @@ mod tests {
                 ("CNI_IFNAME", bad),
             ];
             let e = Env::from_lookup(Command::Add, env(&pairs)).unwrap_err();
-            assert_eq!(e.code, code::INVALID_ENVIRONMENT, "{bad:?}");
+            assert_eq!(e.code, Code::InvalidEnvironment, "{bad:?}");
         }
         assert!(validate_ifname("0123456789abcde").is_ok());
     }
@@ -265,7 +265,7 @@ mod tests {
                 ("CNI_IFNAME", "eth0"),
             ];
             let e = Env::from_lookup(Command::Add, env(&pairs)).unwrap_err();
-            assert_eq!(e.code, code::INVALID_ENVIRONMENT, "{bad:?}");
+            assert_eq!(e.code, Code::InvalidEnvironment, "{bad:?}");
         }
         assert!(is_valid_identifier("a1._-Z"));
         let longest = "a".repeat(MAX_CONTAINER_ID_LEN);
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(with_id(&longest), Ok(MAX_CONTAINER_ID_LEN));
         assert_eq!(
             with_id(&too_long).unwrap_err().code,
-            code::INVALID_ENVIRONMENT
+            Code::InvalidEnvironment
         );
     }
 

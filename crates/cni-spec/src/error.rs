@@ -3,61 +3,103 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// Error codes the spec reserves (1-99), plus this suite's own (100 and up).
-pub mod code {
+/// The code of an error object: the spec's (1-99) and this suite's own (100 and up). It
+/// serializes as the bare integer the spec prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum Code {
     /// Incompatible CNI version.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    IncompatibleVersion = 1,
     /// Unsupported field in the network configuration.
-    pub const UNSUPPORTED_FIELD: u32 = 2;
+    UnsupportedField = 2,
     /// Container unknown or does not exist.
-    pub const UNKNOWN_CONTAINER: u32 = 3;
+    UnknownContainer = 3,
     /// Invalid or missing environment variables.
-    pub const INVALID_ENVIRONMENT: u32 = 4;
+    InvalidEnvironment = 4,
     /// I/O failure.
-    pub const IO_FAILURE: u32 = 5;
+    IoFailure = 5,
     /// Failed to decode content.
-    pub const DECODING_FAILURE: u32 = 6;
+    DecodingFailure = 6,
     /// Invalid network config.
-    pub const INVALID_NETWORK_CONFIG: u32 = 7;
+    InvalidNetworkConfig = 7,
     /// Try again later.
-    pub const TRY_AGAIN_LATER: u32 = 11;
+    TryAgainLater = 11,
     /// STATUS: the plugin is not available (cannot serve ADD).
-    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
+    PluginNotAvailable = 50,
     /// STATUS: limited connectivity.
-    pub const LIMITED_CONNECTIVITY: u32 = 51;
+    LimitedConnectivity = 51,
     /// The node's address range has no free address.
-    pub const RANGE_EXHAUSTED: u32 = 100;
+    RangeExhausted = 100,
     /// A link, address or route could not be set up over netlink.
-    pub const NETLINK: u32 = 101;
+    Netlink = 101,
     /// The sandbox already has this interface: DEL it before a new ADD.
-    pub const ALREADY_ATTACHED: u32 = 102;
+    AlreadyAttached = 102,
     /// A link with the bridge's name exists and is not a bridge.
-    pub const NOT_A_BRIDGE: u32 = 103;
+    NotABridge = 103,
     /// CHECK found the sandbox differing from the recorded result.
-    pub const CHECK_MISMATCH: u32 = 104;
+    CheckMismatch = 104,
     /// The node firewall (nftables) could not be programmed.
-    pub const FIREWALL: u32 = 105;
+    Firewall = 105,
     /// The cloud route table is full (route quota reached).
-    pub const ROUTE_QUOTA: u32 = 110;
+    RouteQuota = 110,
     /// A route for the pod CIDR exists and points elsewhere.
-    pub const ROUTE_CONFLICT: u32 = 111;
+    RouteConflict = 111,
     /// The cloud API did not answer within the deadline.
-    pub const CLOUD_DEADLINE: u32 = 112;
+    CloudDeadline = 112,
     /// The cloud API refused or failed a request.
-    pub const CLOUD_API: u32 = 113;
+    CloudApi = 113,
     /// No route table of the cluster was found (or a listed one does not exist).
-    pub const NO_ROUTE_TABLES: u32 = 114;
+    NoRouteTables = 114,
     /// A node-level cloud operation (deregister, gc) finished only in part.
-    pub const CLOUD_INCOMPLETE: u32 = 115;
+    CloudIncomplete = 115,
     /// A bug: the plugin panicked. Never expected; the details say where.
-    pub const INTERNAL: u32 = 199;
+    Internal = 199,
+}
+
+impl Code {
+    /// The integer printed in the error object.
+    pub const fn as_u32(self) -> u32 {
+        self as u32
+    }
+}
+
+impl From<Code> for u32 {
+    fn from(c: Code) -> u32 {
+        c.as_u32()
+    }
+}
+
+/// Lets tests compare a code with the number the spec or the README gives.
+impl PartialEq<u32> for Code {
+    fn eq(&self, other: &u32) -> bool {
+        self.as_u32() == *other
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.as_u32())
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.as_u32())
+    }
+}
+
+/// An error that knows the code it answers with. Each crate implements it once, for its own
+/// error type; cni-skel alone turns such an error into the error object a plugin prints.
+pub trait ErrorCode: std::error::Error {
+    /// The code this error answers with.
+    fn code(&self) -> Code;
 }
 
 /// The error object a plugin prints on stdout: `{cniVersion, code, msg, details}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CniError {
-    /// One of [`code`].
-    pub code: u32,
+    /// What kind of failure, as the spec numbers it.
+    pub code: Code,
     /// Short message.
     pub msg: String,
     /// Longer detail, left out when empty.
@@ -67,7 +109,7 @@ pub struct CniError {
 
 impl CniError {
     /// An error with a code and a message.
-    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+    pub fn new(code: Code, msg: impl Into<String>) -> Self {
         CniError {
             code,
             msg: msg.into(),
@@ -85,7 +127,7 @@ impl CniError {
     pub fn to_json(&self, cni_version: &str) -> Value {
         let mut out = serde_json::Map::new();
         out.insert("cniVersion".into(), Value::from(cni_version));
-        out.insert("code".into(), Value::from(self.code));
+        out.insert("code".into(), Value::from(self.code.as_u32()));
         out.insert("msg".into(), Value::from(self.msg.as_str()));
         if !self.details.is_empty() {
             out.insert("details".into(), Value::from(self.details.as_str()));
@@ -112,13 +154,49 @@ mod tests {
 
     #[test]
     fn prints_spec_shape() {
-        let e = CniError::new(code::INVALID_ENVIRONMENT, "CNI_IFNAME is missing");
+        let e = CniError::new(Code::InvalidEnvironment, "CNI_IFNAME is missing");
         let v = e.to_json("1.0.0");
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["code"], 4);
         assert_eq!(v["msg"], "CNI_IFNAME is missing");
         assert!(v.get("details").is_none());
+        assert_eq!(serde_json::to_value(e.code).unwrap_or_default(), 4);
         let v = e.with_details("set it").to_json("0.4.0");
         assert_eq!(v["details"], "set it");
+    }
+
+    #[test]
+    fn codes_are_the_spec_numbers() {
+        let all = [
+            (Code::IncompatibleVersion, 1),
+            (Code::UnsupportedField, 2),
+            (Code::UnknownContainer, 3),
+            (Code::InvalidEnvironment, 4),
+            (Code::IoFailure, 5),
+            (Code::DecodingFailure, 6),
+            (Code::InvalidNetworkConfig, 7),
+            (Code::TryAgainLater, 11),
+            (Code::PluginNotAvailable, 50),
+            (Code::LimitedConnectivity, 51),
+            (Code::RangeExhausted, 100),
+            (Code::Netlink, 101),
+            (Code::AlreadyAttached, 102),
+            (Code::NotABridge, 103),
+            (Code::CheckMismatch, 104),
+            (Code::Firewall, 105),
+            (Code::RouteQuota, 110),
+            (Code::RouteConflict, 111),
+            (Code::CloudDeadline, 112),
+            (Code::CloudApi, 113),
+            (Code::NoRouteTables, 114),
+            (Code::CloudIncomplete, 115),
+            (Code::Internal, 199),
+        ];
+        for (c, n) in all {
+            assert_eq!(c.as_u32(), n);
+            assert_eq!(serde_json::to_string(&c).unwrap_or_default(), n.to_string());
+            assert_eq!(CniError::new(c, "m").to_json("1.0.0")["code"], n);
+            assert_eq!(CniError::new(c, "m").to_string(), format!("[{n}] m"));
+        }
     }
 }

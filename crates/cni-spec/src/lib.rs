@@ -4,13 +4,15 @@
 //! ([`CniResult`]) and converted when read or written.
 
 pub mod conf;
+pub mod conflist;
 pub mod env;
 pub mod error;
 pub mod result;
 pub mod version;
 
 pub use conf::{version_hint, Attachment, NetConf};
+pub use conflist::ConfList;
 pub use env::{command_from, validate_ifname, Command, Env};
-pub use error::{code, CniError};
+pub use error::{CniError, Code, ErrorCode};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use version::{version_text, Version, SUPPORTED};

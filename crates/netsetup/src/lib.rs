@@ -86,6 +86,24 @@ pub enum Error {
     Firewall(String),
 }
 
+/// The CNI code each failure answers with, when a plugin returns it.
+impl cni_spec::ErrorCode for Error {
+    fn code(&self) -> cni_spec::Code {
+        use cni_spec::Code;
+        match self {
+            // CNI_NETNS named something that is not a usable network namespace.
+            Error::Netns { .. } | Error::NotANetns(_) => Code::InvalidEnvironment,
+            Error::NotABridge { .. } => Code::NotABridge,
+            Error::Firewall(_) => Code::Firewall,
+            Error::Sysctl { .. } => Code::IoFailure,
+            Error::Netlink { .. }
+            | Error::Io { .. }
+            | Error::Decode(_)
+            | Error::WrongKind { .. } => Code::Netlink,
+        }
+    }
+}
+
 impl Error {
     fn io(what: &str, source: std::io::Error) -> Self {
         Error::Io {

@@ -573,7 +573,9 @@ pub fn is_no_device(e: &io::Error) -> bool {
 /// A random locally administered unicast MAC.
 pub fn random_local_mac() -> Mac {
     let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most mac.len() bytes into the buffer.
+    // nix has no getrandom, nor std a public one.
+    // SAFETY: the pointer and length describe `mac`, a live writable buffer, and getrandom
+    // writes at most that many bytes into it.
     let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
     if n != mac.len() as isize {
         let t = std::time::SystemTime::now()

@@ -38,7 +38,9 @@ pub struct MasqueradeSpec<'a> {
 }
 
 impl MasqueradeSpec<'_> {
-    fn fingerprint(&self) -> String {
+    /// The comment the table carries: ADD reprograms the table when it differs, and
+    /// `cni-suite doctor` compares it with what each network wants.
+    pub fn fingerprint(&self) -> String {
         format!(
             "cni-suite masquerade v1 src={} keep={} bridge={}",
             self.pod_cidr, self.non_masquerade, self.bridge
@@ -237,6 +239,23 @@ fn parse_attrs(mut b: &[u8]) -> Vec<Attr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_names_the_settings_of_the_rule() {
+        let spec = MasqueradeSpec {
+            table: "cni-suite-cbr0",
+            pod_cidr: "10.244.1.0/24".parse().unwrap_or_default(),
+            non_masquerade: "10.0.0.0/8".parse().unwrap_or_default(),
+            bridge: "cbr0",
+        };
+        assert_eq!(
+            spec.fingerprint(),
+            "cni-suite masquerade v1 src=10.244.1.0/24 keep=10.0.0.0/8 bridge=cbr0"
+        );
+        assert!(spec
+            .script()
+            .contains(&format!("comment \"{}\"", spec.fingerprint())));
+    }
 
     #[test]
     fn parses_table_comment_userdata() {

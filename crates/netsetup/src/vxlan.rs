@@ -392,19 +392,24 @@ pub fn set_tx_checksum(name: &str, on: bool) -> Result<(), Error> {
     };
     let n = name.len().min(15);
     req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-    // SAFETY: a datagram socket used only for this ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::Io {
-            what: "socket for ethtool".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, both alive here.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    // A datagram socket used only for this ioctl; closed when dropped.
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|errno| Error::Io {
+        what: "socket for ethtool".into(),
+        source: errno.into(),
+    })?;
+    // nix has no ethtool call.
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to (both alive until
+    // this returns) and writes only into the ethtool_value; the fd is the open socket above.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
     let err = std::io::Error::last_os_error();
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
     if rc < 0 {
         return Err(Error::Io {
             what: format!("ethtool tx-checksumming {name}"),

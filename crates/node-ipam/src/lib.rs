@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 pub use pool::Pool;
-pub use store::{attachment_hash, AttachmentLock, Owner, Reservation, Store};
+pub use store::{
+    attachment_hash, parse_owner, read_leases, AttachmentLock, Owner, Reservation, Store,
+};
 
 /// What can go wrong with a lease.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The CNI code each failure answers with, when a plugin returns it.
+impl cni_spec::ErrorCode for Error {
+    fn code(&self) -> cni_spec::Code {
+        use cni_spec::Code;
+        match self {
+            Error::Exhausted { .. } => Code::RangeExhausted,
+            Error::Io { .. } => Code::IoFailure,
+            // The container id or ifname from CNI_* cannot name a state file.
+            Error::InvalidName(_) => Code::InvalidEnvironment,
+            Error::SubnetTooSmall { .. } | Error::GatewayOutsideSubnet { .. } => {
+                Code::InvalidNetworkConfig
+            }
+        }
+    }
 }
 
 impl Error {

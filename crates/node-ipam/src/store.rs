@@ -36,8 +36,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
 
 use crate::pool::Pool;
 use crate::Error;
@@ -81,17 +83,10 @@ impl Drop for AttachmentLock<'_> {
     }
 }
 
-/// Holds the store's flock; dropped, it unlocks.
-struct Locked<'a> {
-    store: &'a Store,
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: flock on a file descriptor we own; unlocking cannot violate memory safety.
-        unsafe { libc::flock(self.store.lock.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
+/// Holds the store's flock, on a duplicate of the lock file's descriptor (the same open file
+/// description, so the same lock); dropped, it unlocks and closes the duplicate. nix's unlock
+/// panics if flock(2) fails, which LOCK_UN on a descriptor we hold does not.
+type Locked = Flock<File>;
 
 impl Store {
     /// Opens (creating, mode 0700) `<data_dir>/<network>`. `network` must already be a valid
@@ -134,16 +129,11 @@ impl Store {
         &self.dir
     }
 
-    fn lock(&self) -> Result<Locked<'_>, Error> {
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(Error::io(
-                &self.dir.join(LOCK),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Locked { store: self })
+    fn lock(&self) -> Result<Locked, Error> {
+        let path = || self.dir.join(LOCK);
+        let dup = self.lock.try_clone().map_err(|e| Error::io(&path(), e))?;
+        Flock::lock(dup, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::io(&path(), std::io::Error::from(errno)))
     }
 
     /// Waits for and takes the lock of one attachment, held until the guard is dropped; ADD
@@ -185,26 +175,24 @@ impl Store {
     /// One byte of the lock file at `offset`, locked (`F_WRLCK`) or unlocked (`F_UNLCK`)
     /// with an open-file-description lock; `wait` blocks until it is free.
     fn range_lock(&self, offset: i64, kind: libc::c_short, wait: bool) -> std::io::Result<()> {
-        // SAFETY: a zeroed flock is a valid value; every field the call reads is set below.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = offset;
-        fl.l_len = 1;
-        let cmd = if wait {
-            libc::F_OFD_SETLKW
-        } else {
-            libc::F_OFD_SETLK
+        let fl = libc::flock {
+            l_type: kind,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: offset,
+            l_len: 1,
+            // OFD locks require 0 here.
+            l_pid: 0,
         };
         loop {
-            // SAFETY: fcntl on a file descriptor we own with a pointer to a live flock.
-            let rc = unsafe { libc::fcntl(self.lock.as_raw_fd(), cmd, &mut fl) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
+            let arg = if wait {
+                FcntlArg::F_OFD_SETLKW(&fl)
+            } else {
+                FcntlArg::F_OFD_SETLK(&fl)
+            };
+            match fcntl(&self.lock, arg) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(errno.into()),
             }
         }
     }
@@ -368,10 +356,7 @@ impl Store {
             let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let owner = self.owner_of(address)?.and_then(|line| {
-                let (id, ifname) = line.split_once(LINE_BREAK)?;
-                Some((id.to_string(), ifname.to_string()))
-            });
+            let owner = self.owner_of(address)?.as_deref().and_then(parse_owner);
             out.push((address, owner));
         }
         out.sort();
@@ -547,6 +532,39 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
     entries
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::io(dir, e))
+}
+
+/// The owner a lease file names: `<container id>\r\n<ifname>` (host-local's format), each
+/// part trimmed; None for an empty or malformed file.
+pub fn parse_owner(content: &str) -> Option<Owner> {
+    let (id, ifname) = content.split_once(LINE_BREAK)?;
+    Some((id.trim().to_string(), ifname.trim().to_string()))
+}
+
+/// The lease files of the IPAM directory `dir` (a network's, `<dataDir>/<name>`) with their
+/// owners, sorted by address, read without taking the lock or creating anything: for tools
+/// that inspect or clean a node. A missing directory holds none; a file that cannot be read
+/// has no owner.
+pub fn read_leases(dir: &Path) -> Result<Vec<(Ipv4Addr, Option<Owner>)>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(address) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let owner = read_small(&e.path())
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(parse_owner);
+        out.push((address, owner));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Reads a small state file without following a symlink; None if it does not exist.

@@ -275,3 +275,36 @@ fn last_reserved_is_rewritten_exactly_when_the_address_gets_shorter() {
     // host-local's format: the address alone, no padding or stale tail.
     assert_eq!(fs::read_to_string(&last).unwrap(), "10.1.0.2");
 }
+
+#[test]
+fn read_leases_sees_what_the_store_holds_without_touching_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(node_ipam::read_leases(&tmp.path().join("net1"))
+        .unwrap()
+        .is_empty());
+    assert!(
+        !tmp.path().join("net1").exists(),
+        "reading must create nothing"
+    );
+    let store = Store::open(tmp.path(), "net1").unwrap();
+    let p = pool("10.1.0.0/24");
+    let a = store.reserve(&p, "abc", "eth0").unwrap().address;
+    let b = store.reserve(&p, "def", "net1").unwrap().address;
+    // A file host-local or a crash left empty holds an address for no one.
+    fs::write(store.dir().join("10.1.0.200"), "").unwrap();
+    let read = node_ipam::read_leases(store.dir()).unwrap();
+    assert_eq!(read, store.leases().unwrap());
+    assert_eq!(
+        read,
+        [
+            (a, Some(("abc".to_string(), "eth0".to_string()))),
+            (b, Some(("def".to_string(), "net1".to_string()))),
+            (ip("10.1.0.200"), None),
+        ]
+    );
+    assert_eq!(
+        node_ipam::parse_owner("abc\r\neth0\n"),
+        Some(("abc".into(), "eth0".into()))
+    );
+    assert_eq!(node_ipam::parse_owner("abc"), None);
+}

@@ -7,25 +7,22 @@
 //! agent state, so nothing belonging to another provider is ever looked at or removed.
 //! Both commands work on the network namespace they run in (`ip netns exec` for tests).
 
-pub mod agent_health;
+pub mod bin_dir;
 pub mod doctor;
 pub mod kernel;
+pub mod libcni_cache;
 pub mod logs;
 pub mod netconf;
-pub mod report;
 pub mod runtime;
 pub mod teardown;
 pub mod vpc;
 
 use std::path::{Path, PathBuf};
 
-pub use report::{Check, Report, Status};
+pub use doctor::report::{Check, Report, Status};
 
 /// Plugin types of this suite; other types in a conflist belong to someone else.
 pub const SUITE_PLUGINS: [&str; 3] = ["kubenet-bridge", "vxlan-overlay", "vpc-route"];
-
-/// Where libcni (containerd, CRI-O, podman, cnitool) caches results: `<dir>/results`.
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
 
 /// What can go wrong while acting on the node.
 #[derive(Debug, thiserror::Error)]

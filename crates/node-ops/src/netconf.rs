@@ -19,30 +19,11 @@ pub struct ConfFile {
     pub parsed: Result<ConfList, String>,
 }
 
-/// A network configuration list (a single `.conf` is read as a list of one).
-#[derive(Clone, Debug)]
-pub struct ConfList {
-    /// `name`.
-    pub name: String,
-    /// `cniVersion`.
-    pub cni_version: String,
-    /// The plugin objects, in chain order.
-    pub plugins: Vec<Value>,
-}
+pub use cni_spec::ConfList;
 
-impl ConfList {
-    /// The `type` of every plugin, in order.
-    pub fn types(&self) -> Vec<&str> {
-        self.plugins
-            .iter()
-            .map(|p| p["type"].as_str().unwrap_or(""))
-            .collect()
-    }
-
-    /// True when one of the plugins is ours.
-    pub fn is_suite(&self) -> bool {
-        self.types().iter().any(|t| SUITE_PLUGINS.contains(t))
-    }
+/// True when one of the list's plugins is ours.
+pub fn is_suite(list: &ConfList) -> bool {
+    list.types().iter().any(|t| SUITE_PLUGINS.contains(t))
 }
 
 /// The files a runtime loads from `dir`, in the order it tries them (libcni: `.conf`,
@@ -70,36 +51,10 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Vec<ConfFile>> {
         .collect())
 }
 
-/// Parses a conflist, or a single plugin config as a list of one.
+/// Parses a conflist, or a single plugin config as a list of one; the error is the reason
+/// in words.
 pub fn parse(bytes: &[u8]) -> Result<ConfList, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let obj = v.as_object().ok_or("not a JSON object")?;
-    let name = obj
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or("no \"name\"")?
-        .to_string();
-    let cni_version = obj
-        .get("cniVersion")
-        .and_then(Value::as_str)
-        .ok_or("no \"cniVersion\"")?
-        .to_string();
-    let plugins = match obj.get("plugins") {
-        Some(Value::Array(list)) if !list.is_empty() => list.clone(),
-        Some(_) => return Err("\"plugins\" is not a non-empty list".into()),
-        None => vec![v.clone()],
-    };
-    for (i, p) in plugins.iter().enumerate() {
-        if p["type"].as_str().is_none_or(str::is_empty) {
-            return Err(format!("plugin {i} has no \"type\""));
-        }
-    }
-    Ok(ConfList {
-        name,
-        cni_version,
-        plugins,
-    })
+    ConfList::parse(bytes).map_err(|e| e.msg)
 }
 
 /// Which of our plugins a network attaches pods with.
@@ -188,11 +143,7 @@ pub fn suite_networks(files: &[ConfFile]) -> (Vec<SuiteNetwork>, Vec<(PathBuf, S
     let mut errors = Vec::new();
     for f in files {
         let Ok(list) = &f.parsed else { continue };
-        let vpc_route = list
-            .plugins
-            .iter()
-            .find(|p| p["type"] == "vpc-route")
-            .cloned();
+        let vpc_route = list.entry("vpc-route").cloned();
         for p in &list.plugins {
             let kind = match p["type"].as_str() {
                 Some("kubenet-bridge") => serde_json::from_value::<KubenetConfig>(p.clone())
@@ -226,10 +177,10 @@ mod tests {
     fn reads_lists_and_single_configs() {
         let l = parse(br#"{"cniVersion":"1.0.0","name":"k","plugins":[{"type":"kubenet-bridge","podCIDR":"10.1.0.0/24"},{"type":"portmap"}]}"#).unwrap();
         assert_eq!(l.types(), ["kubenet-bridge", "portmap"]);
-        assert!(l.is_suite());
+        assert!(is_suite(&l));
         let one = parse(br#"{"cniVersion":"0.4.0","name":"b","type":"bridge"}"#).unwrap();
         assert_eq!(one.types(), ["bridge"]);
-        assert!(!one.is_suite());
+        assert!(!is_suite(&one));
         assert!(parse(b"{").is_err());
         assert!(parse(br#"{"cniVersion":"1.0.0","name":"x","plugins":[]}"#).is_err());
         assert!(parse(br#"{"cniVersion":"1.0.0","name":"x","plugins":[{}]}"#).is_err());

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::doctor::read_results;
 use crate::kernel::{self, Links};
+use crate::libcni_cache;
 use crate::netconf::{self, Kind, SuiteNetwork};
 use crate::{vpc, Error};
 
@@ -200,20 +200,10 @@ fn plan_links(nets: &[SuiteNetwork], links: &Links, plan: &mut Plan) {
     for net in nets {
         let bridge = net.bridge();
         // Host ends of leases first: a pod whose bridge is already gone still has one.
-        if let Ok(entries) = std::fs::read_dir(net.ipam_dir()) {
-            for e in entries.flatten() {
-                if e.file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<std::net::Ipv4Addr>().ok())
-                    .is_none()
-                {
-                    continue;
-                }
+        if let Ok(leases) = node_ipam::read_leases(&net.ipam_dir()) {
+            for (_, owner) in leases {
                 pods += 1;
-                let Some((id, ifname)) = std::fs::read_to_string(e.path()).ok().and_then(|s| {
-                    s.split_once("\r\n")
-                        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
-                }) else {
+                let Some((id, ifname)) = owner else {
                     continue;
                 };
                 let veth = pod_bridge::attach::host_veth_name(&id, &ifname);
@@ -301,7 +291,7 @@ fn plan_nft(plan: &mut Plan) -> Result<(), Error> {
 
 fn plan_files(opts: &Options, nets: &[SuiteNetwork], plan: &mut Plan) {
     let names: BTreeSet<&str> = nets.iter().map(|n| n.name.as_str()).collect();
-    match read_results(&opts.cache_dir.join("results")) {
+    match libcni_cache::read_results(&libcni_cache::results_dir(&opts.cache_dir)) {
         Ok(results) => {
             for r in results
                 .into_iter()

@@ -117,7 +117,7 @@ pub fn find_binary(bin_dirs: &[PathBuf]) -> Option<PathBuf> {
     bin_dirs
         .iter()
         .map(|d| d.join(BINARY))
-        .find(|p| crate::doctor::is_executable(p))
+        .find(|p| crate::bin_dir::is_executable(p))
 }
 
 /// Runs `<binary> deregister --config <conflist>` (the binary reads its own entry from the

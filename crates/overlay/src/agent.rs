@@ -321,20 +321,13 @@ pub fn run_from_args(args: &[String]) -> Result<(), Error> {
     }
     let path = path.ok_or_else(|| Error::Config("--config <conflist> is required".into()))?;
     let text = std::fs::read(&path).map_err(|e| Error::io(std::path::Path::new(&path), e))?;
-    let raw: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| Error::Config(format!("{path}: {e}")))?;
-    let entry = plugin_entry(&raw)
+    let list = cni_spec::ConfList::parse(&text)
+        .map_err(|e| Error::Config(format!("{path}: {}", e.msg)))?;
+    let entry = list
+        .entry("vxlan-overlay")
         .ok_or_else(|| Error::Config(format!("{path} has no plugin of type vxlan-overlay")))?;
     cni_skel::log_file::init_with(entry, "vxlan-overlay agent", log::LevelFilter::Info);
     let cfg: OverlayConfig =
         serde_json::from_value(entry.clone()).map_err(|e| Error::Config(format!("{path}: {e}")))?;
     run(cfg)
-}
-
-/// The `vxlan-overlay` entry of a conflist, or the config itself when it is one.
-fn plugin_entry(raw: &serde_json::Value) -> Option<&serde_json::Value> {
-    match raw.get("plugins").and_then(|p| p.as_array()) {
-        Some(list) => list.iter().find(|p| p["type"] == "vxlan-overlay"),
-        None => (raw["type"] == "vxlan-overlay").then_some(raw),
-    }
 }

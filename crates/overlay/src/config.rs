@@ -241,19 +241,11 @@ impl OverlayConfig {
 
 /// Whether the running kernel needs tx checksum offload off on VXLAN devices (before 5.7).
 pub fn kernel_needs_tx_checksum_off() -> bool {
-    // SAFETY: uname fills the struct we own.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: as above, a valid pointer to a utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return true;
+    match nix::sys::utsname::uname() {
+        Ok(u) => release_before_5_7(&u.release().to_string_lossy()),
+        // Unknown kernel: the workaround is harmless on a new one.
+        Err(_) => true,
     }
-    let release: String = u
-        .release
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8 as char)
-        .collect();
-    release_before_5_7(&release)
 }
 
 fn release_before_5_7(release: &str) -> bool {

@@ -18,7 +18,7 @@ pub mod telemetry;
 
 use std::path::{Path, PathBuf};
 
-use cni_spec::{code, CniError};
+use cni_spec::{Code, ErrorCode};
 use ipnet::Ipv4Net;
 
 pub use config::OverlayConfig;
@@ -101,16 +101,16 @@ impl Error {
     }
 }
 
-impl From<Error> for CniError {
-    fn from(e: Error) -> CniError {
-        let c = match e {
-            Error::Pod(inner) => return inner.into(),
-            Error::Net(inner) => return pod_bridge::Error::Net(inner).into(),
-            Error::Config(_) | Error::Conflict(_) => code::INVALID_NETWORK_CONFIG,
-            Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) => code::TRY_AGAIN_LATER,
-            Error::Exhausted { .. } => code::RANGE_EXHAUSTED,
-            Error::Io { .. } | Error::Metrics { .. } | Error::Runtime(_) => code::IO_FAILURE,
-        };
-        CniError::new(c, e.to_string())
+/// The one place the overlay's errors get their CNI code.
+impl ErrorCode for Error {
+    fn code(&self) -> Code {
+        match self {
+            Error::Pod(e) => e.code(),
+            Error::Net(e) => e.code(),
+            Error::Config(_) | Error::Conflict(_) => Code::InvalidNetworkConfig,
+            Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) => Code::TryAgainLater,
+            Error::Exhausted { .. } => Code::RangeExhausted,
+            Error::Io { .. } | Error::Metrics { .. } | Error::Runtime(_) => Code::IoFailure,
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! The agent's node state on disk: its subnet and VTEP MAC, kept across restarts.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
@@ -38,7 +38,8 @@ impl NodeState {
     }
 }
 
-/// Temp file + rename in the same directory (created 0700 if needed); files are 0600.
+/// Replaces `path` through [`state_file::write`] (temp, fsync, rename, fsync of the
+/// directory), creating its directory 0700 if needed; files are 0600.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::DirBuilder::new()
@@ -46,19 +47,5 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), Error> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(content).map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    state_file::write(path, content).map_err(|e| Error::io(path, e))
 }

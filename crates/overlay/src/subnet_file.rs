@@ -75,7 +75,7 @@ impl SubnetEnv {
         }
     }
 
-    /// Writes the file atomically (temp + rename).
+    /// Writes the file atomically and durably ([`crate::state::write_atomic`]).
     pub fn write(&self, path: &Path) -> Result<(), Error> {
         crate::state::write_atomic(path, self.render().as_bytes())
     }

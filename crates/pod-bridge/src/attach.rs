@@ -106,31 +106,61 @@ pub fn add(net: &BridgeNetwork, env: &Env) -> Result<CniResult, Error> {
         env,
         host_name: &host_name,
         veth_created: false,
+        armed: true,
     };
-    attach(
+    let add = AddContext {
         net,
         env,
-        &netns,
-        &mut host,
-        &bridge,
+        netns: &netns,
+        bridge: &bridge,
         mtu,
-        lease.address,
-        undo,
-    )
+        address: lease.address,
+    };
+    attach(&add, &mut host, undo)
 }
 
-/// Removes what a failed ADD created, unless disarmed.
+/// What one ADD attaches, resolved before its veth is made.
+struct AddContext<'a> {
+    net: &'a BridgeNetwork,
+    env: &'a Env,
+    /// The pod's network namespace.
+    netns: &'a Netns,
+    /// The node bridge, as found or created.
+    bridge: &'a netsetup::Link,
+    /// The pod interface's MTU.
+    mtu: u32,
+    /// The leased address.
+    address: Ipv4Addr,
+}
+
+/// Undoes a failed ADD when dropped: deletes the veth if this ADD created it and releases
+/// the lease. [`Rollback::disarm`] on success keeps both. Dropped before the attachment lock,
+/// so no other ADD or DEL of the pod sees a half-removed attachment.
 struct Rollback<'a> {
     store: &'a Store,
     env: &'a Env,
     host_name: &'a str,
     veth_created: bool,
+    armed: bool,
 }
 
 impl Rollback<'_> {
-    fn run(&self, host: &mut Socket) {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         if self.veth_created {
-            if let Err(e) = host.request(link::delete_link(self.host_name)) {
+            // Its own socket: the guard cannot borrow the one attach() works with, and only a
+            // failed ADD pays for a second one.
+            let deleted =
+                Socket::new().and_then(|mut s| s.request(link::delete_link(self.host_name)));
+            if let Err(e) = deleted {
                 log::error!("rollback: cannot delete {}: {e}", self.host_name);
             }
         }
@@ -143,17 +173,17 @@ impl Rollback<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attach(
-    net: &BridgeNetwork,
-    env: &Env,
-    netns: &Netns,
-    host: &mut Socket,
-    bridge: &netsetup::Link,
-    mtu: u32,
-    address: Ipv4Addr,
-    mut undo: Rollback,
-) -> Result<CniResult, Error> {
+/// Creates the veth pair on the bridge and configures its pod end; `undo` removes what was
+/// made unless every step succeeds.
+fn attach(add: &AddContext, host: &mut Socket, mut undo: Rollback) -> Result<CniResult, Error> {
+    let AddContext {
+        net,
+        env,
+        netns,
+        bridge,
+        mtu,
+        address,
+    } = *add;
     let peer_mac = pod_mac(address);
     let host_mac = host_mac(&env.container_id, &env.ifname);
     let mut batch = vec![link::add_address(bridge.index, net.gateway_net(), true)];
@@ -167,26 +197,15 @@ fn attach(
         master: bridge.index,
         hairpin: net.hairpin,
     }));
-    let replies = match host.batch(batch) {
-        Ok(r) => r,
-        Err(e) => {
-            undo.run(host);
-            return Err(e.into());
-        }
-    };
+    let replies = host.batch(batch)?;
     // The veth exists (and is ours to remove) once its create request succeeded.
     undo.veth_created = replies.get(1).is_some_and(|(_, r)| r.is_ok());
-    if let Err(e) = netsetup::socket::first_error(replies, |_, _| false) {
-        undo.run(host);
-        return Err(e.into());
-    }
+    netsetup::socket::first_error(replies, |_, _| false)?;
     let prefix = net.pool.subnet().prefix_len();
     let pod_addr = Ipv4Net::new(address, prefix).map_err(|e| Error::Config(e.to_string()))?;
-    let configured = configure_pod(netns, &env.ifname, pod_addr, net.pool.gateway());
-    if let Err(e) = configured {
-        undo.run(host);
-        return Err(e);
-    }
+    configure_pod(netns, &env.ifname, pod_addr, net.pool.gateway())?;
+    let host_name = undo.host_name.to_string();
+    undo.disarm();
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -195,7 +214,7 @@ fn attach(
                 ..Interface::default()
             },
             Interface {
-                name: undo.host_name.to_string(),
+                name: host_name,
                 mac: link::mac_string(&host_mac),
                 ..Interface::default()
             },
@@ -229,11 +248,9 @@ fn configure_pod(
     gateway: Ipv4Addr,
 ) -> Result<(), Error> {
     let mut pod = netns.socket()?;
-    let peer = link::get_link(&mut pod, ifname)?.ok_or_else(|| {
-        Error::Check(format!(
-            "{ifname} did not appear in {}",
-            netns.path().display()
-        ))
+    let peer = link::get_link(&mut pod, ifname)?.ok_or_else(|| Error::PodLinkMissing {
+        ifname: ifname.to_string(),
+        netns: netns.path().to_path_buf(),
     })?;
     let replies = pod.batch(vec![
         link::set_flags(peer.index, true, false),

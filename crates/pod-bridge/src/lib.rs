@@ -2,8 +2,7 @@
 //! `vxlan-overlay`.
 //!
 //! [`attach`] does the work of each verb on a resolved [`BridgeNetwork`]; [`KubenetBridge`]
-//! is the CNI plugin over it; [`Error`] is mapped to CNI codes once, in `From<Error> for
-//! CniError`.
+//! is the CNI plugin over it; [`Error`] says its CNI code once, in its `ErrorCode` impl.
 
 pub mod attach;
 pub mod config;
@@ -11,7 +10,7 @@ pub mod config;
 use std::net::Ipv4Addr;
 
 use cni_skel::{AddOutput, Plugin, Request};
-use cni_spec::{code, Attachment, CniError};
+use cni_spec::{Attachment, Code, ErrorCode};
 
 pub use attach::BridgeNetwork;
 pub use config::KubenetConfig;
@@ -40,6 +39,15 @@ pub enum Error {
         /// Its address.
         address: Ipv4Addr,
     },
+    /// ADD created the pod's veth end in its namespace, and the kernel then did not show it
+    /// there: a setup failure (code 101), not a CHECK mismatch.
+    #[error("{ifname} did not appear in {}", .netns.display())]
+    PodLinkMissing {
+        /// The pod's interface.
+        ifname: String,
+        /// The pod's network namespace.
+        netns: std::path::PathBuf,
+    },
     /// CHECK found a difference.
     #[error("check failed: {0}")]
     Check(String),
@@ -51,31 +59,19 @@ pub enum Error {
     Unavailable(String),
 }
 
-impl From<Error> for CniError {
-    fn from(e: Error) -> CniError {
-        let c = match &e {
-            Error::Config(_) | Error::NoPrevResult => code::INVALID_NETWORK_CONFIG,
-            Error::Ipam(node_ipam::Error::Exhausted { .. }) => code::RANGE_EXHAUSTED,
-            Error::Ipam(node_ipam::Error::Io { .. }) => code::IO_FAILURE,
-            Error::Ipam(node_ipam::Error::InvalidName(_)) => code::INVALID_ENVIRONMENT,
-            Error::Ipam(_) => code::INVALID_NETWORK_CONFIG,
-            Error::Net(netsetup::Error::Netns { .. } | netsetup::Error::NotANetns(_)) => {
-                code::INVALID_ENVIRONMENT
-            }
-            Error::Net(netsetup::Error::NotABridge { .. }) => code::NOT_A_BRIDGE,
-            Error::Net(netsetup::Error::Firewall(_)) => code::FIREWALL,
-            Error::Net(netsetup::Error::Sysctl { .. }) => code::IO_FAILURE,
-            Error::Net(_) => code::NETLINK,
-            Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
-            Error::Check(_) => code::CHECK_MISMATCH,
-            Error::Unavailable(_) => code::PLUGIN_NOT_AVAILABLE,
-        };
-        let msg = e.to_string();
-        let details = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .filter(|s| !msg.contains(s.as_str()))
-            .unwrap_or_default();
-        CniError::new(c, msg).with_details(details)
+/// The one place pod-bridge's errors get their CNI code; the lease and kernel errors carry
+/// their own crates' codes.
+impl ErrorCode for Error {
+    fn code(&self) -> Code {
+        match self {
+            Error::Config(_) | Error::NoPrevResult => Code::InvalidNetworkConfig,
+            Error::Ipam(e) => e.code(),
+            Error::Net(e) => e.code(),
+            Error::PodLinkMissing { .. } => Code::Netlink,
+            Error::AlreadyAttached { .. } => Code::AlreadyAttached,
+            Error::Check(_) => Code::CheckMismatch,
+            Error::Unavailable(_) => Code::PluginNotAvailable,
+        }
     }
 }
 
@@ -115,5 +111,46 @@ impl Plugin for KubenetBridge {
         let net = req.config.resolve(&req.conf.name)?;
         let freed = attach::gc(&net, valid)?;
         Ok(Some(format!("released {freed:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_veth_missing_after_add_is_a_setup_failure_not_a_check_mismatch() {
+        let e = Error::PodLinkMissing {
+            ifname: "eth0".into(),
+            netns: "/run/netns/p".into(),
+        };
+        assert_eq!(e.code(), Code::Netlink);
+        let obj = cni_skel::error_object(e);
+        assert_eq!(obj.code, 101);
+        assert_eq!(obj.msg, "eth0 did not appear in /run/netns/p");
+        assert_eq!(Error::Check("x".into()).code(), 104);
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_crates_codes_and_causes() {
+        let e = Error::Ipam(node_ipam::Error::Exhausted {
+            subnet: "10.0.0.0/30".parse().unwrap_or_default(),
+            capacity: 1,
+        });
+        assert_eq!(e.code(), Code::RangeExhausted);
+        let e = Error::Net(netsetup::Error::NotABridge {
+            name: "cbr0".into(),
+            kind: "dummy".into(),
+        });
+        assert_eq!(e.code(), Code::NotABridge);
+        let e = Error::Net(netsetup::Error::Netns {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        let obj = cni_skel::error_object(e);
+        assert_eq!(obj.code, Code::InvalidEnvironment);
+        // The cause is in the message already, so it is not repeated as details.
+        assert!(obj.msg.starts_with("network namespace /x: "), "{}", obj.msg);
+        assert!(obj.details.is_empty(), "{}", obj.details);
     }
 }

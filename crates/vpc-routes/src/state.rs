@@ -1,7 +1,6 @@
 //! The node state cache in `dataDir`: what was registered, where, when; written atomically.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -169,22 +168,13 @@ impl StateStore {
         }
     }
 
-    /// Write atomically: temp file in the same directory, fsync, rename, fsync the directory,
-    /// so a crash leaves the old or the new state, never half of one.
+    /// Writes atomically and durably ([`state_file::write`]: temp file, fsync, rename, fsync
+    /// of the directory), so a crash leaves the old or the new state, never half of one.
     pub fn save(&self, state: &NodeState) -> Result<(), Error> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::state(&self.dir, e))?;
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| Error::state(&self.dir, e))?;
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::state(self.path(), std::io::Error::other(e)))?;
-        tmp.write_all(&bytes)
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| Error::state(tmp.path(), e))?;
-        tmp.persist(self.path())
-            .map_err(|e| Error::state(self.path(), e.error))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::state(&self.dir, e))
+        state_file::write(&self.path(), &bytes).map_err(|e| Error::state(self.path(), e))
     }
 
     /// Forget the state (deregister).

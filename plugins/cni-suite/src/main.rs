@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long)]
         node_name: Option<String>,
         /// libcni's cache dir (cached results in <dir>/results).
-        #[arg(long, default_value = node_ops::DEFAULT_CACHE_DIR)]
+        #[arg(long, default_value = node_ops::libcni_cache::DEFAULT_CACHE_DIR)]
         cache_dir: PathBuf,
         /// Log errors younger than this many minutes count as recent.
         #[arg(long, default_value_t = 60)]
@@ -76,7 +76,7 @@ enum Cmd {
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
         /// libcni's cache dir (cached results in <dir>/results).
-        #[arg(long, default_value = node_ops::DEFAULT_CACHE_DIR)]
+        #[arg(long, default_value = node_ops::libcni_cache::DEFAULT_CACHE_DIR)]
         cache_dir: PathBuf,
     },
 }

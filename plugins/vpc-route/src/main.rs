@@ -1,10 +1,10 @@
 //! `vpc-route`: a chained CNI plugin that makes the node's pod CIDR routable in the AWS VPC
 //! route tables, and the node commands `register | deregister [--dry-run] | status |
 //! gc [--dry-run]`.
-//! The work is in the `vpc-routes` crate; this file parses, calls it, and maps its errors to
-//! CNI codes once.
+//! The work is in the `vpc-routes` crate; this file parses, calls it, and gives its errors
+//! their CNI codes once (the skeleton prints them).
 
-use cni_skel::cni_spec::{code, Attachment, CniError};
+use cni_skel::cni_spec::{Attachment, Code, ConfList, ErrorCode};
 use cni_skel::{About, AddOutput, Plugin, Request};
 use serde_json::Value;
 use vpc_routes::{Config, ErrorKind, Registrar};
@@ -20,43 +20,38 @@ const ABOUT: About = About {
 
 /// What can fail here: the registrar, the request itself, or (never in practice) the async
 /// runtime.
+#[derive(Debug, thiserror::Error)]
 enum VpcError {
-    Vpc(vpc_routes::Error),
+    #[error(transparent)]
+    Vpc(#[from] vpc_routes::Error),
     /// A request refused before any EC2 call: its spec code and message.
-    Request(u32, String),
+    #[error("{1}")]
+    Request(Code, String),
+    #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-impl From<vpc_routes::Error> for VpcError {
-    fn from(e: vpc_routes::Error) -> Self {
-        VpcError::Vpc(e)
-    }
-}
-
-/// The one place where vpc-route's errors become CNI codes.
-impl From<VpcError> for CniError {
-    fn from(e: VpcError) -> CniError {
-        let e = match e {
+/// The one place where vpc-route's errors get their CNI code.
+impl ErrorCode for VpcError {
+    fn code(&self) -> Code {
+        let e = match self {
             VpcError::Vpc(e) => e,
-            VpcError::Request(c, msg) => return CniError::new(c, msg),
-            VpcError::Runtime(e) => {
-                return CniError::new(code::IO_FAILURE, format!("tokio runtime: {e}"))
-            }
+            VpcError::Request(c, _) => return *c,
+            VpcError::Runtime(_) => return Code::IoFailure,
         };
-        let c = match e.kind() {
-            ErrorKind::Config => code::INVALID_NETWORK_CONFIG,
-            ErrorKind::Unavailable => code::TRY_AGAIN_LATER,
-            ErrorKind::Quota => code::ROUTE_QUOTA,
-            ErrorKind::NotAvailable => code::PLUGIN_NOT_AVAILABLE,
-            ErrorKind::Conflict => code::ROUTE_CONFLICT,
-            ErrorKind::Deadline => code::CLOUD_DEADLINE,
-            ErrorKind::Api => code::CLOUD_API,
-            ErrorKind::NoRouteTables => code::NO_ROUTE_TABLES,
-            ErrorKind::RouteMissing => code::CHECK_MISMATCH,
-            ErrorKind::State => code::IO_FAILURE,
-            ErrorKind::Incomplete => code::CLOUD_INCOMPLETE,
-        };
-        CniError::new(c, e.to_string())
+        match e.kind() {
+            ErrorKind::Config => Code::InvalidNetworkConfig,
+            ErrorKind::Unavailable => Code::TryAgainLater,
+            ErrorKind::Quota => Code::RouteQuota,
+            ErrorKind::NotAvailable => Code::PluginNotAvailable,
+            ErrorKind::Conflict => Code::RouteConflict,
+            ErrorKind::Deadline => Code::CloudDeadline,
+            ErrorKind::Api => Code::CloudApi,
+            ErrorKind::NoRouteTables => Code::NoRouteTables,
+            ErrorKind::RouteMissing => Code::CheckMismatch,
+            ErrorKind::State => Code::IoFailure,
+            ErrorKind::Incomplete => Code::CloudIncomplete,
+        }
     }
 }
 
@@ -77,10 +72,10 @@ fn block_on<T>(
 /// something else is broken, code 4, as for the plugin before it), and for CHECK a prevResult.
 fn refuse_bad_request(req: &Request<Value>) -> Result<(), VpcError> {
     netsetup::Netns::open(std::path::Path::new(&req.env.netns))
-        .map_err(|e| VpcError::Request(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {e}")))?;
+        .map_err(|e| VpcError::Request(Code::InvalidEnvironment, format!("CNI_NETNS: {e}")))?;
     if req.command == cni_skel::cni_spec::Command::Check && req.conf.prev_result.is_none() {
         return Err(VpcError::Request(
-            code::INVALID_NETWORK_CONFIG,
+            Code::InvalidNetworkConfig,
             "CHECK needs prevResult".into(),
         ));
     }
@@ -156,17 +151,14 @@ fn node_command(args: &[String]) -> i32 {
     if dry_run && !matches!(args[0].as_str(), "gc" | "deregister") {
         return usage("--dry-run applies to deregister and gc");
     }
-    let entry = match std::fs::read(&path)
+    let list = match std::fs::read(&path)
         .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
+        .and_then(|b| ConfList::parse(&b).map_err(|e| e.msg))
     {
-        Ok(raw) => match raw.get("plugins").and_then(Value::as_array) {
-            Some(list) => list.iter().find(|p| p["type"] == "vpc-route").cloned(),
-            None => (raw["type"] == "vpc-route").then_some(raw),
-        },
+        Ok(list) => list,
         Err(e) => return usage(&format!("{path}: {e}")),
     };
-    let Some(entry) = entry else {
+    let Some(entry) = list.entry("vpc-route").cloned() else {
         return usage(&format!("{path} has no vpc-route plugin"));
     };
     cni_skel::log_file::init_with(&entry, "vpc-route", log::LevelFilter::Info);

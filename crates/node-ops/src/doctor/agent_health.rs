@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::report::Check;
 use crate::kernel;
 use crate::netconf::SuiteNetwork;
-use crate::report::Check;
 
 /// The longest one request may take, connect to last byte: the agent answers from memory
 /// in microseconds, and serves one connection at a time for at most 2 s.

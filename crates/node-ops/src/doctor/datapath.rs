@@ -1,0 +1,260 @@
+//! The kernel's side of the datapath: `ip-forward`, each network's `bridge:` and
+//! `masquerade:` table, the overlay's `vxlan:` device, and `br-netfilter` for kube-proxy.
+
+use ipnet::{IpNet, Ipv4Net};
+use pod_bridge::BridgeNetwork;
+
+use super::ipam::{lease_count, LeaseFile};
+use super::report::Check;
+use crate::kernel::{self, Links};
+use crate::netconf::SuiteNetwork;
+
+/// The links of this network namespace cannot be dumped: the link checks cannot run.
+pub(super) fn links_unreadable(e: &crate::Error) -> Check {
+    Check::fail(
+        "netlink",
+        format!("cannot list links: {e}"),
+        "run as root on the node (or inside its network namespace)",
+    )
+}
+
+/// Forwarding between the bridge and the node's uplink, which pods need for anything
+/// beyond the node.
+pub(super) fn check_ip_forward() -> Check {
+    const NAME: &str = "ip-forward";
+    match kernel::ip_forward() {
+        Ok(true) => Check::ok(NAME, "net.ipv4.ip_forward = 1"),
+        Ok(false) => Check::fail(
+            NAME,
+            "net.ipv4.ip_forward = 0: pods cannot reach anything beyond this node",
+            "sysctl -w net.ipv4.ip_forward=1 (and find what turned it off: the next ADD turns it on again)",
+        ),
+        Err(e) => Check::fail(NAME, e.to_string(), "run on the node (needs /proc)"),
+    }
+}
+
+/// The node bridge: exists, is a bridge, is up, carries the gateway address.
+pub(super) fn check_bridge(
+    net: &SuiteNetwork,
+    resolved: Option<&BridgeNetwork>,
+    leases: &Result<Vec<LeaseFile>, String>,
+    links: &mut Links,
+) -> Check {
+    let name = format!("bridge:{}", net.bridge());
+    let pods = lease_count(leases);
+    let Some(link) = links.get(net.bridge()).cloned() else {
+        return if pods > 0 {
+            Check::fail(
+                name,
+                format!("missing, but {pods} pod(s) of network {:?} hold leases: their traffic is down", net.name),
+                "recreate the pods (their DEL+ADD recreates the bridge); `cni-suite teardown --yes` clears the node",
+            )
+        } else {
+            Check::skip(name, "not created yet: the first pod ADD creates it")
+        };
+    };
+    if link.kind.as_deref() != Some("bridge") {
+        return Check::fail(
+            name,
+            format!(
+                "is a {}, not a bridge: every ADD fails (code 103)",
+                link.kind.as_deref().unwrap_or("device")
+            ),
+            "delete or rename that link, or set \"bridge\" to another name",
+        );
+    }
+    if !link.up {
+        return Check::fail(
+            name,
+            "is down: pods have no gateway",
+            format!("ip link set {} up", net.bridge()),
+        );
+    }
+    let ports = links.ports_of(link.index).len();
+    let Some(net) = resolved else {
+        return Check::ok(
+            name,
+            format!(
+                "up, {ports} port(s), mtu {} (gateway unknown until the network resolves)",
+                link.mtu
+            ),
+        );
+    };
+    let gw = IpNet::V4(
+        Ipv4Net::new(net.pool.gateway(), net.pool.subnet().prefix_len()).unwrap_or_default(),
+    );
+    match links.addresses(link.index) {
+        Ok(a) if a.contains(&gw) => Check::ok(
+            name,
+            format!("up, gateway {gw}, {ports} port(s), mtu {}", link.mtu),
+        ),
+        Ok(a) => Check::fail(
+            name,
+            format!(
+                "lacks the gateway address {gw} (has {}): pods have no default route target",
+                a.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!(
+                "ip addr add {gw} dev {} (the next ADD adds it too)",
+                net.bridge
+            ),
+        ),
+        Err(e) => Check::fail(
+            name,
+            format!("cannot read its addresses: {e}"),
+            "run as root",
+        ),
+    }
+}
+
+/// The masquerade table exists with the fingerprint of this network's settings.
+pub(super) fn check_masquerade(
+    net: &SuiteNetwork,
+    resolved: Option<&BridgeNetwork>,
+    leases: &Result<Vec<LeaseFile>, String>,
+    tables: &Result<Vec<String>, crate::Error>,
+) -> Check {
+    let table = net.nft_table();
+    let name = format!("masquerade:{table}");
+    let Some(r) = resolved else {
+        return Check::skip(
+            name,
+            format!(
+                "network {:?} does not resolve yet (see its other checks)",
+                net.name
+            ),
+        );
+    };
+    let comment = match netsetup::masquerade::table_comment(&table) {
+        Ok(c) => c,
+        Err(e) => return Check::warn(name, format!("cannot read nftables: {e}"), "run as root"),
+    };
+    let exists = comment.is_some() || tables.as_ref().is_ok_and(|t| t.contains(&table));
+    let Some(keep) = r.masquerade_outside else {
+        return if exists {
+            Check::warn(
+                name,
+                "ipMasq is off but the table exists: pod traffic is still masqueraded",
+                format!("nft delete table ip {table} (the next ADD removes it too)"),
+            )
+        } else {
+            Check::ok(name, "ipMasq off and no table")
+        };
+    };
+    let want = netsetup::masquerade::MasqueradeSpec {
+        table: &table,
+        pod_cidr: r.pool.subnet(),
+        non_masquerade: keep,
+        bridge: &r.bridge,
+    }
+    .fingerprint();
+    match comment {
+        Some(c) if c == want => Check::ok(name, format!("present: {c}")),
+        Some(c) => Check::fail(
+            name,
+            format!("holds {c:?}, this network wants {want:?}"),
+            "two networks share the bridge with different settings, or the config changed: the next ADD reprograms it",
+        ),
+        None if exists => Check::fail(name, "present without the suite's fingerprint comment", format!("nft delete table ip {table}; the next ADD recreates it")),
+        None if lease_count(leases) > 0 => Check::fail(
+            name,
+            "missing although pods are attached: their traffic to outside the cluster is not masqueraded",
+            "the next ADD recreates it; find what flushed the ruleset (`nft flush ruleset`, a firewall service)",
+        ),
+        None => Check::skip(name, "not created yet: the first pod ADD creates it"),
+    }
+}
+
+/// The VXLAN device: exists, is VXLAN, up, carries the VTEP address; its peer routes.
+pub(super) fn check_vxlan(cfg: &overlay::OverlayConfig, links: &mut Links) -> Check {
+    let dev = cfg.device();
+    let name = format!("vxlan:{dev}");
+    let env = overlay::subnet_file::SubnetEnv::read(&cfg.subnet_file())
+        .ok()
+        .flatten();
+    let Some(link) = links.get(&dev).cloned() else {
+        return match env {
+            Some(_) => Check::fail(
+                name,
+                "missing although a subnet is leased: no traffic to other nodes",
+                "restart the vxlan-overlay agent: it recreates the device",
+            ),
+            None => Check::skip(
+                name,
+                "not created yet: the agent creates it after leasing a subnet",
+            ),
+        };
+    };
+    if link.kind.as_deref() != Some("vxlan") {
+        return Check::fail(
+            name,
+            format!(
+                "is a {}, not VXLAN",
+                link.kind.as_deref().unwrap_or("device")
+            ),
+            "delete it, or set \"device\" to another name",
+        );
+    }
+    if !link.up {
+        return Check::fail(
+            name,
+            "is down: no traffic to other nodes",
+            format!("ip link set {dev} up (or restart the agent)"),
+        );
+    }
+    let Some(env) = env else {
+        return Check::warn(
+            name,
+            "up, but no subnet file: stale from an earlier run?",
+            "restart the agent",
+        );
+    };
+    let vtep = IpNet::V4(
+        Ipv4Net::new(overlay::config::vtep_ip(env.subnet.trunc()), 32).unwrap_or_default(),
+    );
+    let addrs = match links.addresses(link.index) {
+        Ok(a) => a,
+        Err(e) => return Check::fail(name, format!("cannot read addresses: {e}"), "run as root"),
+    };
+    if !addrs.contains(&vtep) {
+        return Check::fail(
+            name,
+            format!("lacks its VTEP address {vtep}"),
+            "restart the agent: it sets the address",
+        );
+    }
+    let peers = netsetup::vxlan::device_state(links.socket(), link.index)
+        .map(|s| s.routes.len().to_string())
+        .unwrap_or_else(|e| format!("? ({e})"));
+    Check::ok(
+        name,
+        format!("up, VTEP {vtep}, mtu {}, {peers} peer route(s)", link.mtu),
+    )
+}
+
+/// kube-proxy's service rules only see pod-to-pod traffic on a bridge through br_netfilter.
+pub(super) fn check_br_netfilter(kubelet_running: bool) -> Check {
+    const NAME: &str = "br-netfilter";
+    if !kubelet_running {
+        return Check::skip(
+            NAME,
+            "no kubelet on this node: kube-proxy's need for br_netfilter not checked",
+        );
+    }
+    match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables") {
+        Ok(v) if v.trim() == "1" => Check::ok(NAME, "net.bridge.bridge-nf-call-iptables = 1"),
+        Ok(_) => Check::warn(
+            NAME,
+            "net.bridge.bridge-nf-call-iptables = 0: services between pods on this bridge break",
+            "sysctl -w net.bridge.bridge-nf-call-iptables=1",
+        ),
+        Err(_) => Check::warn(
+            NAME,
+            "br_netfilter is not loaded: services between pods on this bridge break",
+            "modprobe br_netfilter (and list it in /etc/modules-load.d)",
+        ),
+    }
+}
