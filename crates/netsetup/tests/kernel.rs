@@ -3,68 +3,31 @@
 //! fail, they never pass by returning early.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use cni_testkit::netns::Netns as TempNetns;
+use cni_testkit::require_root;
 use ipnet::{IpNet, Ipv4Net};
 use netsetup::link::{self, BridgeSpec, VethSpec};
 use netsetup::masquerade::{self, MasqueradeSpec};
 use netsetup::vxlan::{self, PeerEntry, UnderlayFamily, VxlanSpec};
 use netsetup::{Error, Netns, Socket};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A named network namespace that is deleted on drop.
-struct TempNetns {
-    name: String,
+/// A namespace of the test kit's (deleted on drop, even when the test fails), after checking
+/// that this runs as root.
+fn temp_netns(tag: &str) -> TempNetns {
+    require_root();
+    TempNetns::new(&format!("nst-{tag}-"))
 }
 
-impl TempNetns {
-    fn new(tag: &str) -> TempNetns {
-        assert_eq!(
-            nix::unistd::geteuid().as_raw(),
-            0,
-            "kernel tests need root: run them as root"
-        );
-        let name = format!(
-            "nst-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        TempNetns { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
-    }
-
-    fn open(&self) -> Netns {
-        Netns::open(&self.path()).unwrap()
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+/// The namespace opened by netsetup, the code under test.
+fn open(ns: &TempNetns) -> Netns {
+    Netns::open(&ns.path()).unwrap()
 }
 
-impl Drop for TempNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// What `ip -n <ns> args...` printed on stdout.
+fn ip_stdout(ns: &TempNetns, args: &[&str]) -> String {
+    String::from_utf8_lossy(&ns.ip(args).stdout).into_owned()
 }
 
 fn bridge(name: &str) -> BridgeSpec<'_> {
@@ -77,21 +40,21 @@ fn bridge(name: &str) -> BridgeSpec<'_> {
 
 #[test]
 fn ensure_bridge_creates_once_and_finds_it_again() {
-    let node = TempNetns::new("br");
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("br");
+    let mut sock = open(&node).socket().unwrap();
     let first = link::ensure_bridge(&mut sock, &bridge("tbr0")).unwrap();
     let again = link::ensure_bridge(&mut sock, &bridge("tbr0")).unwrap();
     assert_eq!(first.index, again.index);
     assert_eq!(first.mac, again.mac);
     assert_eq!(again.kind.as_deref(), Some("bridge"));
     assert_eq!(again.mtu, 1400);
-    assert!(node.ip(&["-br", "link", "show", "tbr0"]).contains("UP"));
+    assert!(ip_stdout(&node, &["-br", "link", "show", "tbr0"]).contains("UP"));
 }
 
 #[test]
 fn racing_bridge_creations_all_succeed_with_one_bridge() {
-    let node = TempNetns::new("race");
-    let ns = node.open();
+    let node = temp_netns("race");
+    let ns = open(&node);
     let indexes: Vec<u32> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -110,23 +73,23 @@ fn racing_bridge_creations_all_succeed_with_one_bridge() {
 
 #[test]
 fn a_non_bridge_link_with_the_bridge_name_is_refused_and_left_alone() {
-    let node = TempNetns::new("nb");
-    node.ip(&["link", "add", "tbr2", "type", "veth", "peer", "tbr2p"]);
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("nb");
+    node.ip_ok(&["link", "add", "tbr2", "type", "veth", "peer", "tbr2p"]);
+    let mut sock = open(&node).socket().unwrap();
     let err = link::ensure_bridge(&mut sock, &bridge("tbr2")).unwrap_err();
     assert!(
         matches!(err, Error::NotABridge { ref kind, .. } if kind == "veth"),
         "{err}"
     );
-    assert!(node.ip(&["-d", "link", "show", "tbr2"]).contains("veth"));
+    assert!(ip_stdout(&node, &["-d", "link", "show", "tbr2"]).contains("veth"));
 }
 
 #[test]
 fn veth_peer_is_created_inside_the_pod_namespace_and_deleted_by_host_name() {
-    let node = TempNetns::new("vn");
-    let pod = TempNetns::new("vp");
-    let pod_ns = pod.open();
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("vn");
+    let pod = temp_netns("vp");
+    let pod_ns = open(&pod);
+    let mut sock = open(&node).socket().unwrap();
     let br = link::ensure_bridge(&mut sock, &bridge("tbr3")).unwrap();
     let reqs = link::create_veth(&VethSpec {
         host_name: "tveth0",
@@ -155,7 +118,7 @@ fn veth_peer_is_created_inside_the_pod_namespace_and_deleted_by_host_name() {
         .args([
             "netns",
             "exec",
-            &node.name,
+            node.name(),
             "cat",
             "/sys/class/net/tveth0/brport/hairpin_mode",
         ])
@@ -172,8 +135,8 @@ fn veth_peer_is_created_inside_the_pod_namespace_and_deleted_by_host_name() {
 
 #[test]
 fn addresses_and_routes_are_set_and_listed() {
-    let node = TempNetns::new("ar");
-    let mut sock: Socket = node.open().socket().unwrap();
+    let node = temp_netns("ar");
+    let mut sock: Socket = open(&node).socket().unwrap();
     let br = link::ensure_bridge(&mut sock, &bridge("tbr4")).unwrap();
     let addr = "10.123.0.1/24".parse().unwrap();
     for replace in [true, true] {
@@ -209,8 +172,8 @@ fn not_a_netns_is_refused() {
 
 #[test]
 fn masquerade_table_is_created_found_replaced_and_removed() {
-    let node = TempNetns::new("nft");
-    let _inside = node.open().enter().unwrap();
+    let node = temp_netns("nft");
+    let _inside = open(&node).enter().unwrap();
     let spec = MasqueradeSpec {
         table: "cni_suite_test",
         pod_cidr: "10.124.0.0/24".parse().unwrap(),
@@ -251,9 +214,9 @@ fn masquerade_table_is_created_found_replaced_and_removed() {
 #[test]
 fn a_fresh_namespace_without_a_main_table_lists_no_routes() {
     // A strict dump of a table that does not exist yet fails with ENOENT in the kernel; a
-    // fresh node namespace (lo down, no route at all) must read as "no routes".
-    let node = TempNetns::new("fresh");
-    let mut sock = node.open().socket().unwrap();
+    // fresh node namespace (only lo up, no route in its main table) must read as "no routes".
+    let node = temp_netns("fresh");
+    let mut sock = open(&node).socket().unwrap();
     assert_eq!(link::routes_v4(&mut sock).unwrap(), vec![]);
     assert_eq!(link::default_route_mtu(&mut sock).unwrap(), None);
 }
@@ -262,7 +225,7 @@ fn a_fresh_namespace_without_a_main_table_lists_no_routes() {
 /// `addrs`; IPv6 ones without duplicate address detection, so they are usable at once.
 /// Returns its index.
 fn underlay_link(node: &TempNetns, sock: &mut Socket, name: &str, addrs: &[&str]) -> u32 {
-    node.ip(&[
+    node.ip_ok(&[
         "link",
         "add",
         name,
@@ -273,27 +236,27 @@ fn underlay_link(node: &TempNetns, sock: &mut Socket, name: &str, addrs: &[&str]
     ]);
     for a in addrs {
         if a.contains(':') {
-            node.ip(&["-6", "addr", "add", a, "dev", name, "nodad"]);
+            node.ip_ok(&["-6", "addr", "add", a, "dev", name, "nodad"]);
         } else {
-            node.ip(&["addr", "add", a, "dev", name]);
+            node.ip_ok(&["addr", "add", a, "dev", name]);
         }
     }
-    node.ip(&["link", "set", &format!("{name}p"), "up"]);
-    node.ip(&["link", "set", name, "up"]);
+    node.ip_ok(&["link", "set", &format!("{name}p"), "up"]);
+    node.ip_ok(&["link", "set", name, "up"]);
     link::get_link(sock, name).unwrap().unwrap().index
 }
 
 /// `ip -d -j link show <name>`'s `info_data` of a VXLAN link.
 fn vxlan_info(node: &TempNetns, name: &str) -> serde_json::Value {
-    let out = node.ip(&["-d", "-j", "link", "show", name]);
+    let out = ip_stdout(node, &["-d", "-j", "link", "show", name]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v[0]["linkinfo"]["info_data"].clone()
 }
 
 #[test]
 fn vxlan_device_is_kept_when_equal_and_recreated_when_vni_port_or_local_differ() {
-    let node = TempNetns::new("vx");
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("vx");
+    let mut sock = open(&node).socket().unwrap();
     let ul = underlay_link(
         &node,
         &mut sock,
@@ -380,8 +343,8 @@ fn vxlan_device_is_kept_when_equal_and_recreated_when_vni_port_or_local_differ()
 
 #[test]
 fn vxlan_fdb_entries_to_ipv4_and_ipv6_remotes_are_programmed_read_and_removed() {
-    let node = TempNetns::new("fdb");
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("fdb");
+    let mut sock = open(&node).socket().unwrap();
     let ul = underlay_link(&node, &mut sock, "ul0", &["fd00:131::1/64"]);
     let spec = VxlanSpec {
         name: "tvx1".into(),
@@ -406,7 +369,7 @@ fn vxlan_fdb_entries_to_ipv4_and_ipv6_remotes_are_programmed_read_and_removed() 
     assert_eq!(st.neighbours, vec![(peer.vtep_ip, peer.vtep_mac)]);
     assert_eq!(st.routes, vec![(peer.subnet, Some(peer.vtep_ip))]);
     let fdb = Command::new("bridge")
-        .args(["-n", &node.name, "fdb", "show", "dev", "tvx1"])
+        .args(["-n", node.name(), "fdb", "show", "dev", "tvx1"])
         .output()
         .unwrap();
     let fdb = String::from_utf8_lossy(&fdb.stdout);
@@ -425,7 +388,7 @@ fn vxlan_fdb_entries_to_ipv4_and_ipv6_remotes_are_programmed_read_and_removed() 
 /// `ethtool -k <dev>`'s `tx-checksumming` line in `node`.
 fn tx_checksumming(node: &TempNetns, dev: &str) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", &node.name, "ethtool", "-k", dev])
+        .args(["netns", "exec", node.name(), "ethtool", "-k", dev])
         .output()
         .unwrap();
     assert!(
@@ -442,8 +405,8 @@ fn tx_checksumming(node: &TempNetns, dev: &str) -> String {
 
 #[test]
 fn tx_checksum_offload_is_turned_off_and_on() {
-    let node = TempNetns::new("csum");
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("csum");
+    let mut sock = open(&node).socket().unwrap();
     let ul = underlay_link(&node, &mut sock, "ul0", &["10.133.0.1/24"]);
     let spec = VxlanSpec {
         name: "tvx2".into(),
@@ -458,7 +421,7 @@ fn tx_checksum_offload_is_turned_off_and_on() {
     assert_eq!(tx_checksumming(&node, "tvx2"), "tx-checksumming: on");
     // The ioctl acts in the calling thread's namespace, as in the agent (which runs in the
     // node's namespace).
-    let inside = node.open().enter().unwrap();
+    let inside = open(&node).enter().unwrap();
     vxlan::set_tx_checksum("tvx2", false).unwrap();
     assert_eq!(tx_checksumming(&node, "tvx2"), "tx-checksumming: off");
     vxlan::set_tx_checksum("tvx2", true).unwrap();
@@ -474,8 +437,8 @@ fn tx_checksum_offload_is_turned_off_and_on() {
 #[test]
 fn underlay_is_the_named_interface_or_the_default_route_link_of_the_chosen_family() {
     use std::net::IpAddr;
-    let node = TempNetns::new("ul");
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("ul");
+    let mut sock = open(&node).socket().unwrap();
     let ul0 = underlay_link(
         &node,
         &mut sock,
@@ -489,8 +452,8 @@ fn underlay_is_the_named_interface_or_the_default_route_link_of_the_chosen_famil
         &["10.129.0.1/24", "fd00:129::1/64"],
     );
     let ul2 = underlay_link(&node, &mut sock, "ul2", &[]);
-    node.ip(&["route", "add", "default", "via", "10.128.0.254"]);
-    node.ip(&["-6", "route", "add", "default", "via", "fd00:129::fe"]);
+    node.ip_ok(&["route", "add", "default", "via", "10.128.0.254"]);
+    node.ip_ok(&["-6", "route", "add", "default", "via", "fd00:129::fe"]);
     let pick = |sock: &mut Socket, name, family| {
         vxlan::underlay(sock, name, family).map(|(l, ip)| (l.index, ip))
     };
@@ -523,14 +486,14 @@ fn underlay_is_the_named_interface_or_the_default_route_link_of_the_chosen_famil
     assert!(pick(&mut sock, Some("ul2"), PreferIpv4).is_err());
     assert!(pick(&mut sock, Some("nosuchdev0"), PreferIpv4).is_err());
     // An IPv6-only node: the IPv6 default route's link.
-    node.ip(&["route", "del", "default"]);
+    node.ip_ok(&["route", "del", "default"]);
     assert_eq!(
         pick(&mut sock, None, PreferIpv4).unwrap(),
         (ul1, ip("fd00:129::1"))
     );
     assert!(pick(&mut sock, None, Ipv4).is_err());
     // An interface with IPv6 only picks IPv6 unless IPv4 is required.
-    node.ip(&["-6", "addr", "add", "fd00:130::1/64", "dev", "ul2", "nodad"]);
+    node.ip_ok(&["-6", "addr", "add", "fd00:130::1/64", "dev", "ul2", "nodad"]);
     assert_eq!(
         pick(&mut sock, Some("ul2"), PreferIpv4).unwrap(),
         (ul2, ip("fd00:130::1"))
@@ -554,8 +517,8 @@ fn a_batch_of_15000_requests_fits_the_socket_buffer_and_every_reply_arrives() {
     // One send of this many requests overflowed the receive buffer (ENOBUFS) and lost
     // acknowledgements, after which the next receive waited forever. Batches now go out in
     // chunks whose replies fit; every one of the 15,000 must be acknowledged.
-    let node = TempNetns::new("big");
-    let mut sock = node.open().socket().unwrap();
+    let node = temp_netns("big");
+    let mut sock = open(&node).socket().unwrap();
     let ul = underlay_link(&node, &mut sock, "ul0", &["172.30.9.1/24"]);
     let spec = VxlanSpec {
         name: "tvxbig".into(),
@@ -581,7 +544,7 @@ fn a_batch_of_15000_requests_fits_the_socket_buffer_and_every_reply_arrives() {
         (st.neighbours.len(), st.fdb.len(), st.routes.len()),
         (5000, 5000, 5000)
     );
-    let routes = node.ip(&["route", "show", "dev", "tvxbig"]);
+    let routes = ip_stdout(&node, &["route", "show", "dev", "tvxbig"]);
     assert_eq!(routes.lines().count(), 5000, "the kernel's own view");
 
     // The same socket keeps working: remove them all in one batch, and a failing request in

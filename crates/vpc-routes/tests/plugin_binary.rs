@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+use cni_testkit::netns::Netns;
 use common::{Cluster, ImdsFake, Moto};
 use serde_json::{json, Value};
 
@@ -373,33 +374,6 @@ async fn status_is_50_while_a_full_table_lacks_the_route_and_ok_once_it_holds_it
     );
 }
 
-/// An `ip netns` namespace of this test, with `lo` up; deleted on drop.
-struct TestNetns {
-    name: String,
-}
-
-impl TestNetns {
-    fn new(prefix: &str) -> Self {
-        let name = format!("{prefix}{}", std::process::id());
-        let ok = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("run ip");
-            assert!(st.success(), "ip {args:?}: {st} (root needed)");
-        };
-        ok(&["netns", "add", &name]);
-        let ns = TestNetns { name };
-        ok(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 /// Forwards 127.0.0.1:`port` inside a namespace to 127.0.0.1:`port` here, so a process in
 /// the namespace reaches moto at the same endpoint. The listening socket is made by a thread
 /// that entered the namespace (setns moves only the calling thread; a socket stays in the
@@ -410,18 +384,12 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    fn start(netns: &TestNetns, port: u16) -> Self {
+    fn start(netns: &Netns, port: u16) -> Self {
         use std::net::{TcpListener, TcpStream};
         use std::sync::atomic::Ordering;
-        let path = format!("/run/netns/{}", netns.name);
-        let listener = std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            // Only this short-lived thread moves into the namespace.
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            TcpListener::bind(("127.0.0.1", port)).expect("bind in netns")
-        })
-        .join()
-        .expect("netns thread");
+        let listener = netns
+            .on_thread_inside(|| TcpListener::bind(("127.0.0.1", port)).expect("bind in netns"))
+            .expect("enter the test namespace");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
@@ -530,7 +498,7 @@ async fn cni_suite_teardown_with_vpc_routes_runs_vpc_route_deregister() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("moto port");
-    let netns = TestNetns::new("vpcrt-td-");
+    let netns = Netns::new("vpcrt-td-");
     let _forwarder = Forwarder::start(&netns, port);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -560,7 +528,7 @@ async fn cni_suite_teardown_with_vpc_routes_runs_vpc_route_deregister() {
 
     let teardown = |extra: &[&str]| -> (Output, Value) {
         let out = Command::new("ip")
-            .args(["netns", "exec", &netns.name])
+            .args(["netns", "exec", netns.name()])
             .arg(&cni_suite)
             .args(["teardown", "--json", "--with-vpc-routes", "--conf-dir"])
             .arg(&conf_dir)

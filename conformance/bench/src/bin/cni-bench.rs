@@ -1,0 +1,435 @@
+//! `cni-bench`: ADD and DEL latency (median, p99), single and concurrent, and peak RSS per
+//! exec of kubenet-bridge against the reference `bridge` + `host-local`, side by side in one
+//! run, inside a throwaway node namespace, with vxlan-overlay's pod path (the same attach code,
+//! plus reading the agent's subnet.env) as a third row. Writes the table as markdown, JSON and
+//! SVG.
+//!
+//! Usage: `cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]`
+//! Run as root. Masquerade is off on both sides: the reference's per-pod iptables chains
+//! would flatter us.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cni_testkit::netns::{Netns, Node};
+use serde_json::{json, Value};
+
+/// The spec version both sides are configured with (one version: the table compares
+/// plugins, not versions).
+const SPEC_VERSION: &str = "1.0.0";
+
+const USAGE: &str = "\
+usage: cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]
+
+ADD and DEL latency (median, p99), one at a time and concurrent, peak RSS per exec and binary
+sizes of kubenet-bridge against the reference bridge + host-local, in one run inside a
+throwaway node namespace; vxlan-overlay's pod path (a subnet.env as the agent writes it, no
+agent running) is measured alongside. Writes bench.md, bench.json and bench.svg. Needs root.
+
+options:
+  --ours DIR          where kubenet-bridge and vxlan-overlay are (default: this binary's
+                      directory)
+  --reference DIR     where the reference bridge and host-local are (default /usr/lib/cni)
+  --rounds N          sequential ADD/DEL rounds (default 30)
+  --concurrency N     concurrent ADDs, then DELs (default 50)
+  --out DIR           where the tables go (default conformance/results)
+  -h, --help          this text
+  -V, --version       version and the CNI spec version it runs the plugins at";
+
+struct Args {
+    ours: PathBuf,
+    reference: PathBuf,
+    rounds: usize,
+    concurrency: usize,
+    out: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut a = Args {
+        ours: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+        reference: PathBuf::from("/usr/lib/cni"),
+        rounds: 30,
+        concurrency: 50,
+        out: PathBuf::from("conformance/results"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--ours" => a.ours = val()?.into(),
+            "--reference" => a.reference = val()?.into(),
+            "--rounds" => a.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--concurrency" => {
+                a.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?
+            }
+            "--out" => a.out = val()?.into(),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--version" | "-V" => {
+                println!(
+                    "{}",
+                    cni_testkit::version_banner("cni-bench", &[SPEC_VERSION])
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// One plugin under test: how to call it and what its config is.
+struct Subject {
+    label: &'static str,
+    binary: PathBuf,
+    cni_path: String,
+    config: Value,
+    /// Binaries whose sizes count (the reference execs host-local too).
+    parts: Vec<PathBuf>,
+}
+
+/// One exec: wall time and the peak RSS of its process tree.
+#[derive(Clone, Copy)]
+struct Sample {
+    took: Duration,
+    max_rss_kb: i64,
+}
+
+/// Runs the plugin once and waits for it with wait4, for its rusage.
+fn exec(s: &Subject, verb: &str, id: &str, netns: &str) -> Result<Sample, String> {
+    let started = Instant::now();
+    let mut child = Command::new(&s.binary)
+        .env_clear()
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &s.cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", s.binary.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(s.config.to_string().as_bytes());
+    }
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let took = started.elapsed();
+    if pid < 0 || std::process::ExitStatus::from_raw(status).code() != Some(0) {
+        return Err(format!("{} {verb} {id} failed: {out}", s.label));
+    }
+    Ok(Sample {
+        took,
+        max_rss_kb: usage.ru_maxrss,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summarize(samples: &[Sample]) -> Value {
+    let mut ms: Vec<f64> = samples.iter().map(|s| s.took.as_secs_f64() * 1e3).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let rss = samples.iter().map(|s| s.max_rss_kb).max().unwrap_or(0);
+    json!({"n": ms.len(), "median_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0), "max_rss_kb": rss})
+}
+
+/// ADD then DEL of `pods` one at a time; returns (add samples, del samples).
+fn sequential(
+    s: &Subject,
+    pods: &[Netns],
+    tag: &str,
+) -> Result<(Vec<Sample>, Vec<Sample>), String> {
+    let mut adds = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        adds.push(exec(
+            s,
+            "ADD",
+            &format!("{tag}{i}"),
+            &p.path().to_string_lossy(),
+        )?);
+    }
+    let mut dels = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        dels.push(exec(
+            s,
+            "DEL",
+            &format!("{tag}{i}"),
+            &p.path().to_string_lossy(),
+        )?);
+    }
+    Ok((adds, dels))
+}
+
+/// All ADDs at once, then all DELs at once.
+fn concurrent(
+    s: &Subject,
+    pods: &[Netns],
+    tag: &str,
+) -> Result<(Vec<Sample>, Vec<Sample>), String> {
+    let run = |verb: &str| -> Result<Vec<Sample>, String> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let id = format!("{tag}{i}");
+                    let ns = p.path().to_string_lossy().into_owned();
+                    scope.spawn(move || exec(s, verb, &id, &ns))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| "thread panicked".to_string())?)
+                .collect()
+        })
+    };
+    let adds = run("ADD")?;
+    let dels = run("DEL")?;
+    Ok((adds, dels))
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("cni-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<(), String> {
+    let args = parse_args()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("must run as root (it creates network namespaces)".into());
+    }
+    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ours = Subject {
+        label: "kubenet-bridge",
+        binary: args.ours.join("kubenet-bridge"),
+        cni_path: args.ours.display().to_string(),
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ours", "type": "kubenet-bridge",
+            "bridge": "benchbr0", "podCIDR": "10.97.0.0/24", "ipMasq": false, "mtu": 1500,
+            "dataDir": data.path().join("ours")}),
+        parts: vec![args.ours.join("kubenet-bridge")],
+    };
+    let reference = Subject {
+        label: "reference bridge+host-local",
+        binary: args.reference.join("bridge"),
+        cni_path: args.reference.display().to_string(),
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ref", "type": "bridge",
+            "bridge": "benchbr1", "isGateway": true, "ipMasq": false, "hairpinMode": true, "mtu": 1500,
+            "ipam": {"type": "host-local", "dataDir": data.path().join("ref"),
+                     "ranges": [[{"subnet": "10.97.1.0/24", "gateway": "10.97.1.1"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}]}}),
+        parts: vec![
+            args.reference.join("bridge"),
+            args.reference.join("host-local"),
+        ],
+    };
+    // vxlan-overlay's ADD reads the lease the agent wrote; the agent itself is not part of
+    // a pod's ADD, so a subnet.env in flannel's format stands in for it.
+    let subnet_env = data.path().join("subnet.env");
+    std::fs::write(
+        &subnet_env,
+        "FLANNEL_NETWORK=10.97.0.0/16\nFLANNEL_SUBNET=10.97.2.1/24\nFLANNEL_MTU=1450\n\
+         FLANNEL_IPMASQ=false\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let overlay = Subject {
+        label: "vxlan-overlay",
+        binary: args.ours.join("vxlan-overlay"),
+        cni_path: args.ours.display().to_string(),
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-overlay", "type": "vxlan-overlay",
+            "clusterCIDR": "10.97.0.0/16", "bridge": "benchbr2", "ipMasq": false,
+            "peersFile": data.path().join("peers.json"), "subnetFile": subnet_env,
+            "ipamDir": data.path().join("overlay"), "dataDir": data.path().join("overlay-agent")}),
+        parts: vec![args.ours.join("vxlan-overlay")],
+    };
+    let subjects = [&ours, &reference, &overlay];
+    for s in subjects {
+        if !s.binary.exists() {
+            return Err(format!("{} not found", s.binary.display()));
+        }
+    }
+    let pods_needed = args.rounds.max(args.concurrency);
+    // Guards from the test kit: the namespaces go when this returns, on errors too.
+    let node = Node::new();
+    let pods: Vec<Netns> = (0..pods_needed).map(|_| Netns::new("cnibench-")).collect();
+    // Plugins are exec'd straight into the node (no `ip netns exec` in the measured time) and
+    // see it as the host; this is the only thread yet, so every later one is born there too.
+    node.netns()
+        .enter_thread()
+        .map_err(|e| format!("entering {}: {e}", node.netns().name()))?;
+    let seq_pods = &pods[..args.rounds];
+    let conc_pods = &pods[..args.concurrency];
+    // Warm-up: creates each bridge, so both sides are measured on a node already set up.
+    for s in subjects {
+        sequential(s, &seq_pods[..1], "warm")?;
+    }
+    // Interleaved in rounds of 5 so that machine noise hits both sides alike.
+    let mut results: BTreeMap<&str, [Vec<Sample>; 4]> = BTreeMap::new();
+    for chunk in seq_pods.chunks(5) {
+        for s in subjects {
+            let (a, d) = sequential(s, chunk, "seq")?;
+            let e = results.entry(s.label).or_default();
+            e[0].extend(a);
+            e[1].extend(d);
+        }
+    }
+    for s in subjects {
+        let (a, d) = concurrent(s, conc_pods, "conc")?;
+        let e = results.entry(s.label).or_default();
+        e[2].extend(a);
+        e[3].extend(d);
+    }
+    let mut report = Vec::new();
+    for s in subjects {
+        let r = &results[s.label];
+        let size: u64 = s
+            .parts
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        report.push(json!({
+            "plugin": s.label,
+            "add": summarize(&r[0]), "del": summarize(&r[1]),
+            "add_concurrent": summarize(&r[2]), "del_concurrent": summarize(&r[3]),
+            "binary_bytes": size,
+        }));
+    }
+    let ratio = |key: &str| {
+        report[0][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
+            / report[1][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
+    };
+    let doc = json!({
+        "rounds": args.rounds, "concurrency": args.concurrency,
+        "results": report,
+        "ratio_median": {"add": ratio("add"), "del": ratio("del"),
+                         "add_concurrent": ratio("add_concurrent"), "del_concurrent": ratio("del_concurrent")},
+    });
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let md = markdown(&doc);
+    std::fs::write(
+        args.out.join("bench.json"),
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("bench.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("bench.svg"), svg(&doc)).map_err(|e| e.to_string())?;
+    print!("{md}");
+    Ok(())
+}
+
+fn markdown(doc: &Value) -> String {
+    let mut s = format!(
+        "| plugin | ADD median | ADD p99 | DEL median | DEL p99 | ADD median ×{c} | ADD p99 ×{c} | DEL median ×{c} | DEL p99 ×{c} | peak RSS | binary |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        c = doc["concurrency"]
+    );
+    for r in doc["results"].as_array().into_iter().flatten() {
+        let ms = |k: &str, q: &str| format!("{:.2} ms", r[k][q].as_f64().unwrap_or(f64::NAN));
+        let rss = ["add", "del", "add_concurrent", "del_concurrent"]
+            .iter()
+            .filter_map(|k| r[*k]["max_rss_kb"].as_i64())
+            .max()
+            .unwrap_or(0);
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MB | {:.1} MB |\n",
+            r["plugin"].as_str().unwrap_or("?"),
+            ms("add", "median_ms"),
+            ms("add", "p99_ms"),
+            ms("del", "median_ms"),
+            ms("del", "p99_ms"),
+            ms("add_concurrent", "median_ms"),
+            ms("add_concurrent", "p99_ms"),
+            ms("del_concurrent", "median_ms"),
+            ms("del_concurrent", "p99_ms"),
+            rss as f64 / 1024.0,
+            r["binary_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        );
+    }
+    let q = &doc["ratio_median"];
+    s += &format!(
+        "\nOurs ÷ reference (medians): ADD {:.2}×, DEL {:.2}×, concurrent ADD {:.2}×, concurrent DEL {:.2}×. {} sequential rounds, {} concurrent.\n",
+        q["add"].as_f64().unwrap_or(f64::NAN),
+        q["del"].as_f64().unwrap_or(f64::NAN),
+        q["add_concurrent"].as_f64().unwrap_or(f64::NAN),
+        q["del_concurrent"].as_f64().unwrap_or(f64::NAN),
+        doc["rounds"],
+        doc["concurrency"]
+    );
+    s
+}
+
+/// A grouped bar chart of the medians.
+fn svg(doc: &Value) -> String {
+    let keys = ["add", "del", "add_concurrent", "del_concurrent"];
+    let results: Vec<&Value> = doc["results"].as_array().into_iter().flatten().collect();
+    let max = results
+        .iter()
+        .flat_map(|r| {
+            keys.iter()
+                .map(|k| r[*k]["median_ms"].as_f64().unwrap_or(0.0))
+        })
+        .fold(1.0_f64, f64::max);
+    let (w, h, top, left) = (700.0, 300.0, 30.0, 50.0);
+    let plot_h = h - top - 50.0;
+    let group_w = (w - left - 20.0) / keys.len() as f64;
+    let bar_w = (group_w - 20.0) / results.len().max(1) as f64;
+    let colors = ["#2b7bba", "#c0504d", "#6a9f3a"];
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{left}\" y=\"18\" font-size=\"13\">median latency (ms), lower is better</text>\n");
+    for (gi, k) in keys.iter().enumerate() {
+        let gx = left + gi as f64 * group_w;
+        for (ri, r) in results.iter().enumerate() {
+            let v = r[*k]["median_ms"].as_f64().unwrap_or(0.0);
+            let bh = v / max * plot_h;
+            let x = gx + 10.0 + ri as f64 * bar_w;
+            let y = top + plot_h - bh;
+            s += &format!(
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/><text x=\"{x:.1}\" y=\"{:.1}\">{v:.1}</text>\n",
+                bar_w - 4.0,
+                colors[ri % colors.len()],
+                y - 3.0
+            );
+        }
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            gx + 10.0,
+            top + plot_h + 15.0,
+            k.replace('_', " ")
+        );
+    }
+    for (ri, r) in results.iter().enumerate() {
+        let lx = left + ri as f64 * 210.0;
+        s += &format!(
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            h - 25.0,
+            colors[ri % colors.len()],
+            lx + 14.0,
+            h - 16.0,
+            r["plugin"].as_str().unwrap_or("?")
+        );
+    }
+    s += "</svg>\n";
+    s
+}

@@ -1,9 +1,0 @@
-//! `cni-conformance`: runs the CNI spec's cases against a conflist or a single plugin in fresh
-//! network namespaces, at every spec version the plugins advertise, and prints a table of
-//! case x version. The work is in [`cni_conformance::runner`]; `--help` has the usage.
-
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    cni_conformance::runner::main(std::env::args_os().skip(1))
-}

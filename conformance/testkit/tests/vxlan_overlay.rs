@@ -1,0 +1,854 @@
+//! Black-box tests of the `vxlan-overlay` plugin and its node agent in network namespaces: an
+//! underlay bridge, etcd on it, an agent per node namespace, pods attached through cnitool.
+//! Outcomes are judged by what really happens: the VXLAN neighbours, FDB entries and routes
+//! the kernel holds (`ip -j`, `bridge -j`), the records in etcd, the agent's files, and pings
+//! between pods on different nodes.
+//!
+//! Run as root on Debian bookworm:
+//! ```text
+//! conformance/scripts/install-test-deps.sh
+//! export CARGO_TARGET_DIR=/var/tmp/cni-suite-target
+//! cargo build --release -p vxlan-overlay
+//! cargo test --release -p cni-testkit --test vxlan_overlay
+//! ```
+//! Every test builds its own underlay, etcd and nodes (names unique per process), so the tests
+//! run in parallel with each other and with the other suites; everything is killed and
+//! deleted when a test ends, pass or fail. On failure the nodes' logs, the agents' output, the
+//! VXLAN state and etcd's log are printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use cni_testkit::etcd::Etcdctl;
+use cni_testkit::netns::Netns;
+use cni_testkit::overlay::{
+    link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, CLUSTER_CIDR, DEVICE,
+    ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
+};
+use cni_testkit::ping_stream::{assert_streams_lost_nothing, PingStream};
+use cni_testkit::plugin::Expect;
+use cni_testkit::traffic::ping;
+use cni_testkit::{eventually, require_root};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+
+/// `leaseTTL` of every agent: short, so a dead node disappears quickly.
+const LEASE_TTL: u64 = 6;
+/// `resyncSeconds` of every agent.
+const RESYNC: u64 = 2;
+/// `resyncSeconds` of a cluster whose agents must act on etcd's watch alone: longer than any
+/// test runs, so no periodic reconcile can explain a change.
+const NO_RESYNC: u64 = 3600;
+/// Slack on top of a bound the agent promises (`leaseTTL`, `resyncSeconds`): our polling
+/// (`ip` runs every 20 ms on up to three nodes) and process scheduling on a busy 2-core machine.
+const GRACE: Duration = Duration::from_secs(1);
+/// etcd 3.4's lessor looks for expired leases every 500 ms (`revokeExpiredLeases`), so a key
+/// outlives its lease by up to that.
+const ETCD_EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// The underlay links are veths with the default MTU.
+const UNDERLAY_MTU: u32 = 1500;
+/// VXLAN over IPv4 costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const OVERLAY_MTU: u32 = UNDERLAY_MTU - 50;
+/// Over IPv6 the outer header is 40 bytes: 70 in all.
+const OVERLAY_MTU_V6: u32 = UNDERLAY_MTU - 70;
+/// The spec's "try again later" error code.
+const TRY_AGAIN_LATER: u64 = 11;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// How long, after a change in etcd, every agent may take to reflect it: the change is
+/// reported by a watch at once, and a periodic resync catches a missed event.
+fn reconcile_bound() -> Duration {
+    secs(RESYNC) + GRACE
+}
+
+/// Polls `condition` every 100 ms for `duration`; returns false as soon as it does not hold.
+fn holds_for(duration: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        if !condition() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    condition()
+}
+
+/// The pod and VXLAN MTU a node on underlay address `underlay` must get.
+fn overlay_mtu(underlay: IpAddr) -> u32 {
+    if underlay.is_ipv6() {
+        OVERLAY_MTU_V6
+    } else {
+        OVERLAY_MTU
+    }
+}
+
+/// Three nodes with agents on etcd, converged, with `pods_per_node` pods on each node attached
+/// through cnitool; checks the leases and the devices first.
+fn three_node_cluster(pods_per_node: usize) -> OverlayCluster {
+    three_node_cluster_on(Underlay::new(), RESYNC, pods_per_node)
+}
+
+/// [`three_node_cluster`] on `underlay`, with `resyncSeconds` = `resync`.
+fn three_node_cluster_on(underlay: Underlay, resync: u64, pods_per_node: usize) -> OverlayCluster {
+    require_root();
+    let mut c = OverlayCluster::start_on(underlay, 3, LEASE_TTL, resync, &json!({}));
+    assert_leases_and_devices(&c);
+    // Convergence at start never waits for a resync: each agent lists after its watch is
+    // up, and the watch reports the nodes that come after it.
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after start");
+    for node in 0..c.nodes.len() {
+        for _ in 0..pods_per_node {
+            c.add_pod(node);
+        }
+    }
+    c
+}
+
+/// Every node's subnet.env, agent.json, etcd record and VXLAN device agree, and the subnets
+/// are distinct /24s of the cluster CIDR.
+fn assert_leases_and_devices(c: &OverlayCluster) {
+    let cluster: Ipv4Net = CLUSTER_CIDR.parse().expect("valid cluster CIDR");
+    let records = c.records().expect("etcd answers");
+    assert_eq!(
+        records.len(),
+        c.nodes.len(),
+        "etcd should hold one record per node: {records:?}"
+    );
+    let mut subnets = BTreeSet::new();
+    for node in &c.nodes {
+        let ctx = format!("node {}", node.underlay_ip());
+        let env = node
+            .subnet_env()
+            .unwrap_or_else(|| panic!("{ctx}: no valid subnet.env"));
+        let subnet = env.node_subnet();
+        assert_eq!(env.network, cluster, "{ctx}: FLANNEL_NETWORK");
+        assert!(
+            cluster.contains(&subnet) && subnet.prefix_len() == SUBNET_LEN,
+            "{ctx}: subnet {subnet} must be a /{SUBNET_LEN} of {cluster}"
+        );
+        assert_eq!(
+            env.gateway(),
+            Ipv4Addr::from(u32::from(subnet.network()) + 1),
+            "{ctx}: FLANNEL_SUBNET must name the gateway .1"
+        );
+        assert_eq!(
+            env.mtu,
+            overlay_mtu(node.underlay_ip()),
+            "{ctx}: FLANNEL_MTU"
+        );
+        assert!(
+            env.ipmasq,
+            "{ctx}: FLANNEL_IPMASQ should default to true:\n{}",
+            env.text
+        );
+        subnets.insert(subnet);
+
+        let mac = node
+            .device_mac()
+            .unwrap_or_else(|| panic!("{ctx}: no {DEVICE}"));
+        let state = node
+            .agent_state()
+            .unwrap_or_else(|| panic!("{ctx}: no agent.json"));
+        assert_eq!(
+            state["subnet"].as_str(),
+            Some(subnet.to_string().as_str()),
+            "{ctx}: agent.json subnet: {state}"
+        );
+        assert_eq!(
+            state["vtepMac"].as_str().map(str::to_ascii_lowercase),
+            Some(mac.clone()),
+            "{ctx}: agent.json vtepMac must be the device's MAC: {state}"
+        );
+        let record = records
+            .iter()
+            .find(|r| r.underlay == node.underlay_ip())
+            .unwrap_or_else(|| panic!("{ctx}: no record in etcd: {records:?}"));
+        assert_eq!(
+            (record.subnet, record.vtep_mac.as_str()),
+            (subnet, mac.as_str()),
+            "{ctx}: etcd record"
+        );
+        assert_vxlan_device(node, subnet);
+    }
+    assert_eq!(
+        subnets.len(),
+        c.nodes.len(),
+        "nodes must lease distinct subnets: {subnets:?}"
+    );
+}
+
+/// The device: VNI 1, port 8472, learning off, on the underlay (`local`, or `local6` over
+/// IPv6), MTU underlay − 50 (− 70 over IPv6), up, with the subnet's network address /32.
+fn assert_vxlan_device(node: &OverlayNode, subnet: Ipv4Net) {
+    let ctx = format!("node {} {DEVICE}", node.underlay_ip());
+    let link = node
+        .netns()
+        .link_details(DEVICE)
+        .unwrap_or_else(|| panic!("{ctx}: missing"));
+    let data = &link["linkinfo"]["info_data"];
+    assert_eq!(
+        link["linkinfo"]["info_kind"].as_str(),
+        Some("vxlan"),
+        "{ctx}: {link}"
+    );
+    assert_eq!(data["id"].as_u64(), Some(1), "{ctx}: VNI: {link}");
+    assert_eq!(data["port"].as_u64(), Some(8472), "{ctx}: port: {link}");
+    assert_eq!(
+        data["learning"].as_bool(),
+        Some(false),
+        "{ctx}: learning: {link}"
+    );
+    let (local, other) = if node.underlay_ip().is_ipv6() {
+        ("local6", "local")
+    } else {
+        ("local", "local6")
+    };
+    assert_eq!(
+        data[local].as_str(),
+        Some(node.underlay_ip().to_string().as_str()),
+        "{ctx}: {local}: {link}"
+    );
+    assert!(data.get(other).is_none(), "{ctx}: {other} is set: {link}");
+    assert_eq!(
+        data["link"].as_str(),
+        Some("eth0"),
+        "{ctx}: underlay: {link}"
+    );
+    assert_eq!(
+        link["mtu"].as_u64(),
+        Some(u64::from(overlay_mtu(node.underlay_ip()))),
+        "{ctx}: MTU: {link}"
+    );
+    assert!(
+        link["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|v| v == "UP")),
+        "{ctx}: not up: {link}"
+    );
+    let vtep = Ipv4Net::new(subnet.network(), 32).expect("/32 is valid");
+    assert_eq!(
+        node.netns().ipv4_addresses(DEVICE),
+        vec![vtep],
+        "{ctx}: VTEP address"
+    );
+}
+
+/// Every pod on a node of `nodes` pings every pod on the other nodes of `nodes`.
+fn assert_pods_reach_across(c: &OverlayCluster, nodes: &[usize], ctx: &str) {
+    let mut failed = Vec::new();
+    let mut tried = 0;
+    for from in c.pods.iter().filter(|p| nodes.contains(&p.node)) {
+        for to in c
+            .pods
+            .iter()
+            .filter(|p| nodes.contains(&p.node) && p.node != from.node)
+        {
+            tried += 1;
+            if !ping(&from.netns, to.addr) {
+                failed.push(format!(
+                    "{} (node {}) -> {} (node {})",
+                    from.addr, from.node, to.addr, to.node
+                ));
+            }
+        }
+    }
+    assert!(tried > 0, "{ctx}: no pod pairs to ping");
+    if !failed.is_empty() {
+        panic!(
+            "{ctx}: {} of {tried} cross-node pings failed: {failed:#?}\n{}",
+            failed.len(),
+            c.diagnostics()
+        );
+    }
+}
+
+/// The record etcd holds for `node`, if any.
+fn record_of(c: &OverlayCluster, node: usize) -> Option<Peer> {
+    let ip = c.nodes[node].underlay_ip();
+    c.records()?.into_iter().find(|r| r.underlay == ip)
+}
+
+/// The etcd lease each record of `peers` is attached to, by subnet (0 = none).
+fn record_leases(c: &OverlayCluster, peers: &BTreeSet<Peer>) -> BTreeMap<Ipv4Net, i64> {
+    peers
+        .iter()
+        .map(|p| {
+            let key = subnet_key(ETCD_PREFIX, p.subnet);
+            (p.subnet, c.etcd.key_lease(&key).unwrap_or(0))
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_lease_distinct_subnets_pods_reach_across_and_a_dead_node_is_removed() {
+    // No periodic resync: the dead node must go on the watch's DELETE alone.
+    let mut c = three_node_cluster_on(Underlay::new(), NO_RESYNC, 2);
+    assert_eq!(c.pods.len(), 6);
+    assert_pods_reach_across(&c, &[0, 1, 2], "three nodes");
+
+    // Node 2 dies: SIGKILL, so its lease is not released and must expire. Its last renewal
+    // was at most leaseTTL before the kill, so etcd deletes the record within leaseTTL (plus
+    // its expiry check) and the watch reports the delete at once.
+    let dead = record_of(&c, 2).expect("node 2 has a record");
+    let killed = Instant::now();
+    c.nodes[2].take_agent().kill();
+    let bound = secs(LEASE_TTL) + ETCD_EXPIRY_CHECK + GRACE;
+    let gone = eventually(bound, || {
+        [0, 1].iter().all(|&i| {
+            c.nodes[i]
+                .vxlan_state()
+                .is_some_and(|st| !st.mentions(&dead))
+        })
+    });
+    let took = killed.elapsed();
+    assert!(
+        gone,
+        "dead node {dead:?}: its route, neighbour and FDB entry must leave the other nodes \
+         within leaseTTL (+ etcd's expiry check and polling) = {bound:?}; after {took:?}:\n{}",
+        c.diagnostics()
+    );
+    assert!(
+        record_of(&c, 2).is_none(),
+        "the dead node's record should have expired from etcd"
+    );
+    eprintln!("dead node removed from its peers {took:?} after SIGKILL (bound {bound:?})");
+    // The survivors still hold each other, and their pods still talk.
+    assert!(c.converged(&[0, 1]), "survivors lost each other");
+    assert_pods_reach_across(&c, &[0, 1], "survivors");
+}
+
+#[test]
+fn restarted_agent_keeps_its_subnet_and_vtep_mac_and_traffic_resumes() {
+    let mut c = three_node_cluster(1);
+    assert_pods_reach_across(&c, &[0, 1, 2], "before the restart");
+    let node = 1;
+    let kept = NodeIdentity::of(&c, node);
+    let record_before = record_of(&c, node).expect("record");
+
+    let status = c.nodes[node].take_agent().terminate();
+    assert!(
+        status.success(),
+        "agent should exit 0 on SIGTERM, got {status}:\n{}",
+        c.nodes[node].diagnostics()
+    );
+    // releaseOnExit (default true): the lease is revoked before exit, so peers drop the node
+    // without waiting for the TTL.
+    assert!(
+        record_of(&c, node).is_none(),
+        "SIGTERM with releaseOnExit should have revoked the record"
+    );
+    let me = record_before.clone();
+    assert!(
+        eventually(reconcile_bound(), || [0, 2].iter().all(|&i| c.nodes[i]
+            .vxlan_state()
+            .is_some_and(|st| !st.mentions(&me)))),
+        "peers should drop a released node within resyncSeconds:\n{}",
+        c.diagnostics()
+    );
+
+    c.nodes[node].start_agent();
+    assert!(
+        eventually(LEASE_TIMEOUT, || record_of(&c, node).is_some()),
+        "restarted agent did not publish its record:\n{}",
+        c.diagnostics()
+    );
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after the restart");
+    assert_eq!(
+        record_of(&c, node),
+        Some(record_before),
+        "the restarted agent must lease the same subnet with the same VTEP MAC"
+    );
+    kept.assert_kept(&c, node);
+    assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
+}
+
+#[test]
+fn killed_agent_reclaims_its_record_with_the_same_subnet_and_mac_and_traffic_flows() {
+    let mut c = three_node_cluster(1);
+    let node = 1;
+    assert_pods_reach_across(&c, &[0, 1, 2], "before the kill");
+    let record_before = record_of(&c, node).expect("record");
+    let key = subnet_key(ETCD_PREFIX, record_before.subnet);
+    let old_lease = c.etcd.key_lease(&key).expect("the record has a lease");
+    let kept = NodeIdentity::of(&c, node);
+    let ifindex = |c: &OverlayCluster| {
+        c.nodes[node]
+            .netns()
+            .link_details(DEVICE)
+            .and_then(|l| l["ifindex"].as_u64())
+    };
+    let ifindex_before = ifindex(&c).expect("device");
+    // Pings both ways between the node's pod and the others', for the whole crash and restart.
+    let mine: Vec<usize> = (0..c.pods.len())
+        .filter(|&p| c.pods[p].node == node)
+        .collect();
+    let mut streams = Vec::new();
+    for &m in &mine {
+        for other in c.pods.iter().filter(|p| p.node != node) {
+            let interval = Duration::from_millis(200);
+            streams.push(PingStream::start(&c.pods[m].netns, other.addr, interval));
+            streams.push(PingStream::start(&other.netns, c.pods[m].addr, interval));
+        }
+    }
+    let started = Instant::now();
+
+    // A crash: nothing is released, the record stays with its lease until that runs out.
+    c.nodes[node].take_agent().kill();
+    assert_eq!(
+        record_of(&c, node),
+        Some(record_before.clone()),
+        "SIGKILL releases nothing"
+    );
+    assert_eq!(c.etcd.key_lease(&key), Some(old_lease));
+
+    c.nodes[node].start_agent();
+    // The agent takes its own record over with a new lease (not a new subnet).
+    let reclaimed = eventually(LEASE_TIMEOUT, || {
+        c.etcd
+            .key_lease(&key)
+            .is_some_and(|l| l != 0 && l != old_lease)
+    });
+    assert!(
+        reclaimed,
+        "the restarted agent must attach its record to a new lease; {key} has lease {:?} \
+         (old {old_lease}):\n{}",
+        c.etcd.key_lease(&key),
+        c.diagnostics()
+    );
+    assert_eq!(
+        c.records().map(|r| r.len()),
+        Some(3),
+        "one record per node: no second subnet leased"
+    );
+    // The old lease runs out, and the record, now on the new lease, outlives it.
+    let old_gone = eventually(secs(LEASE_TTL) + ETCD_EXPIRY_CHECK + GRACE, || {
+        c.etcd.lease_remaining(old_lease).is_none()
+    });
+    assert!(
+        old_gone,
+        "the crashed agent's lease {old_lease:x} did not expire"
+    );
+    assert_eq!(
+        record_of(&c, node),
+        Some(record_before),
+        "after the old lease expired: same subnet and VTEP MAC in etcd"
+    );
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after the restart");
+    kept.assert_kept(&c, node);
+    assert_eq!(
+        ifindex(&c),
+        Some(ifindex_before),
+        "the VXLAN device has the same settings, so it must be kept, not recreated"
+    );
+    assert_streams_lost_nothing(streams, started, "across the crash and restart");
+    assert_pods_reach_across(&c, &[0, 1, 2], "after the restart");
+}
+
+#[test]
+fn ipv6_underlay_carries_ipv4_pods_with_the_mtu_less_70() {
+    // Nodes and etcd on fd00:30::/64 with no IPv4 at all on the underlay: the agents find it
+    // from the IPv6 default route, and VXLAN runs over IPv6 or not at all.
+    let c = three_node_cluster_on(Underlay::new_v6(), RESYNC, 1);
+    // assert_leases_and_devices (above) already checked subnet.env and the device: MTU
+    // 1500 − 70, local6 = the node's address. Here: the records and the FDB entries.
+    for (i, node) in c.nodes.iter().enumerate() {
+        let ctx = format!("node {}", node.underlay_ip());
+        assert!(
+            node.netns().ipv4_addresses("eth0").is_empty(),
+            "{ctx}: the underlay must be IPv6-only"
+        );
+        let record = record_of(&c, i).unwrap_or_else(|| panic!("{ctx}: no record"));
+        assert!(
+            record.underlay.is_ipv6(),
+            "{ctx}: the record must carry PublicIPv6: {record:?}"
+        );
+        let st = node.vxlan_state().expect("device");
+        assert!(
+            st.fdb.len() == 2 && st.fdb.iter().all(|(_, dst)| dst.is_ipv6()),
+            "{ctx}: FDB entries must point at the peers' IPv6 addresses: {st:?}"
+        );
+    }
+    for pod in &c.pods {
+        let mtu = pod
+            .netns
+            .link_details("eth0")
+            .and_then(|l| l["mtu"].as_u64());
+        assert_eq!(mtu, Some(u64::from(OVERLAY_MTU_V6)), "pod {} MTU", pod.addr);
+    }
+    assert_pods_reach_across(&c, &[0, 1, 2], "IPv6 underlay");
+    // A full-size packet with DF set fits: 1430 bytes of IPv4 (1402 of ICMP payload) become
+    // exactly 1500 on the underlay.
+    let payload = (OVERLAY_MTU_V6 - 28).to_string();
+    let (from, to) = (&c.pods[0], &c.pods[1]);
+    assert_ne!(from.node, to.node);
+    let to_addr = to.addr.to_string();
+    let out = from.netns.run(
+        "ping",
+        &[
+            "-c1", "-W2", "-n", "-q", "-M", "do", "-s", &payload, &to_addr,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "a {payload}-byte DF ping {} -> {} must fit the IPv6 encapsulation: {}\n{}",
+        from.addr,
+        to.addr,
+        String::from_utf8_lossy(&out.stdout),
+        c.diagnostics()
+    );
+}
+
+#[test]
+fn underlay_interface_picks_that_interfaces_address_over_the_default_route() {
+    require_root();
+    // Each node: eth0 on an IPv4 underlay with the default route, eth1 on an IPv6 one
+    // without. underlayInterface eth1 must win over the default route (and, eth1 having only
+    // IPv6, the IPv6 family over the IPv4 preference).
+    let main = Underlay::new();
+    let second = Underlay::new_v6();
+    let dir = tempfile::Builder::new()
+        .prefix("cnit-vx-ulif-")
+        .tempdir()
+        .expect("tempdir");
+    let peers_file = dir.path().join("peers.json");
+    let fields = json!({"peersFile": peers_file, "resyncSeconds": RESYNC,
+                        "underlayInterface": "eth1"});
+    let mut nodes = [
+        OverlayNode::new(&main, 1, &fields),
+        OverlayNode::new(&main, 2, &fields),
+    ];
+    let peers: Vec<Peer> = (1..=2u8)
+        .map(|n| Peer {
+            subnet: Ipv4Net::new(Ipv4Addr::new(10, 200, n, 0), 24).expect("valid"),
+            underlay: second.addr(n),
+            vtep_mac: format!("0e:00:0a:c8:0{n}:00"),
+        })
+        .collect();
+    for (node, n) in nodes.iter().zip(1u8..) {
+        second.attach(node.netns(), second.addr(n), "eth1", false);
+    }
+    let list: Vec<Value> = peers
+        .iter()
+        .map(|p| json!({"subnet": p.subnet.to_string(), "underlay": p.underlay.to_string(), "vtepMac": p.vtep_mac}))
+        .collect();
+    fs::write(&peers_file, Value::Array(list).to_string()).expect("write peers file");
+    for node in &mut nodes {
+        node.start_agent();
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let env = node.wait_for_lease();
+        let ctx = format!("node {} with underlayInterface eth1", node.underlay_ip());
+        assert_eq!(env.node_subnet(), peers[i].subnet, "{ctx}: subnet");
+        assert_eq!(env.mtu, OVERLAY_MTU_V6, "{ctx}: FLANNEL_MTU");
+        let link = node.netns().link_details(DEVICE).expect("device");
+        let data = &link["linkinfo"]["info_data"];
+        assert_eq!(data["link"].as_str(), Some("eth1"), "{ctx}: {link}");
+        assert_eq!(
+            data["local6"].as_str(),
+            Some(peers[i].underlay.to_string().as_str()),
+            "{ctx}: local6 must be eth1's address: {link}"
+        );
+        assert!(data.get("local").is_none(), "{ctx}: {link}");
+        let other = peers[1 - i].clone();
+        assert!(
+            eventually(reconcile_bound(), || {
+                node.vxlan_state()
+                    .is_some_and(|st| st.programs_exactly(std::slice::from_ref(&other)))
+            }),
+            "{ctx}: peer {other:?} not programmed:\n{}",
+            node.diagnostics()
+        );
+    }
+    let pods = [Netns::new("cnit-vxpod-"), Netns::new("cnit-vxpod-")];
+    let addrs = [nodes[0].add_pod(&pods[0]), nodes[1].add_pod(&pods[1])];
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(
+            ping(&pods[from], addrs[to]),
+            "over eth1: {} cannot reach {}:\n{}\n{}",
+            addrs[from],
+            addrs[to],
+            nodes[0].diagnostics(),
+            nodes[1].diagnostics()
+        );
+    }
+}
+
+#[test]
+fn dataplane_survives_an_etcd_restart_and_agents_republish() {
+    let mut c = three_node_cluster(1);
+    let all = [0, 1, 2];
+    let before: BTreeSet<Peer> = c.records().expect("etcd answers").into_iter().collect();
+
+    // A ping stream between every ordered pair of nodes for the whole outage and restart.
+    let mut streams = Vec::new();
+    for from in &c.pods {
+        for to in c.pods.iter().filter(|p| p.node != from.node) {
+            streams.push(PingStream::start(
+                &from.netns,
+                to.addr,
+                Duration::from_millis(200),
+            ));
+        }
+    }
+    let started = Instant::now();
+
+    c.etcd.kill();
+    // Longer than the TTL and several resyncs and renewals, all failing: the agents must keep
+    // the dataplane and keep running.
+    let outage = secs(LEASE_TTL + 2 * RESYNC);
+    let peers_of: Vec<Vec<Peer>> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            before
+                .iter()
+                .filter(|p| p.underlay != n.underlay_ip())
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let kept = holds_for(outage, || {
+        c.nodes.iter_mut().zip(&peers_of).all(|(node, peers)| {
+            node.agent_mut().is_some_and(|a| a.exited().is_none())
+                && node
+                    .vxlan_state()
+                    .is_some_and(|st| st.programs_exactly(peers))
+        })
+    });
+    assert!(
+        kept,
+        "with etcd down the agents must keep running and keep every peer programmed:\n{}",
+        c.diagnostics()
+    );
+
+    c.etcd.start_again();
+    // etcd restores leases with a fresh TTL on restart, so the records outlive it only if
+    // the agents renew them: watch them for two TTLs.
+    let republished = holds_for(secs(2 * LEASE_TTL) + GRACE, || {
+        c.records()
+            .is_some_and(|r| r.into_iter().collect::<BTreeSet<_>>() == before)
+    });
+    assert!(
+        republished,
+        "after etcd restarted, every agent's record must stay (renewed); etcd holds {:?}:\n{}",
+        c.records(),
+        c.diagnostics()
+    );
+    // The agents watch etcd again: a new peer appears on every node, and goes when its lease
+    // is revoked.
+    let probe = Peer {
+        subnet: "10.200.250.0/24".parse().expect("valid"),
+        underlay: "172.30.0.250".parse().expect("valid"),
+        vtep_mac: "0e:00:00:00:00:fa".into(),
+    };
+    let lease = c.etcd.lease_grant(LEASE_TTL);
+    c.etcd.put(
+        &subnet_key(ETCD_PREFIX, probe.subnet),
+        &probe.record_json(1),
+        Some(lease),
+    );
+    assert!(
+        eventually(reconcile_bound(), || all.iter().all(|&i| c.nodes[i]
+            .vxlan_state()
+            .is_some_and(|st| st.programs(&probe)))),
+        "after the etcd restart, agents did not program a new peer:\n{}",
+        c.diagnostics()
+    );
+    c.etcd.lease_revoke(lease);
+    assert!(
+        eventually(reconcile_bound(), || all.iter().all(|&i| c.nodes[i]
+            .vxlan_state()
+            .is_some_and(|st| !st.mentions(&probe)))),
+        "after the etcd restart, agents did not remove a revoked peer:\n{}",
+        c.diagnostics()
+    );
+
+    assert_streams_lost_nothing(streams, started, "during the etcd outage and restart");
+    assert_pods_reach_across(&c, &all, "after the etcd restart");
+}
+
+#[test]
+fn agents_republish_after_etcd_loses_its_data() {
+    let mut c = three_node_cluster(1);
+    let before: BTreeSet<Peer> = c.records().expect("etcd answers").into_iter().collect();
+    let leases_before = record_leases(&c, &before);
+    c.etcd.kill();
+    c.etcd.wipe_data();
+    c.etcd.start_again();
+    // Each agent finds its lease gone at its next renewal (every leaseTTL/3) and claims its
+    // subnet again; the bound allows for reconnecting first.
+    let back = eventually(LEASE_TIMEOUT, || {
+        c.records()
+            .is_some_and(|r| r.into_iter().collect::<BTreeSet<_>>() == before)
+    });
+    assert!(
+        back,
+        "agents must re-publish the same subnets and MACs; etcd holds {:?}:\n{}",
+        c.records(),
+        c.diagnostics()
+    );
+    // New etcd leases: the records were claimed again, not restored from old data.
+    let leases_after = record_leases(&c, &before);
+    for (subnet, lease) in &leases_after {
+        assert!(
+            *lease != 0 && leases_before.get(subnet) != Some(lease),
+            "record of {subnet} should carry a new etcd lease: {leases_before:?} -> {leases_after:?}"
+        );
+    }
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after etcd lost its data");
+    assert_pods_reach_across(&c, &[0, 1, 2], "after etcd lost its data");
+}
+
+#[test]
+fn add_before_the_lease_is_try_again_later_and_static_peers_file_connects_two_nodes() {
+    require_root();
+    let underlay = Underlay::new();
+    let dir = tempfile::Builder::new()
+        .prefix("cnit-vx-static-")
+        .tempdir()
+        .expect("tempdir");
+    let peers_file = dir.path().join("peers.json");
+    // txChecksumOffload set both ways, one per node: the agent applies what it is told.
+    let fields = |tx_csum: bool| json!({"peersFile": peers_file, "resyncSeconds": RESYNC, "txChecksumOffload": tx_csum});
+    let mut a = OverlayNode::new(&underlay, 1, &fields(false));
+    let mut b = OverlayNode::new(&underlay, 2, &fields(true));
+
+    // A fresh node with no agent: nothing leased, so ADD must ask the runtime to retry.
+    let pod_a = Netns::new("cnit-vxpod-");
+    let ctx = "ADD before the agent";
+    let out = a.plugin_run("ADD", &pod_a, "early-pod").exec();
+    out.expect_cni_error_code(ctx, TRY_AGAIN_LATER, Some("1.0.0"));
+    assert!(!pod_a.has_link("eth0"), "{ctx}: pod interface created");
+    assert!(
+        a.leases().reserved_addresses().is_empty(),
+        "{ctx}: an address was reserved"
+    );
+    let veths: Vec<String> = a
+        .netns()
+        .links_of_kind("veth")
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(veths, ["eth0"], "{ctx}: only the underlay veth may exist");
+    let out = a.cnitool_add(&pod_a);
+    assert!(
+        !out.status.success(),
+        "{ctx}: cnitool add should fail: {}",
+        out.describe()
+    );
+
+    // Static mode: both nodes from one peers file.
+    let peers = [
+        Peer {
+            subnet: "10.200.1.0/24".parse().expect("valid"),
+            underlay: a.underlay_ip(),
+            vtep_mac: "0e:00:0a:c8:01:00".into(),
+        },
+        Peer {
+            subnet: "10.200.2.0/24".parse().expect("valid"),
+            underlay: b.underlay_ip(),
+            vtep_mac: "0e:00:0a:c8:02:00".into(),
+        },
+    ];
+    let list: Vec<Value> = peers
+        .iter()
+        .map(|p| json!({"subnet": p.subnet.to_string(), "underlay": p.underlay.to_string(), "vtepMac": p.vtep_mac}))
+        .collect();
+    fs::write(&peers_file, Value::Array(list).to_string()).expect("write peers file");
+    a.start_agent();
+    b.start_agent();
+    for (node, me, other, tx_csum) in [
+        (&mut a, &peers[0], &peers[1], "off"),
+        (&mut b, &peers[1], &peers[0], "on"),
+    ] {
+        let env = node.wait_for_lease();
+        let ctx = format!("static node {}", node.underlay_ip());
+        assert_eq!(
+            env.node_subnet(),
+            me.subnet,
+            "{ctx}: subnet from the peers file"
+        );
+        assert_eq!(
+            link_mac(node.netns(), DEVICE).as_deref(),
+            Some(me.vtep_mac.as_str()),
+            "{ctx}: VTEP MAC from the peers file"
+        );
+        assert_vxlan_device(node, me.subnet);
+        let ethtool = node.netns().run("ethtool", &["-k", DEVICE]);
+        let features = String::from_utf8_lossy(&ethtool.stdout);
+        assert!(
+            features
+                .lines()
+                .any(|l| l == format!("tx-checksumming: {tx_csum}")),
+            "{ctx}: txChecksumOffload must leave tx-checksumming {tx_csum}: {features}{}",
+            String::from_utf8_lossy(&ethtool.stderr)
+        );
+        let other = other.clone();
+        assert!(
+            eventually(reconcile_bound(), || {
+                node.vxlan_state()
+                    .is_some_and(|st| st.programs_exactly(std::slice::from_ref(&other)))
+            }),
+            "{ctx}: peer {other:?} not programmed:\n{}",
+            node.diagnostics()
+        );
+    }
+
+    // The runtime's retry now succeeds, and pods on the two nodes reach each other.
+    let addr_a = a.add_pod(&pod_a);
+    let pod_b = Netns::new("cnit-vxpod-");
+    let addr_b = b.add_pod(&pod_b);
+    assert!(
+        ping(&pod_a, addr_b),
+        "static mode: {addr_a} cannot reach {addr_b}:\n{}\n{}",
+        a.diagnostics(),
+        b.diagnostics()
+    );
+    assert!(
+        ping(&pod_b, addr_a),
+        "static mode: {addr_b} cannot reach {addr_a}:\n{}\n{}",
+        a.diagnostics(),
+        b.diagnostics()
+    );
+}
+
+/// What a restarted agent must keep: its subnet.env, its agent.json and its VTEP MAC.
+struct NodeIdentity {
+    subnet_env: String,
+    agent_state: Value,
+    vtep_mac: String,
+}
+
+impl NodeIdentity {
+    fn of(c: &OverlayCluster, node: usize) -> NodeIdentity {
+        NodeIdentity {
+            subnet_env: c.nodes[node].subnet_env().expect("subnet.env").text,
+            agent_state: c.nodes[node].agent_state().expect("agent.json"),
+            vtep_mac: c.nodes[node].device_mac().expect("device"),
+        }
+    }
+
+    fn assert_kept(&self, c: &OverlayCluster, node: usize) {
+        let n = &c.nodes[node];
+        assert_eq!(
+            n.subnet_env().map(|e| e.text).as_ref(),
+            Some(&self.subnet_env),
+            "subnet.env changed"
+        );
+        assert_eq!(
+            n.agent_state().as_ref(),
+            Some(&self.agent_state),
+            "agent.json changed"
+        );
+        assert_eq!(
+            n.device_mac().as_ref(),
+            Some(&self.vtep_mac),
+            "VTEP MAC changed"
+        );
+    }
+}
