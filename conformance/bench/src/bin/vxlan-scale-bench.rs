@@ -836,17 +836,29 @@ impl KernelMonitor {
     }
 
     /// Stops the monitor; returns whether it reported the canary, and the notifications about
-    /// the VXLAN device's entries. The kernel's own routes are left out: a new link's IPv6
-    /// link-local address gets its `local` route (`proto kernel`) only once duplicate address
-    /// detection ends, a second or two after the agent brought the device up.
+    /// the VXLAN device's entries of the kinds the agent writes. The kernel's own routes are
+    /// left out: a new link's IPv6 link-local address gets its `local` route (`proto kernel`)
+    /// only once duplicate address detection ends, a second or two after the agent brought
+    /// the device up.
     fn finish(mut self) -> (bool, Vec<String>) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let text = fs::read_to_string(self.out.path()).unwrap_or_default();
         let canary = text.lines().any(|l| l.contains(MONITOR_CANARY));
+        // The agent writes IPv4 routes and neighbours and FDB entries with a remote (`dst`);
+        // the kernel's own IPv6 traffic on the device (link-local address, MLD reports making
+        // `ff02::` multicast neighbours) shows up late under load and is not the agent's.
         let on_device = |l: &&str| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            words.windows(2).any(|w| w == ["dev", DEVICE]) && !l.contains("proto kernel")
+            let first = match words.first() {
+                Some(&"Deleted") => words.get(1),
+                other => other,
+            };
+            let agents = first.is_some_and(|w| {
+                let addr = w.split('/').next().unwrap_or(w);
+                addr.parse::<std::net::Ipv4Addr>().is_ok() || words.contains(&"dst")
+            });
+            words.windows(2).any(|w| w == ["dev", DEVICE]) && !l.contains("proto kernel") && agents
         };
         let lines = text.lines().filter(on_device).map(str::to_owned).collect();
         (canary, lines)
