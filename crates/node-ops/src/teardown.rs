@@ -351,7 +351,7 @@ fn plan_remote(opts: &Options, nets: &[SuiteNetwork], plan: &mut Plan) {
                 continue;
             }
             if opts.with_vpc_routes {
-                // The binary, not the vpc-routes crate: linking the AWS SDK into cni-suite
+                // The binary, not vpc-routes-aws: linking the AWS SDK into cni-suite
                 // would make it wait for the SDK's compile, and the binary is installed
                 // wherever vpc-route is in use.
                 match vpc::find_binary(&opts.bin_dirs) {

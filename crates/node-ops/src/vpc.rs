@@ -1,31 +1,22 @@
-//! vpc-route on a node, without linking it: its node state file for the doctor (read with a
-//! struct of the few fields used, no EC2 call: the doctor must work on a node without
-//! credentials), and deregistration for teardown by running the installed `vpc-route` binary,
-//! so that `cni-suite` never waits for the AWS SDK's 15-minute compile.
+//! vpc-route on a node: its node state for the doctor, read with vpc-routes' own types (the
+//! SDK-free core: no EC2 call, so the doctor works on a node without credentials), and
+//! deregistration for teardown by running the installed `vpc-route` binary, which alone
+//! links the AWS SDK (vpc-routes-aws).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
+use vpc_routes::{StateStore, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS};
 
 use crate::Error;
-
-/// vpc-routes' `DEFAULT_DATA_DIR`.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/vpc-route";
 
 /// The plugin binary's name in a CNI bin dir.
 pub const BINARY: &str = "vpc-route";
 
-/// vpc-routes' `DEFAULT_DEADLINE_SECONDS`: how long one deregistration may talk to EC2.
-const DEFAULT_DEADLINE_SECONDS: u64 = 20;
-
 /// Process start, IMDS and the runtime on top of the plugin's own deadline.
 const EXEC_MARGIN: Duration = Duration::from_secs(15);
-
-/// The node state format this reads (vpc-routes' `STATE_VERSION`).
-const STATE_VERSION: u64 = 1;
 
 /// What the node state file says, for a report.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,75 +31,46 @@ pub struct VpcState {
     pub source_dest_check_off: bool,
     /// Seconds since EC2 last confirmed it.
     pub age_seconds: Option<u64>,
+    /// [`vpc_routes::NodeState::is_complete`], as the plugin judges it.
+    complete: bool,
 }
 
 impl VpcState {
-    /// Registered in every table with source/dest check off (vpc-routes' `is_complete`).
+    /// Registered in every table with source/dest check off.
     pub fn is_complete(&self) -> bool {
-        self.source_dest_check_off && !self.tables.is_empty() && self.tables.iter().all(|t| t.1)
+        self.complete
     }
 }
 
-/// The fields of vpc-routes' `NodeState` (node.json) the doctor reports; others are ignored.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NodeFile {
-    #[serde(rename = "podCIDR")]
-    pod_cidr: String,
-    #[serde(default)]
-    tables: Vec<TableFile>,
-    #[serde(default)]
-    source_dest_check_off: bool,
-    verified_at: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct TableFile {
-    id: String,
-    #[serde(default)]
-    registered: bool,
-    problem: Option<String>,
+/// The node state store of a `vpc-route` conflist entry: its `dataDir`, else the plugin's
+/// default. Read from the raw entry, not a parsed `vpc_routes::Config`: the doctor reports
+/// the state even when another key of the entry is invalid.
+fn store(entry: &Value) -> StateStore {
+    StateStore::new(entry["dataDir"].as_str().unwrap_or(DEFAULT_DATA_DIR))
 }
 
 /// The state file of a `vpc-route` conflist entry.
 pub fn state_path(entry: &Value) -> PathBuf {
-    PathBuf::from(entry["dataDir"].as_str().unwrap_or(DEFAULT_DATA_DIR)).join("node.json")
+    store(entry).path()
 }
 
-/// Reads the node state of a `vpc-route` entry: Ok(None) when the node never registered.
+/// Reads the node state of a `vpc-route` entry: Ok(None) when the node never registered; an
+/// error naming the file when it is unreadable or another format version.
 pub fn node_state(entry: &Value) -> Result<Option<VpcState>, String> {
-    let path = state_path(entry);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    let Some(state) = store(entry).read().map_err(|e| e.to_string())? else {
+        return Ok(None);
     };
-    // The version first: another format's fields may not decode as this one's.
-    let v: Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    if v["version"].as_u64() != Some(STATE_VERSION) {
-        return Err(format!(
-            "{}: format version {} (this build reads {STATE_VERSION})",
-            path.display(),
-            v["version"]
-        ));
-    }
-    let file: NodeFile =
-        serde_json::from_value(v).map_err(|e| format!("{}: {e}", path.display()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
     Ok(Some(VpcState {
-        pod_cidr: file.pod_cidr,
-        tables: file
+        path: state_path(entry),
+        pod_cidr: state.pod_cidr.to_string(),
+        tables: state
             .tables
-            .into_iter()
-            .map(|t| (t.id, t.registered, t.problem))
+            .iter()
+            .map(|t| (t.id.clone(), t.registered, t.problem.clone()))
             .collect(),
-        source_dest_check_off: file.source_dest_check_off,
-        age_seconds: file.verified_at.map(|t| now.saturating_sub(t)),
-        path,
+        source_dest_check_off: state.source_dest_check_off,
+        age_seconds: Some(state.age().as_secs()),
+        complete: state.is_complete(),
     }))
 }
 
@@ -156,20 +118,47 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// node.json as vpc-route 0.1.0 writes it (one table full, so not complete).
+    const RELEASE_0_1_0_NODE_JSON: &str = r#"{
+  "version": 1,
+  "clusterName": "c",
+  "podCIDR": "10.244.3.0/24",
+  "routeTableIds": [],
+  "node": {
+    "instanceId": "i-1",
+    "region": "us-east-1",
+    "eniId": "eni-1",
+    "vpcId": "vpc-1"
+  },
+  "tables": [
+    {
+      "id": "rtb-1",
+      "routes": 3,
+      "registered": true,
+      "full": false
+    },
+    {
+      "id": "rtb-2",
+      "routes": 50,
+      "registered": false,
+      "full": true,
+      "problem": "quota"
+    }
+  ],
+  "sourceDestCheckOff": true,
+  "verifiedAt": 1,
+  "bootId": "b"
+}"#;
+
     #[test]
     fn reads_vpc_routes_node_state() {
         let dir = tempfile::tempdir().unwrap();
         let entry = serde_json::json!({"type": "vpc-route", "dataDir": dir.path()});
+        assert_eq!(state_path(&entry), dir.path().join("node.json"));
         assert_eq!(node_state(&entry).unwrap(), None);
-        std::fs::write(
-            dir.path().join("node.json"),
-            r#"{"version":1,"clusterName":"c","podCIDR":"10.244.3.0/24","node":{},
-               "tables":[{"id":"rtb-1","routes":3,"registered":true},
-                         {"id":"rtb-2","routes":50,"registered":false,"full":true,"problem":"quota"}],
-               "sourceDestCheckOff":true,"verifiedAt":1}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("node.json"), RELEASE_0_1_0_NODE_JSON).unwrap();
         let s = node_state(&entry).unwrap().unwrap();
+        assert_eq!(s.path, dir.path().join("node.json"));
         assert_eq!(s.pod_cidr, "10.244.3.0/24");
         assert_eq!(
             s.tables,
@@ -178,14 +167,28 @@ mod tests {
                 ("rtb-2".to_string(), false, Some("quota".to_string()))
             ]
         );
+        assert!(s.source_dest_check_off);
         assert!(!s.is_complete());
         assert!(s.age_seconds.is_some_and(|a| a > 0));
+        let complete =
+            RELEASE_0_1_0_NODE_JSON.replace(r#""registered": false"#, r#""registered": true"#);
+        std::fs::write(dir.path().join("node.json"), complete).unwrap();
+        assert!(node_state(&entry).unwrap().unwrap().is_complete());
 
         std::fs::write(dir.path().join("node.json"), r#"{"version":2,"podCIDR":7}"#).unwrap();
         let e = node_state(&entry).unwrap_err();
         assert!(e.contains("format version 2"), "{e}");
         std::fs::write(dir.path().join("node.json"), r#"{"version":1,"podCIDR":7}"#).unwrap();
         assert!(node_state(&entry).is_err());
+    }
+
+    #[test]
+    fn default_data_dir_is_the_plugins() {
+        let entry = serde_json::json!({"type": "vpc-route"});
+        assert_eq!(
+            state_path(&entry),
+            Path::new("/var/lib/cni/vpc-route/node.json")
+        );
     }
 
     fn script(dir: &Path, body: &str) -> PathBuf {

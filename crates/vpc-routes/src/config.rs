@@ -147,6 +147,16 @@ impl Config {
     pub fn state_max_age(&self) -> Duration {
         Duration::from_secs(self.state_max_age_seconds)
     }
+
+    /// The region the node is in without asking IMDS: `region`, else the standard
+    /// environment variables `AWS_REGION`, `AWS_DEFAULT_REGION`.
+    pub fn region_override(&self) -> Option<String> {
+        self.region.clone().or_else(|| {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        })
+    }
 }
 
 #[cfg(test)]

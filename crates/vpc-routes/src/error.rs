@@ -189,6 +189,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The node state file is not one this build reads: another format version, or not
+    /// decodable. The plugin ignores such a file (it is a cache); a report shows it.
+    #[error("node state {path}: {reason}")]
+    StateFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version found, or the decode error.
+        reason: String,
+    },
+
     /// Some steps of a multi-step change (deregister, gc) failed; the others were done.
     #[error("{} of {} steps failed:\n{plan}", .plan.failed_count(), .plan.steps.len())]
     Incomplete {
@@ -256,7 +266,7 @@ pub enum ErrorKind {
     RouteMissing,
     /// See [`Error::Api`].
     Api,
-    /// See [`Error::State`].
+    /// See [`Error::State`] and [`Error::StateFormat`].
     State,
     /// See [`Error::Incomplete`].
     Incomplete,
@@ -277,7 +287,7 @@ impl Error {
                 ErrorKind::NoRouteTables
             }
             Error::RouteMissing { .. } | Error::SourceDestCheck { .. } => ErrorKind::RouteMissing,
-            Error::State { .. } => ErrorKind::State,
+            Error::State { .. } | Error::StateFormat { .. } => ErrorKind::State,
             Error::Incomplete { .. } => ErrorKind::Incomplete,
         }
     }

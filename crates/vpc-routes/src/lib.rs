@@ -1,23 +1,18 @@
-//! Make a node's pod CIDR routable in its AWS VPC: one route per cluster route table.
+//! Make a node's pod CIDR routable in its AWS VPC: one route per cluster route table. This
+//! crate is the part without the AWS SDK (config, node state, rules, retries, errors), so
+//! that `cni-suite` can read the node state with the plugin's own types; the SDK adapter and
+//! IMDSv2 are in `vpc-routes-aws`, which only the `vpc-route` binary links.
 //!
-//! The `vpc-route` plugin binary is a thin layer over this crate:
+//! The `vpc-route` plugin binary is a thin layer over both (vpc-routes-aws shows the calls).
 //!
-//! ```no_run
-//! # async fn add(plugin_config: serde_json::Value) -> Result<(), vpc_routes::Error> {
-//! let config = vpc_routes::Config::from_value(plugin_config)?;
-//! let registrar = vpc_routes::Registrar::connect(config).await?; // no EC2 call
-//! let plan = registrar.ensure().await?; // warm: no EC2 call either
-//! log::debug!("{plan}");
-//! # Ok(()) }
-//! ```
-//!
-//! - [`Config`]: the plugin's keys; [`NodeIdentity`]: instance, region, primary ENI, VPC from
-//!   IMDSv2, each overridable.
+//! - [`Config`]: the plugin's keys; [`NodeIdentity`]: instance, region, primary ENI, VPC
+//!   (vpc-routes-aws resolves it from IMDSv2), each overridable.
 //! - [`Registrar`]: `ensure` (ADD, `register`), `check` (CHECK), `deregister`, `gc` (both with
 //!   a dry run); changes come back as a printable [`Plan`]. [`status()`] (STATUS) reads the
-//!   node state only.
-//! - [`Ec2`]: the EC2 calls used, implemented by [`AwsEc2`] (aws-sdk-ec2) and wrapped by
-//!   [`FaultInjectingEc2`] in tests for what moto cannot emulate.
+//!   node state only; [`StateStore`] and [`NodeState`] are node.json.
+//! - [`Ec2`]: the EC2 calls used, implemented by vpc-routes-aws' `AwsEc2` (aws-sdk-ec2) and,
+//!   with the `fault-injection` feature (tests, drills), wrapped by `FaultInjectingEc2` for
+//!   what moto cannot emulate.
 //!
 //! # Rules
 //! - Tables: `routeTableIds`, else every table of the node's VPC tagged
@@ -49,8 +44,9 @@
 mod config;
 mod ec2;
 mod error;
+#[cfg(feature = "fault-injection")]
 mod fault;
-mod identity;
+mod node;
 mod plan;
 mod registrar;
 mod retry;
@@ -61,13 +57,15 @@ pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS, DEFAULT_STATE_MAX_AGE_SECONDS,
 };
 pub use ec2::{
-    ApiError, ApiErrorKind, AwsEc2, Ec2, Instance, Operation, Route, RouteOrigin, RouteState,
-    RouteTable, RouteTarget, TableQuery,
+    ApiError, ApiErrorKind, Ec2, Instance, Operation, Route, RouteOrigin, RouteState, RouteTable,
+    RouteTarget, TableQuery,
 };
 pub use error::{Error, ErrorKind, ROUTE_QUOTA_CODE};
+#[cfg(feature = "fault-injection")]
 pub use fault::FaultInjectingEc2;
-pub use identity::NodeIdentity;
+pub use node::NodeIdentity;
 pub use plan::{Action, Outcome, Plan, Reason, Step};
 pub use registrar::Registrar;
-pub use state::{NodeState, StateStore, TableState};
+pub use retry::Deadline;
+pub use state::{NodeState, StateStore, TableState, STATE_FILE, STATE_VERSION};
 pub use status::{status, Status, TableStatus};

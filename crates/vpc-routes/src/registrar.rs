@@ -8,11 +8,11 @@ use ipnet::Ipv4Net;
 
 use crate::config::Config;
 use crate::ec2::{
-    ApiError, ApiErrorKind, AwsEc2, Ec2, Operation, Route, RouteOrigin, RouteState, RouteTable,
+    ApiError, ApiErrorKind, Ec2, Operation, Route, RouteOrigin, RouteState, RouteTable,
     RouteTarget, TableQuery,
 };
 use crate::error::Error;
-use crate::identity::NodeIdentity;
+use crate::node::NodeIdentity;
 use crate::plan::{Action, Outcome, Plan, Reason};
 use crate::retry::{self, Deadline};
 use crate::state::{NodeState, StateStore, TableState};
@@ -20,8 +20,8 @@ use crate::state::{NodeState, StateStore, TableState};
 /// Registers one node's pod CIDR in the cluster's VPC route tables.
 ///
 /// Every EC2-calling operation runs under a deadline of `deadlineSeconds`, throttled calls
-/// included; after [`Registrar::connect`], the first operation shares its deadline with the
-/// IMDS lookup, so a cold ADD is bounded as a whole. Changing operations hold the node lock
+/// included; with [`Registrar::inheriting`] (what vpc-routes-aws' `connect` does), the first
+/// operation shares its deadline with the IMDS lookup, so a cold ADD is bounded as a whole. Changing operations hold the node lock
 /// in `dataDir`, so concurrent ADDs make one registration between them.
 #[derive(Debug)]
 pub struct Registrar<E> {
@@ -29,40 +29,9 @@ pub struct Registrar<E> {
     node: NodeIdentity,
     ec2: E,
     store: StateStore,
-    /// The deadline started by `connect`, for the first operation to inherit.
+    /// The deadline started before the registrar (IMDS lookup), for the first operation to
+    /// inherit.
     inherited: Mutex<Option<Deadline>>,
-}
-
-impl Registrar<AwsEc2> {
-    /// What the plugin binary calls: identity from the node state cache when it was written
-    /// during this boot for the same overrides, else from IMDSv2; an SDK client from the
-    /// standard credential chain. Makes no EC2 request.
-    pub async fn connect(config: Config) -> Result<Self, Error> {
-        config.validate()?;
-        let deadline = Deadline::after(config.deadline());
-        let store = StateStore::new(&config.data_dir);
-        let cached = store
-            .load()?
-            .filter(|s| s.is_same_boot() && s.node.matches(&config))
-            .map(|s| s.node);
-        let node = match cached {
-            Some(node) => node,
-            None => tokio::time::timeout(deadline.remaining(), NodeIdentity::resolve(&config))
-                .await
-                .map_err(|_| Error::Imds {
-                    path: "/latest/meta-data".to_string(),
-                    endpoint: config
-                        .imds_endpoint
-                        .clone()
-                        .unwrap_or_else(|| "default".to_string()),
-                    message: format!("no answer within {} s", config.deadline_seconds),
-                })??,
-        };
-        let ec2 = AwsEc2::connect(&node.region, config.ec2_endpoint.as_deref()).await;
-        let registrar = Registrar::new(config, node, ec2);
-        *registrar.inherited_deadline() = Some(deadline);
-        Ok(registrar)
-    }
 }
 
 impl<E: Ec2> Registrar<E> {
@@ -78,11 +47,18 @@ impl<E: Ec2> Registrar<E> {
         }
     }
 
+    /// Let the first operation inherit `deadline`, started before the registrar was built
+    /// (the node's IMDS lookup), instead of starting a fresh one.
+    pub fn inheriting(self, deadline: Deadline) -> Self {
+        *self.inherited_deadline() = Some(deadline);
+        self
+    }
+
     fn inherited_deadline(&self) -> MutexGuard<'_, Option<Deadline>> {
         self.inherited.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The deadline for one operation: the one `connect` started, once, else a new one.
+    /// The deadline for one operation: the inherited one, once, else a new one.
     fn deadline(&self) -> Deadline {
         self.inherited_deadline()
             .take()

@@ -19,20 +19,22 @@ const TRANSPORT_ATTEMPTS: u32 = 3;
 
 /// The point in time by which a whole operation (ensure, check, ...) must be done.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
+pub struct Deadline {
     at: Instant,
     total: Duration,
 }
 
 impl Deadline {
-    pub(crate) fn after(total: Duration) -> Self {
+    /// `total` from now.
+    pub fn after(total: Duration) -> Self {
         Deadline {
             at: Instant::now() + total,
             total,
         }
     }
 
-    pub(crate) fn remaining(&self) -> Duration {
+    /// Time left; zero once passed.
+    pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())
     }
 

@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::identity::NodeIdentity;
+use crate::node::NodeIdentity;
 use crate::retry::Deadline;
 
-/// Bumped when the file's meaning changes; other versions are ignored (re-read from EC2).
-const STATE_VERSION: u32 = 1;
-const STATE_FILE: &str = "node.json";
+/// The node state format this build reads and writes (`version` in node.json). Bumped when
+/// the file's meaning changes; other versions are ignored by the plugin (re-read from EC2).
+pub const STATE_VERSION: u32 = 1;
+/// The node state's file name in `dataDir`.
+pub const STATE_FILE: &str = "node.json";
 const LOCK_FILE: &str = "node.lock";
 
 /// One route table as last seen.
@@ -122,6 +124,28 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Why node.json is not a [`NodeState`] this build can use.
+enum Format {
+    /// Another format version.
+    Version(u32),
+    /// Not JSON, or not this version's fields.
+    Decode(serde_json::Error),
+}
+
+/// The one reading of node.json: the version first, since another format's fields may not
+/// decode as this one's, then the whole state.
+fn parse(bytes: &[u8]) -> Result<NodeState, Format> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let v: Version = serde_json::from_slice(bytes).map_err(Format::Decode)?;
+    if v.version != STATE_VERSION {
+        return Err(Format::Version(v.version));
+    }
+    serde_json::from_slice(bytes).map_err(Format::Decode)
+}
+
 /// The state file and its lock in `dataDir`.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -150,21 +174,45 @@ impl StateStore {
     /// format version (it is only a cache: EC2 is the truth).
     pub fn load(&self) -> Result<Option<NodeState>, Error> {
         let path = self.path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::state(path, e)),
+        let Some(bytes) = self.bytes()? else {
+            return Ok(None);
         };
-        match serde_json::from_slice::<NodeState>(&bytes) {
-            Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
-            Ok(s) => {
-                log::info!("{}: version {}, ignored", path.display(), s.version);
+        match parse(&bytes) {
+            Ok(s) => Ok(Some(s)),
+            Err(Format::Version(v)) => {
+                log::info!("{}: version {v}, ignored", path.display());
                 Ok(None)
             }
-            Err(e) => {
+            Err(Format::Decode(e)) => {
                 log::warn!("{}: unreadable ({e}), ignored", path.display());
                 Ok(None)
             }
+        }
+    }
+
+    /// The state as it is on disk, for a report (`cni-suite doctor`): `None` if there is
+    /// none, [`Error::StateFormat`] when it is another format version or does not decode.
+    pub fn read(&self) -> Result<Option<NodeState>, Error> {
+        let Some(bytes) = self.bytes()? else {
+            return Ok(None);
+        };
+        parse(&bytes).map(Some).map_err(|f| Error::StateFormat {
+            path: self.path(),
+            reason: match f {
+                Format::Version(v) => {
+                    format!("format version {v} (this build reads {STATE_VERSION})")
+                }
+                Format::Decode(e) => e.to_string(),
+            },
+        })
+    }
+
+    fn bytes(&self) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.path();
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::state(path, e)),
         }
     }
 
@@ -271,6 +319,105 @@ mod tests {
         let mut rebooted = back;
         rebooted.boot_id = "other-boot".into();
         assert!(!rebooted.is_fresh_for(&config), "rebooted");
+    }
+
+    /// node.json as vpc-route 0.1.0 writes it (`to_vec_pretty`), byte for byte: a node
+    /// upgraded in place must keep its warm ADD, and a rollback must read what this build
+    /// writes.
+    const RELEASE_0_1_0_NODE_JSON: &str = r#"{
+  "version": 1,
+  "clusterName": "c1",
+  "podCIDR": "10.244.3.0/24",
+  "routeTableIds": [],
+  "node": {
+    "instanceId": "i-0abc",
+    "region": "us-east-1",
+    "eniId": "eni-0def",
+    "vpcId": "vpc-01",
+    "subnetId": "subnet-01"
+  },
+  "tables": [
+    {
+      "id": "rtb-1",
+      "routes": 3,
+      "registered": true,
+      "full": false
+    },
+    {
+      "id": "rtb-2",
+      "routes": 50,
+      "registered": false,
+      "full": true,
+      "problem": "route table rtb-2 is full"
+    }
+  ],
+  "sourceDestCheckOff": true,
+  "verifiedAt": 1764806400,
+  "bootId": "5f1c2d9e-7b3a-4e51-9c1d-2a3b4c5d6e7f"
+}"#;
+
+    #[test]
+    fn reads_and_writes_the_released_node_json_byte_for_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(dir.path());
+        std::fs::write(store.path(), RELEASE_0_1_0_NODE_JSON).expect("write");
+        let expected = NodeState {
+            version: 1,
+            cluster_name: "c1".into(),
+            pod_cidr: "10.244.3.0/24".parse().expect("cidr"),
+            route_table_ids: vec![],
+            node: NodeIdentity {
+                instance_id: "i-0abc".into(),
+                region: "us-east-1".into(),
+                eni_id: "eni-0def".into(),
+                vpc_id: "vpc-01".into(),
+                subnet_id: Some("subnet-01".into()),
+            },
+            tables: vec![
+                TableState {
+                    id: "rtb-1".into(),
+                    routes: 3,
+                    registered: true,
+                    full: false,
+                    problem: None,
+                },
+                TableState {
+                    id: "rtb-2".into(),
+                    routes: 50,
+                    registered: false,
+                    full: true,
+                    problem: Some("route table rtb-2 is full".into()),
+                },
+            ],
+            source_dest_check_off: true,
+            verified_at: 1_764_806_400,
+            boot_id: "5f1c2d9e-7b3a-4e51-9c1d-2a3b4c5d6e7f".into(),
+        };
+        assert_eq!(store.load().expect("load"), Some(expected.clone()));
+        assert_eq!(store.read().expect("read"), Some(expected.clone()));
+        store.save(&expected).expect("save");
+        let written = std::fs::read_to_string(store.path()).expect("read back");
+        assert_eq!(written, RELEASE_0_1_0_NODE_JSON);
+    }
+
+    #[test]
+    fn read_names_another_version_and_garbage_load_ignores_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::new(dir.path());
+        assert_eq!(store.read().expect("read"), None);
+        std::fs::write(store.path(), br#"{"version":2,"podCIDR":7}"#).expect("write");
+        let e = store.read().expect_err("version 2");
+        assert!(matches!(e, Error::StateFormat { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("format version 2 (this build reads 1)"),
+            "{e}"
+        );
+        assert_eq!(store.load().expect("load"), None);
+        std::fs::write(store.path(), br#"{"version":1,"podCIDR":7}"#).expect("write");
+        let e = store.read().expect_err("version 1, wrong fields");
+        assert!(matches!(e, Error::StateFormat { .. }), "{e:?}");
+        assert_eq!(store.load().expect("load"), None);
     }
 
     #[test]

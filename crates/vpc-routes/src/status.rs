@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::identity::NodeIdentity;
+use crate::node::NodeIdentity;
 use crate::state::{NodeState, StateStore};
 
 /// One table as last seen by this node.

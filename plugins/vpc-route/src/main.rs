@@ -1,13 +1,14 @@
 //! `vpc-route`: a chained CNI plugin that makes the node's pod CIDR routable in the AWS VPC
 //! route tables, and the node commands `register | deregister [--dry-run] | status |
 //! gc [--dry-run]`.
-//! The work is in the `vpc-routes` crate; this file parses, calls it, and gives its errors
-//! their CNI codes once (the skeleton prints them).
+//! The work is in the `vpc-routes` crates (the rules in vpc-routes, EC2 and IMDS in
+//! vpc-routes-aws); this file parses, calls them, and gives their errors their CNI codes
+//! once (the skeleton prints them).
 
 use cni_skel::cni_spec::{Attachment, Code, ConfList, ErrorCode};
 use cni_skel::{About, AddOutput, Plugin, Request};
 use serde_json::Value;
-use vpc_routes::{Config, ErrorKind, Registrar};
+use vpc_routes::{Config, ErrorKind};
 
 const ABOUT: About = About {
     name: "vpc-route",
@@ -91,7 +92,7 @@ impl Plugin for VpcRoute {
     fn add(&self, req: &Request<Value>) -> Result<AddOutput, VpcError> {
         let config = Config::from_value(req.config.clone())?;
         refuse_bad_request(req)?;
-        let plan = block_on(async { Registrar::connect(config).await?.ensure().await })?;
+        let plan = block_on(async { vpc_routes_aws::connect(config).await?.ensure().await })?;
         log::debug!("vpc-route ADD: {plan}");
         Ok(AddOutput::PrevResult)
     }
@@ -105,7 +106,7 @@ impl Plugin for VpcRoute {
     fn check(&self, req: &Request<Value>) -> Result<(), VpcError> {
         let config = Config::from_value(req.config.clone())?;
         refuse_bad_request(req)?;
-        block_on(async { Registrar::connect(config).await?.check().await })
+        block_on(async { vpc_routes_aws::connect(config).await?.check().await })
     }
 
     /// From the node state only: runtimes poll STATUS, it never calls EC2.
@@ -174,7 +175,7 @@ fn node_command(args: &[String]) -> i32 {
             return vpc_routes::status(&config).map(|s| s.to_string());
         }
         rt.block_on(async {
-            let r = Registrar::connect(config).await?;
+            let r = vpc_routes_aws::connect(config).await?;
             let plan = match args[0].as_str() {
                 "register" => r.register().await?,
                 "deregister" => r.deregister(dry_run).await?,

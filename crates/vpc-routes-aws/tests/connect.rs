@@ -1,4 +1,4 @@
-//! The plugin binary's path, `Registrar::connect`, end to end: IMDSv2 fake for the identity and
+//! The plugin binary's path, `vpc_routes_aws::connect`, end to end: IMDSv2 fake for the identity and
 //! region, the standard credential chain (environment), moto for EC2.
 //!
 //! A test binary of its own with a single test: it sets process environment variables, which
@@ -8,7 +8,7 @@ mod common;
 
 use common::{ImdsFake, Moto};
 use serde_json::json;
-use vpc_routes::{Config, Registrar};
+use vpc_routes::Config;
 
 const POD_CIDR: &str = "10.244.12.0/24";
 
@@ -45,7 +45,9 @@ fn connect_resolves_identity_once_and_warm_add_skips_imds_and_ec2() {
         }))
         .expect("config");
 
-        let r = Registrar::connect(config.clone()).await.expect("connect");
+        let r = vpc_routes_aws::connect(config.clone())
+            .await
+            .expect("connect");
         assert_eq!(r.node().instance_id, node.instance_id);
         assert_eq!(r.node().region, "us-east-1");
         let plan = r.ensure().await.expect("ensure");
@@ -61,7 +63,9 @@ fn connect_resolves_identity_once_and_warm_add_skips_imds_and_ec2() {
         assert!(imds_requests >= 6, "{imds_requests}");
 
         // The next ADD: identity and registration both from the node state.
-        let r = Registrar::connect(config.clone()).await.expect("connect");
+        let r = vpc_routes_aws::connect(config.clone())
+            .await
+            .expect("connect");
         let plan = r.ensure().await.expect("warm ensure");
         assert!(plan.cached);
         assert_eq!(imds.requests(), imds_requests, "warm ADD asked IMDS");

@@ -107,8 +107,8 @@ impl Moto {
     }
 
     /// The crate's real EC2 implementation pointed at moto.
-    pub async fn aws_ec2(&self) -> vpc_routes::AwsEc2 {
-        vpc_routes::AwsEc2::from_sdk_config(&self.sdk_config().await, Some(&self.endpoint))
+    pub async fn aws_ec2(&self) -> vpc_routes_aws::AwsEc2 {
+        vpc_routes_aws::AwsEc2::from_sdk_config(&self.sdk_config().await, Some(&self.endpoint))
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use common::{Cluster, ImdsFake, Moto, Node};
 use serde_json::json;
 use vpc_routes::{
-    Action, AwsEc2, Config, Error, ErrorKind, FaultInjectingEc2, NodeIdentity, Operation, Outcome,
-    Reason, Registrar,
+    Action, Config, Error, ErrorKind, FaultInjectingEc2, Operation, Outcome, Reason, Registrar,
 };
+use vpc_routes_aws::AwsEc2;
 
 /// Records warnings from the crate, so tests can assert on what the operator would see.
 struct WarningLog;
@@ -95,7 +95,9 @@ impl World {
     /// A registrar as a fresh plugin process would build it: identity from IMDS, the real SDK
     /// client on moto, wrapped in the fault layer (which also counts requests).
     async fn registrar(&self, config: Config) -> Registrar<Ec2> {
-        let node = NodeIdentity::resolve(&config).await.expect("identity");
+        let node = vpc_routes_aws::node_identity(&config)
+            .await
+            .expect("identity");
         let ec2 = Arc::new(FaultInjectingEc2::new(self.moto.aws_ec2().await));
         Registrar::new(config, node, ec2)
     }
@@ -116,7 +118,7 @@ impl World {
 #[tokio::test]
 async fn identity_comes_from_imds_and_overrides_skip_it() {
     let w = world("identity").await;
-    let id = NodeIdentity::resolve(&w.config(json!({})))
+    let id = vpc_routes_aws::node_identity(&w.config(json!({})))
         .await
         .expect("identity");
     assert_eq!(id.instance_id, w.node.instance_id);
@@ -130,7 +132,7 @@ async fn identity_comes_from_imds_and_overrides_skip_it() {
     let all = w.config(json!({
         "instanceId": "i-override", "eniId": "eni-override", "vpcId": "vpc-override"
     }));
-    let id = NodeIdentity::resolve(&all).await.expect("identity");
+    let id = vpc_routes_aws::node_identity(&all).await.expect("identity");
     assert_eq!(
         (
             id.instance_id.as_str(),
@@ -792,7 +794,9 @@ async fn unreachable_ec2_is_try_again_later() {
         .expect("free port")
         .port();
     let config = w.config(json!({}));
-    let node = NodeIdentity::resolve(&config).await.expect("identity");
+    let node = vpc_routes_aws::node_identity(&config)
+        .await
+        .expect("identity");
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(common::credentials())
