@@ -8,20 +8,25 @@
 #                                              examples in /usr/share/doc/cni-suite (cargo-deb)
 # <version> is [workspace.package] version of Cargo.toml.
 #
-#   packaging/release.sh [--no-deb] [--out DIR]
+#   packaging/release.sh [--no-deb] [--no-build] [--out DIR]
 #
 # Every release carries all three plugins and cni-suite: they are built here (vpc-route's AWS
-# SDK takes a while on a cold target dir; cargo reuses an earlier build). cargo-deb is
-# installed once into ${CNI_SUITE_TOOLS:-/var/tmp/cni-suite-tools}/bin when missing.
+# SDK takes a while on a cold target dir; cargo reuses an earlier build), or with --no-build
+# taken as the test command built them (the tests pack the artifacts they test, and a cargo
+# run from inside a test sees another environment, which made build scripts run again and
+# the AWS SDK compile anew). cargo-deb is installed once into
+# ${CNI_SUITE_TOOLS:-/var/tmp/cni-suite-tools}/bin when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 OUT=dist
 DEB=1
+BUILD=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-deb) DEB=0 ;;
+        --no-build) BUILD=0 ;;
         --out) OUT=${2:?--out needs a directory}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "release: unknown argument $1" >&2; exit 1 ;;
@@ -46,8 +51,10 @@ binaries=(kubenet-bridge vxlan-overlay vpc-route)
 # The whole workspace, as the test command builds it: cargo unifies dependency features over
 # the packages of one build, so building only the four shipped ones compiled the AWS SDK a
 # second time (about 15 minutes here) with a feature set of its own.
-echo "== build (release, static, $TARGET): the workspace's binaries; shipped: ${binaries[*]} cni-suite"
-cargo build --release --locked --workspace --bins
+if [ "$BUILD" -eq 1 ]; then
+    echo "== build (release, static, $TARGET): the workspace's binaries; shipped: ${binaries[*]} cni-suite"
+    cargo build --release --locked --workspace --bins
+fi
 
 for b in "${binaries[@]}" cni-suite; do
     [ -x "$REL/$b" ] || { echo "release: $REL/$b missing after the build" >&2; exit 1; }

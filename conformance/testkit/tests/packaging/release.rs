@@ -7,9 +7,11 @@ use super::*;
 fn release_tarball_verifies_and_its_binaries_run() {
     require_root();
     let out = TempDir::new_in("/var/tmp").expect("temp dir");
+    // --no-build: pack the binaries the test command built once and the other suites test (a
+    // cargo run from inside this test would see cargo test's environment and rebuild).
     let o = run(Command::new("bash")
         .arg(repo_root().join("packaging/release.sh"))
-        .args(["--out"])
+        .args(["--no-build", "--out"])
         .arg(out.path())
         .env("CARGO_TARGET_DIR", target_dir()));
     assert!(o.status.success(), "release.sh failed: {}", text(&o));
