@@ -21,6 +21,12 @@ cargo fmt --all -- --check
 echo "== lint"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Before the workspace's build: the previous release builds in the same target directory
+# (its dependencies are reused) and its binaries are kept outside it, keyed by commit; the
+# workspace's build then puts this release's binaries back in the target directory.
+echo "== previous release (for the rolling-upgrade tests)"
+conformance/scripts/build-previous-release.sh
+
 echo "== build (release, once)"
 cargo build --release --workspace --bins
 

@@ -70,6 +70,12 @@ impl CnitoolNetwork {
         self
     }
 
+    /// Looks plugins up on `cni_path` from now on: a node whose binaries were replaced by
+    /// another release (the rolling-upgrade tests).
+    pub fn set_cni_path(&mut self, cni_path: &str) {
+        cni_path.clone_into(&mut self.cni_path);
+    }
+
     /// The network's name.
     pub fn name(&self) -> &str {
         &self.net_name

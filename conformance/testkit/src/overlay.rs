@@ -28,7 +28,7 @@ use crate::cnitool::CnitoolNetwork;
 use crate::etcd::{tail, EtcdServer, Etcdctl};
 use crate::leases::LeaseDir;
 use crate::netns::{Netns, Node};
-use crate::plugin::{bin_dir, plugin_binary, Expect, PluginRun};
+use crate::plugin::{bin_dir, Expect, PluginRun};
 use crate::result::{check_add_result, host_veth_name};
 use crate::scenarios::{
     assert_attachment_in_kernel, BridgeNetwork, CNITOOL_IFNAME, CNITOOL_SPEC_VERSION,
@@ -560,6 +560,9 @@ pub struct OverlayNode {
     underlay_ip: IpAddr,
     plugin: Value,
     net_name: String,
+    /// Where this node's `vxlan-overlay` (plugin and agent) is: the build's, or another
+    /// release's after [`OverlayNode::use_binaries_from`].
+    bin: PathBuf,
     dir: TempDir,
 }
 
@@ -570,6 +573,17 @@ impl OverlayNode {
     /// "logFile"}` plus `fields` (etcdEndpoints or peersFile, leaseTTL, resyncSeconds...).
     /// The agent is not started.
     pub fn new(underlay: &Underlay, host: u8, fields: &Value) -> OverlayNode {
+        OverlayNode::with_binaries_from(underlay, host, fields, &bin_dir())
+    }
+
+    /// As [`OverlayNode::new`], with the `vxlan-overlay` binary (plugin and agent) from `bin`:
+    /// a node still running another release.
+    pub fn with_binaries_from(
+        underlay: &Underlay,
+        host: u8,
+        fields: &Value,
+        bin: &Path,
+    ) -> OverlayNode {
         let node = Node::new();
         let underlay_ip = underlay.addr(host);
         underlay.connect(node.netns(), underlay_ip);
@@ -597,7 +611,7 @@ impl OverlayNode {
         let conf_path = dir.path().join("vxnet.conflist");
         fs::write(&conf_path, conflist.to_string())
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf_path.display()));
-        let network = CnitoolNetwork::new(&node, &conflist, &bin_dir().to_string_lossy());
+        let network = CnitoolNetwork::new(&node, &conflist, &bin.to_string_lossy());
         OverlayNode {
             agent: None,
             network,
@@ -605,13 +619,32 @@ impl OverlayNode {
             underlay_ip,
             plugin,
             net_name,
+            bin: bin.to_path_buf(),
             dir,
         }
+    }
+
+    /// Runs this node's plugin and (at the next [`OverlayNode::start_agent`]) its agent from
+    /// `bin` from now on: a node upgraded in place. Stop the agent first.
+    pub fn use_binaries_from(&mut self, bin: &Path) {
+        assert!(
+            self.agent.is_none(),
+            "stop the agent before replacing its binary"
+        );
+        bin.clone_into(&mut self.bin);
+        self.network.set_cni_path(&bin.to_string_lossy());
     }
 
     /// The node namespace.
     pub fn netns(&self) -> &Netns {
         self.node.netns()
+    }
+
+    /// This node's `vxlan-overlay` binary; panics if it is missing.
+    fn plugin_binary(&self) -> PathBuf {
+        let path = self.bin.join(PLUGIN);
+        assert!(path.is_file(), "{} not found", path.display());
+        path
     }
 
     /// The node.
@@ -652,7 +685,7 @@ impl OverlayNode {
     /// Starts the agent; panics if it is running already.
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "the agent is already running");
-        let program = plugin_binary(PLUGIN);
+        let program = self.plugin_binary();
         let output = self.dir.path().join("agent.out");
         self.agent = Some(Agent::spawn(
             &program,
@@ -750,7 +783,7 @@ impl OverlayNode {
             pod_cidr: env.node_subnet(),
             gateway: env.gateway(),
             leases: self.leases(),
-            cni_path: bin_dir().to_string_lossy().into_owned(),
+            cni_path: self.bin.to_string_lossy().into_owned(),
         }
     }
 
@@ -796,18 +829,28 @@ impl OverlayNode {
         self.network.add(pod)
     }
 
+    /// `cnitool check` for `pod` (libcni gives the cached ADD result as prevResult).
+    pub fn cnitool_check(&self, pod: &Netns) -> crate::plugin::PluginOutput {
+        self.network.check(pod)
+    }
+
+    /// `cnitool del` for `pod`.
+    pub fn cnitool_del(&self, pod: &Netns) -> crate::plugin::PluginOutput {
+        self.network.del(pod)
+    }
+
     /// A direct plugin run (no cnitool) of `verb` for `pod`, with the single-plugin config at
     /// [`CNITOOL_SPEC_VERSION`]: for checking error codes, which cnitool does not print.
     pub fn plugin_run(&self, verb: &str, pod: &Netns, container_id: &str) -> PluginRun {
         let mut conf = self.plugin.clone();
         conf["cniVersion"] = json!(CNITOOL_SPEC_VERSION);
         conf["name"] = json!(self.net_name);
-        PluginRun::new(&plugin_binary(PLUGIN), &self.node)
+        PluginRun::new(&self.plugin_binary(), &self.node)
             .command(verb)
             .container_id(container_id)
             .netns(&pod.path())
             .ifname(CNITOOL_IFNAME)
-            .cni_path(&bin_dir().to_string_lossy())
+            .cni_path(&self.bin.to_string_lossy())
             .config(&conf)
     }
 
@@ -951,6 +994,12 @@ impl<E: Etcdctl> OverlayCluster<E> {
     /// [`add_node`](Self::add_node) with `fields` (a JSON object) over this cluster's node
     /// fields: a node with its own TLS files, say.
     pub fn add_node_with(&mut self, fields: &Value) -> usize {
+        self.add_node_running(fields, &bin_dir())
+    }
+
+    /// [`add_node_with`](Self::add_node_with), the node's plugin and agent taken from `bin`:
+    /// a node still on another release.
+    pub fn add_node_running(&mut self, fields: &Value, bin: &Path) -> usize {
         let index = self.nodes.len();
         let host = u8::try_from(index + 1).expect("fewer than 100 nodes");
         let mut all = self.node_fields();
@@ -959,7 +1008,7 @@ impl<E: Etcdctl> OverlayCluster<E> {
                 base.insert(k.clone(), v.clone());
             }
         }
-        let mut node = OverlayNode::new(&self.underlay, host, &all);
+        let mut node = OverlayNode::with_binaries_from(&self.underlay, host, &all, bin);
         node.start_agent();
         self.nodes.push(node);
         index

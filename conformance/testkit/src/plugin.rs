@@ -41,6 +41,35 @@ pub fn plugin_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The commit of the previous release, whose state on disk the new binaries must read (the
+/// rolling-upgrade tests): `conformance/previous-release`.
+pub const PREVIOUS_RELEASE: &str = include_str!("../../previous-release");
+
+/// Where `conformance/scripts/build-previous-release.sh` keeps the previous release's plugin
+/// binaries: `$CNI_SUITE_PREVIOUS_BIN_DIR`, or else
+/// `${CNI_SUITE_PEERS:-/var/tmp/cni-suite-peers}/release-<commit>`.
+pub fn previous_release_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CNI_SUITE_PREVIOUS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let peers = std::env::var_os("CNI_SUITE_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/cni-suite-peers"));
+    peers.join(format!("release-{}", PREVIOUS_RELEASE.trim()))
+}
+
+/// Path of the previous release's plugin binary `name`; panics with the command that builds it
+/// if it is missing (the test command runs that script before the tests).
+pub fn previous_release_binary(name: &str) -> PathBuf {
+    let path = previous_release_dir().join(name);
+    assert!(
+        path.is_file(),
+        "previous release's {} not found: run conformance/scripts/build-previous-release.sh",
+        path.display()
+    );
+    path
+}
+
 /// Path of a Debian reference plugin (`bridge`, `portmap`, ...); panics if it is missing.
 pub fn reference_plugin(name: &str) -> PathBuf {
     let path = Path::new(REFERENCE_PLUGIN_DIR).join(name);

@@ -6,54 +6,19 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use cni_testkit::netns::Netns;
 use common::{Cluster, ImdsFake, Moto};
 use serde_json::{json, Value};
 
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-    let bin = dir.join("vpc-route");
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build --release -p vpc-route",
-        bin.display()
-    );
-    bin
+    common::vpc_route_binary()
 }
 
 fn run(args: &[&str], verb: Option<&str>, stdin: &Value, env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(binary());
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(verb) = verb {
-        cmd.env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", "pod-1")
-            .env("CNI_NETNS", "/proc/self/ns/net")
-            .env("CNI_IFNAME", "eth0");
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn vpc-route");
-    let mut pipe = child.stdin.take().expect("stdin");
-    // The node commands do not read stdin and may exit before it is written.
-    let written = pipe.write_all(stdin.to_string().as_bytes());
-    if verb.is_some() {
-        written.expect("write stdin");
-    }
-    drop(pipe);
-    child.wait_with_output().expect("wait vpc-route")
+    common::run_vpc_route(&binary(), args, verb, stdin, env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

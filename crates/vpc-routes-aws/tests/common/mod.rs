@@ -16,6 +16,58 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{Filter, NetworkInterfaceAttribute, Tag};
 use ipnet::Ipv4Net;
 
+/// The built `vpc-route` binary, in the profile directory above this test binary.
+pub fn vpc_route_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+    let bin = dir.join("vpc-route");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release -p vpc-route",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `program` (a vpc-route binary) as a runtime does with `verb` as `CNI_COMMAND` (pod
+/// `pod-1`, `eth0`), or as a node command with `args` when `verb` is `None`; test credentials
+/// in the environment, `stdin` as the config.
+pub fn run_vpc_route(
+    program: &Path,
+    args: &[&str],
+    verb: Option<&str>,
+    stdin: &serde_json::Value,
+    env: &[(&str, String)],
+) -> std::process::Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(verb) = verb {
+        cmd.env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", "pod-1")
+            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_IFNAME", "eth0");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn vpc-route");
+    let mut pipe = child.stdin.take().expect("stdin");
+    // The node commands do not read stdin and may exit before it is written.
+    let written = pipe.write_all(stdin.to_string().as_bytes());
+    if verb.is_some() {
+        written.expect("write stdin");
+    }
+    drop(pipe);
+    child.wait_with_output().expect("wait vpc-route")
+}
+
 /// Install moto's venv once per test binary (the script is idempotent and locked).
 fn moto_venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
