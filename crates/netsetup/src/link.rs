@@ -344,6 +344,30 @@ pub fn add_address(index: u32, address: IpNet, replace: bool) -> Request {
 
 /// A request that adds an IPv4 route `dst` via `gw` out of link `index` in the main table.
 pub fn add_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>, onlink: bool) -> Request {
+    route_request(index, dst, gw, onlink, NLM_F_CREATE | NLM_F_EXCL, "add")
+}
+
+/// A request that installs the IPv4 route `dst` via `gw` out of link `index` in the main table,
+/// replacing one to the same destination (another interface's default route, say).
+pub fn replace_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>) -> Request {
+    route_request(
+        index,
+        dst,
+        gw,
+        false,
+        NLM_F_CREATE | NLM_F_REPLACE,
+        "replace",
+    )
+}
+
+fn route_request(
+    index: u32,
+    dst: Ipv4Net,
+    gw: Option<Ipv4Addr>,
+    onlink: bool,
+    flags: u16,
+    verb: &str,
+) -> Request {
     let mut msg = RouteMessage::default();
     msg.header = RouteHeader {
         address_family: AddressFamily::Inet,
@@ -374,9 +398,9 @@ pub fn add_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>, onlink: bool) -
     msg.attributes.push(RouteAttribute::Oif(index));
     Request::new(
         RouteNetlinkMessage::NewRoute(msg),
-        NLM_F_CREATE | NLM_F_EXCL,
+        flags,
         format!(
-            "add route {dst} via {} dev {index}",
+            "{verb} route {dst} via {} dev {index}",
             gw.map_or("-".into(), |g| g.to_string())
         ),
     )

@@ -38,6 +38,10 @@ pub struct OverlayConfig {
     /// Node bridge for pods (default `cbr0`).
     #[serde(default = "default_bridge")]
     pub bridge: String,
+    /// Whether pods' default route goes through this network (kubenet-bridge's field:
+    /// `auto`, `always`, `never`; default `auto`).
+    #[serde(default)]
+    pub default_route: pod_bridge::DefaultRoute,
     /// VXLAN network identifier (default 1).
     #[serde(default = "default_vni")]
     pub vni: u32,

@@ -41,6 +41,7 @@ pub fn bridge_network(cfg: &OverlayConfig, name: &str) -> Result<BridgeNetwork, 
         masquerade_outside: (cfg.ip_masq && env.ipmasq).then_some(env.network),
         nft_table: nft_table_for(&cfg.bridge),
         data_dir: ipam_dir(cfg),
+        default_route: cfg.default_route,
     })
 }
 
@@ -61,6 +62,7 @@ fn teardown_network(cfg: &OverlayConfig, name: &str) -> Result<BridgeNetwork, Er
                 masquerade_outside: None,
                 nft_table: nft_table_for(&cfg.bridge),
                 data_dir: ipam_dir(cfg),
+                default_route: cfg.default_route,
             })
         }
         other => other,

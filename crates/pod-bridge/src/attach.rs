@@ -35,7 +35,27 @@ pub struct BridgeNetwork {
     pub nft_table: String,
     /// IPAM state root; the network's leases live in `<data_dir>/<name>`.
     pub data_dir: PathBuf,
+    /// Whether the pod's default route goes through this network.
+    pub default_route: DefaultRoute,
 }
+
+/// Which network of a pod with several (Multus, podman: one conflist per interface) carries
+/// its default route. The config field `defaultRoute`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRoute {
+    /// Installed when the pod has no IPv4 default route yet; the pod's first network gets it.
+    #[default]
+    Auto,
+    /// Installed, replacing one another network put there.
+    Always,
+    /// Never installed: the pod reaches this network's subnet only.
+    Never,
+}
+
+/// How long an ADD waits for another plugin that holds the pod namespace's route lock (see
+/// [`Netns::lock_routes`]): far longer than any ADD's route decision takes.
+const ROUTE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl BridgeNetwork {
     fn store(&self) -> Result<Store, Error> {
@@ -203,7 +223,13 @@ fn attach(add: &AddContext, host: &mut Socket, mut undo: Rollback) -> Result<Cni
     netsetup::socket::first_error(replies, |_, _| false)?;
     let prefix = net.pool.subnet().prefix_len();
     let pod_addr = Ipv4Net::new(address, prefix).map_err(|e| Error::Config(e.to_string()))?;
-    configure_pod(netns, &env.ifname, pod_addr, net.pool.gateway())?;
+    let default_route = configure_pod(
+        netns,
+        &env.ifname,
+        pod_addr,
+        net.pool.gateway(),
+        net.default_route,
+    )?;
     let host_name = undo.host_name.to_string();
     undo.disarm();
     Ok(CniResult {
@@ -231,34 +257,71 @@ fn attach(add: &AddContext, host: &mut Socket, mut undo: Rollback) -> Result<Cni
             gateway: Some(net.pool.gateway().into()),
             interface: Some(2),
         }],
-        routes: vec![Route::new(
-            "0.0.0.0/0".parse().unwrap_or_default(),
-            Some(net.pool.gateway().into()),
-        )],
+        // Only the route this ADD installed: CHECK verifies every route of the result.
+        routes: default_route
+            .then(|| {
+                Route::new(
+                    IpNet::V4(Ipv4Net::default()),
+                    Some(net.pool.gateway().into()),
+                )
+            })
+            .into_iter()
+            .collect(),
         dns: Default::default(),
     })
 }
 
-/// Inside the pod: interface up, its address, the default route via the gateway. One socket
-/// opened in the namespace, one lookup, one batch.
+/// Inside the pod: interface up, its address, and the default route via the gateway as
+/// `default_route` says; returns whether this ADD installed it. One socket opened in the
+/// namespace; the common case (the pod's first network) is one lookup, one dump and one batch.
 fn configure_pod(
     netns: &Netns,
     ifname: &str,
     addr: Ipv4Net,
     gateway: Ipv4Addr,
-) -> Result<(), Error> {
+    default_route: DefaultRoute,
+) -> Result<bool, Error> {
     let mut pod = netns.socket()?;
     let peer = link::get_link(&mut pod, ifname)?.ok_or_else(|| Error::PodLinkMissing {
         ifname: ifname.to_string(),
         netns: netns.path().to_path_buf(),
     })?;
-    let replies = pod.batch(vec![
+    let mut batch = vec![
         link::set_flags(peer.index, true, false),
         link::add_address(peer.index, IpNet::V4(addr), false),
-        link::add_route(peer.index, Ipv4Net::default(), Some(gateway), false),
-    ])?;
+    ];
+    // The decision and the route are made under the namespace's lock: a pod's networks are
+    // attached concurrently, and two `auto` ADDs must not both see no default route.
+    let _lock = match default_route {
+        DefaultRoute::Never => None,
+        _ => Some(netns.lock_routes(ROUTE_LOCK_TIMEOUT)?),
+    };
+    let install = match default_route {
+        DefaultRoute::Never => false,
+        DefaultRoute::Always => {
+            batch.push(link::replace_route(
+                peer.index,
+                Ipv4Net::default(),
+                Some(gateway),
+            ));
+            true
+        }
+        DefaultRoute::Auto => {
+            let free = link::default_route_oif(&mut pod, false)?.is_none();
+            if free {
+                batch.push(link::add_route(
+                    peer.index,
+                    Ipv4Net::default(),
+                    Some(gateway),
+                    false,
+                ));
+            }
+            free
+        }
+    };
+    let replies = pod.batch(batch)?;
     netsetup::socket::first_error(replies, |_, _| false)?;
-    Ok(())
+    Ok(install)
 }
 
 fn ensure_masquerade(net: &BridgeNetwork) -> Result<(), Error> {

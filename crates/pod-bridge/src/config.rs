@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::attach::BridgeNetwork;
+use crate::attach::{BridgeNetwork, DefaultRoute};
 use crate::Error;
 use node_ipam::Pool;
 
@@ -39,6 +39,10 @@ pub struct KubenetConfig {
     pub promisc_mode: bool,
     /// IPAM state root (default `/var/lib/cni/networks`).
     pub data_dir: Option<PathBuf>,
+    /// Whether the pod's default route goes through this network (default `auto`: only when
+    /// the pod has none yet, so a second network of a pod attaches beside the first).
+    #[serde(default)]
+    pub default_route: DefaultRoute,
 }
 
 fn default_bridge() -> String {
@@ -73,6 +77,7 @@ impl KubenetConfig {
             promisc: self.promisc_mode,
             masquerade_outside: self.ip_masq.then_some(self.non_masquerade_cidr),
             nft_table: nft_table_for(&self.bridge),
+            default_route: self.default_route,
             data_dir: self
                 .data_dir
                 .clone()
@@ -140,6 +145,28 @@ mod tests {
             .resolve("n")
             .is_err());
         assert!(serde_json::from_str::<KubenetConfig>(r#"{"podCIDR":"banana"}"#).is_err());
+    }
+
+    #[test]
+    fn default_route_is_auto_unless_told() {
+        assert_eq!(
+            parse(r#"{"podCIDR":"10.0.0.0/24"}"#).default_route,
+            DefaultRoute::Auto
+        );
+        for (text, want) in [
+            ("always", DefaultRoute::Always),
+            ("never", DefaultRoute::Never),
+            ("auto", DefaultRoute::Auto),
+        ] {
+            let c = parse(&format!(
+                r#"{{"podCIDR":"10.0.0.0/24","defaultRoute":"{text}"}}"#
+            ));
+            assert_eq!(c.default_route, want);
+        }
+        assert!(serde_json::from_str::<KubenetConfig>(
+            r#"{"podCIDR":"10.0.0.0/24","defaultRoute":"sometimes"}"#
+        )
+        .is_err());
     }
 
     #[test]

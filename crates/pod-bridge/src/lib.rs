@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use cni_skel::{AddOutput, Plugin, Request};
 use cni_spec::{Attachment, Code, ErrorCode};
 
-pub use attach::BridgeNetwork;
+pub use attach::{BridgeNetwork, DefaultRoute};
 pub use config::KubenetConfig;
 
 /// What can go wrong attaching a pod.
