@@ -101,7 +101,23 @@ with tarfile.open(out, "w") as t:
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
 PY
-ctr -a "$D/containerd.sock" -n k8s.io images import --base-name localhost/cnisuite-pause "$D/pause.oci.tar" >/dev/null
-ctr -a "$D/containerd.sock" -n k8s.io images ls -q | grep -qx 'localhost/cnisuite-pause:latest' \
-    || { echo "containerd-cri: pause image not imported" >&2; exit 1; }
+# Seen once in a cold CI run under heavy load: the import returned and the image was not
+# listed yet. Wait for it (5 s), and import once more before giving up.
+imported() {
+    for _ in $(seq 50); do
+        ctr -a "$D/containerd.sock" -n k8s.io images ls -q | grep -qx 'localhost/cnisuite-pause:latest' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+for attempt in 1 2; do
+    ctr -a "$D/containerd.sock" -n k8s.io images import --base-name localhost/cnisuite-pause "$D/pause.oci.tar" >/dev/null
+    imported && break
+    if [ "$attempt" = 2 ]; then
+        echo "containerd-cri: pause image not imported; images:" >&2
+        ctr -a "$D/containerd.sock" -n k8s.io images ls >&2 || true
+        tail -20 "$D/containerd.log" >&2
+        exit 1
+    fi
+done
 echo "$D/containerd.sock"

@@ -9,6 +9,7 @@
 mod bad_input;
 mod lifecycle;
 mod parallel;
+mod second_network;
 mod verbs_1_1;
 
 use std::sync::Mutex;
@@ -60,6 +61,7 @@ pub fn all(list: &NetworkList) -> Vec<Case> {
     cases.extend(lifecycle::cases(list));
     cases.extend(verbs_1_1::cases());
     cases.push(parallel::case());
+    cases.push(second_network::case());
     cases.extend(bad_input::cases(list));
     cases
 }
