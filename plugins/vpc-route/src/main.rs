@@ -116,6 +116,16 @@ impl Plugin for VpcRoute {
         Ok(())
     }
 
+    /// The config rules ADD applies before any EC2 call (podCIDR inside clusterCIDR, ...).
+    fn check_config(
+        &self,
+        _conf: &cni_skel::cni_spec::NetConf,
+        config: &Value,
+    ) -> Result<(), VpcError> {
+        Config::from_value(config.clone())?;
+        Ok(())
+    }
+
     /// Pods hold nothing of ours; node routes are collected by `vpc-route gc`.
     fn gc(&self, req: &Request<Value>, _valid: &[Attachment]) -> Result<Option<String>, VpcError> {
         Config::from_value(req.config.clone())?;
