@@ -113,12 +113,14 @@ impl Moto {
 }
 
 impl Moto {
-    /// EC2 requests moto has served so far (its request log has one line per request).
+    /// EC2 requests moto has served so far (its request log has one line per request;
+    /// werkzeug colours the request of an error answer, `"\x1b[31m\x1b[1mPOST / HTTP/1.1…" 400`,
+    /// so the quote is not matched).
     pub fn requests(&self) -> usize {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("\"POST / HTTP"))
+            .filter(|l| l.contains("POST / HTTP/"))
             .count()
     }
 }
