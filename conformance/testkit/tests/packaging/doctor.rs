@@ -319,19 +319,27 @@ fn hold_attachment_lock(dir: &Path, id: &str, ifname: &str) -> fs::File {
     file
 }
 
-/// The IPAM files of pod `id` (its address file and index entry), removed as if the lease
-/// had been lost; returns the address.
-fn drop_lease(s: &SuiteNode, id: &str) -> String {
+/// The name of pod `id`'s lease file (its address) in the node's IPAM directory.
+fn lease_file(s: &SuiteNode, id: &str) -> String {
     let dir = s.ipam_root().join(&s.network);
-    let addr = fs::read_dir(&dir)
+    fs::read_dir(&dir)
         .expect("ipam dir")
         .flatten()
         .find(|e| fs::read_to_string(e.path()).is_ok_and(|c| c.starts_with(&format!("{id}\r\n"))))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .unwrap_or_else(|| panic!("no lease of {id} in {}", dir.display()));
-    fs::remove_file(dir.join(&addr)).expect("remove lease");
-    fs::remove_file(dir.join(format!("attachments/{id}@eth0"))).expect("remove index entry");
-    addr
+        .unwrap_or_else(|| panic!("no lease of {id} in {}", dir.display()))
+}
+
+/// Runs the doctor on `s` with `extra` arguments and returns check `name`, which must have
+/// status `want` (and a failing exit status when it fails).
+fn doctor_check(s: &SuiteNode, extra: &[&str], name: &str, want: &str) -> Value {
+    let (o, report) = s.doctor_with(extra);
+    let c = check(&report, name).clone();
+    assert_eq!(c["status"], want, "{c}");
+    if want == "fail" {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    }
+    c
 }
 
 #[test]
@@ -340,10 +348,8 @@ fn doctor_fails_a_veth_on_the_bridge_with_no_lease_and_no_pod() {
     let mut s = SuiteNode::new();
     s.add_pod("doc-orph-veth-a");
     let name = format!("orphan-veths:{}", s.network);
-    let (_, report) = s.doctor();
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "ok", "{c}");
-    assert!(message(c).contains("1 pod veth(s)"), "{c}");
+    let c = doctor_check(&s, &[], &name, "ok");
+    assert!(message(&c).contains("1 pod veth(s)"), "{c}");
 
     // A veth of the suite's naming on the bridge whose peer is in no pod's namespace and
     // which no lease names: what a lost lease leaves once the pod is gone.
@@ -360,15 +366,15 @@ fn doctor_fails_a_veth_on_the_bridge_with_no_lease_and_no_pod() {
         "doc-orph-peer",
     ]);
     netns.ip_ok(&["link", "set", orphan, "master", &s.bridge]);
-    let (o, report) = s.doctor();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "fail", "{c}");
-    assert!(message(c).contains(orphan), "the check names the veth: {c}");
-    assert!(message(c).contains("no lease, no namespace"), "{c}");
+    let c = doctor_check(&s, &[], &name, "fail");
     assert!(
-        hint(c).contains(&format!("ip link del {orphan}"))
-            && hint(c).contains("cni-suite teardown"),
+        message(&c).contains(orphan),
+        "the check names the veth: {c}"
+    );
+    assert!(message(&c).contains("no lease, no namespace"), "{c}");
+    assert!(
+        hint(&c).contains(&format!("ip link del {orphan}"))
+            && hint(&c).contains("cni-suite teardown"),
         "the fix names the veth and teardown: {c}"
     );
     // The pod with its lease is not named.
@@ -376,16 +382,16 @@ fn doctor_fails_a_veth_on_the_bridge_with_no_lease_and_no_pod() {
         .into_iter()
         .find(|v| v != orphan)
         .expect("the pod's veth");
-    assert!(!message(c).contains(&pod_veth), "{c}");
+    assert!(!message(&c).contains(&pod_veth), "{c}");
 
     // A pod whose lease is lost while its namespace lives: a warning naming its veth.
     netns.ip_ok(&["link", "del", orphan]);
-    drop_lease(&s, "doc-orph-veth-a");
-    let (_, report) = s.doctor();
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "warn", "{c}");
-    assert!(message(c).contains(&pod_veth), "{c}");
-    assert!(message(c).contains("namespace still exists"), "{c}");
+    let dir = s.ipam_root().join(&s.network);
+    fs::remove_file(dir.join(lease_file(&s, "doc-orph-veth-a"))).expect("remove lease");
+    fs::remove_file(dir.join("attachments/doc-orph-veth-a@eth0")).expect("remove index entry");
+    let c = doctor_check(&s, &[], &name, "warn");
+    assert!(message(&c).contains(&pod_veth), "{c}");
+    assert!(message(&c).contains("namespace still exists"), "{c}");
 }
 
 #[test]
@@ -395,10 +401,8 @@ fn doctor_fails_a_cached_result_with_no_lease_and_skips_a_busy_one() {
     s.add_pod("doc-orph-res-a");
     s.cache_result("doc-orph-res-a");
     let name = format!("orphan-results:{}", s.network);
-    let (_, report) = s.doctor();
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "ok", "{c}");
-    assert!(message(c).contains("1 cached result(s)"), "{c}");
+    let c = doctor_check(&s, &[], &name, "ok");
+    assert!(message(&c).contains("1 cached result(s)"), "{c}");
 
     // The runtime's cache names a pod the plugin holds nothing for.
     let gone = s.cache_result("doc-orph-res-gone");
@@ -407,26 +411,22 @@ fn doctor_fails_a_cached_result_with_no_lease_and_skips_a_busy_one() {
         .expect("name")
         .to_string_lossy()
         .into_owned();
-    let (o, report) = s.doctor();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "fail", "{c}");
+    let c = doctor_check(&s, &[], &name, "fail");
     assert!(
-        message(c).contains(&gone_file),
+        message(&c).contains(&gone_file),
         "the check names the file: {c}"
     );
     assert!(
-        !message(c).contains(&format!("{}-doc-orph-res-a-eth0", s.network)),
+        !message(&c).contains(&format!("{}-doc-orph-res-a-eth0", s.network)),
         "{c}"
     );
-    assert!(hint(c).contains("cni-suite teardown"), "{c}");
+    assert!(hint(&c).contains("cni-suite teardown"), "{c}");
 
     // While its DEL holds the attachment lock, it is not judged.
     let lock = hold_attachment_lock(&s.ipam_root().join(&s.network), "doc-orph-res-gone", "eth0");
-    let (_, report) = s.doctor();
-    assert_eq!(status(&report, &name), "ok", "{:#}", check(&report, &name));
+    doctor_check(&s, &[], &name, "ok");
     drop(lock);
-    assert_eq!(status(&s.doctor().1, &name), "fail");
+    doctor_check(&s, &[], &name, "fail");
 }
 
 #[test]
@@ -437,42 +437,30 @@ fn doctor_fails_a_lease_with_no_cached_result_only_after_the_grace_period() {
     s.add_pod("doc-orph-new");
     let name = format!("orphan-leases:{}", s.network);
     // Just added, not cached yet (libcni caches after ADD returns): not an orphan.
-    let (_, report) = s.doctor();
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "ok", "{c}");
-    assert!(message(c).contains("2 younger or busy"), "{c}");
+    let c = doctor_check(&s, &[], &name, "ok");
+    assert!(message(&c).contains("2 younger or busy"), "{c}");
 
     // One lease ten minutes old that no runtime cached: past the default 300 s.
     let dir = s.ipam_root().join(&s.network);
-    let old = fs::read_dir(&dir)
-        .expect("ipam dir")
-        .flatten()
-        .find(|e| fs::read_to_string(e.path()).is_ok_and(|c| c.starts_with("doc-orph-old\r\n")))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .expect("the old pod's lease");
+    let old = lease_file(&s, "doc-orph-old");
     run_ok(
         Command::new("touch")
             .args(["-d", "10 minutes ago"])
             .arg(dir.join(&old)),
     );
-    let (o, report) = s.doctor();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let c = check(&report, &name);
-    assert_eq!(c["status"], "fail", "{c}");
+    let c = doctor_check(&s, &[], &name, "fail");
     assert!(
-        message(c).contains(&format!("{old} (doc-orph-old, eth0;")),
+        message(&c).contains(&format!("{old} (doc-orph-old, eth0;")),
         "{c}"
     );
-    assert!(!message(c).contains("doc-orph-new"), "{c}");
-    assert!(hint(c).contains("GC"), "{c}");
+    assert!(!message(&c).contains("doc-orph-new"), "{c}");
+    assert!(hint(&c).contains("GC"), "{c}");
 
-    // A longer grace, a cached result, or a running ADD/DEL: not an orphan.
-    let (_, report) = s.doctor_with(&["--orphan-grace-seconds", "3600"]);
-    assert_eq!(status(&report, &name), "ok", "{:#}", check(&report, &name));
+    // A longer grace, a running ADD/DEL, or a cached result: not an orphan.
+    doctor_check(&s, &["--orphan-grace-seconds", "3600"], &name, "ok");
     let lock = hold_attachment_lock(&dir, "doc-orph-old", "eth0");
-    assert_eq!(status(&s.doctor().1, &name), "ok");
+    doctor_check(&s, &[], &name, "ok");
     drop(lock);
     s.cache_result("doc-orph-old");
-    let (_, report) = s.doctor();
-    assert_eq!(status(&report, &name), "ok", "{:#}", check(&report, &name));
+    doctor_check(&s, &[], &name, "ok");
 }

@@ -676,127 +676,53 @@ fn install_cni_refuses_bad_cidrs_with_the_plugins_message_and_installs_nothing()
     }
     let before = tree(inst.dir.path());
 
-    let kubenet = |vars: &[(&str, &str)]| {
+    // One run: a template, the variables that differ from good values, the plugin that must
+    // refuse, and the words of its refusal.
+    let render = |template: &str, vars: &[(&str, &str)]| {
         let mut c = inst.command();
-        c.env("PLUGINS", all)
-            .env("SRC_BIN_DIR", &newer)
-            .env("POD_CIDR", "100.96.3.0/24");
-        for (k, v) in vars {
+        c.env("PLUGINS", all).env("SRC_BIN_DIR", &newer);
+        let good: &[(&str, &str)] = match template {
+            "kubenet" => &[("POD_CIDR", "100.96.3.0/24")],
+            "kubenet-vpc-route" => &[
+                ("POD_CIDR", "100.96.3.0/24"),
+                ("CLUSTER_CIDR", "100.96.0.0/16"),
+                ("CLUSTER_NAME", "prod.example.com"),
+            ],
+            _ => &[
+                ("CLUSTER_CIDR", "100.96.0.0/16"),
+                ("ETCD_ENDPOINTS", "http://10.0.0.5:2379"),
+            ],
+        };
+        c.env("CNI_NETWORK", template);
+        for (k, v) in good.iter().chain(vars) {
             c.env(k, v);
         }
         c
     };
-    let vpc = |vars: &[(&str, &str)]| {
-        let mut c = kubenet(vars);
-        c.env("CNI_NETWORK", "kubenet-vpc-route")
-            .env("CLUSTER_NAME", "prod.example.com");
-        if !vars.iter().any(|(k, _)| *k == "CLUSTER_CIDR") {
-            c.env("CLUSTER_CIDR", "100.96.0.0/16");
-        }
-        c
-    };
-    let vxlan = |cluster: &str| {
-        let mut c = inst.command();
-        c.env("PLUGINS", all)
-            .env("SRC_BIN_DIR", &newer)
-            .env("CNI_NETWORK", "vxlan-overlay")
-            .env("CLUSTER_CIDR", cluster)
-            .env("ETCD_ENDPOINTS", "http://10.0.0.5:2379");
-        c
-    };
-    let cases: Vec<(String, Command, &str, String)> = vec![
-        (
-            "POD_CIDR malformed".into(),
-            kubenet(&[("POD_CIDR", "100.96.300.0/24")]),
-            "kubenet-bridge",
-            "\"100.96.300.0/24\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "POD_CIDR prefix /33".into(),
-            kubenet(&[("POD_CIDR", "100.96.3.0/33")]),
-            "kubenet-bridge",
-            "\"100.96.3.0/33\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "POD_CIDR /31".into(),
-            kubenet(&[("POD_CIDR", "100.96.3.0/31")]),
-            "kubenet-bridge",
-            "pod CIDR 100.96.3.0/31 is too small".into(),
-        ),
-        (
-            "POD_CIDR /32".into(),
-            kubenet(&[("POD_CIDR", "100.96.3.0/32")]),
-            "kubenet-bridge",
-            "pod CIDR 100.96.3.0/32 is too small".into(),
-        ),
-        (
-            "POD_CIDR /31 with vpc-route".into(),
-            vpc(&[("POD_CIDR", "100.96.3.0/31")]),
-            "kubenet-bridge",
-            "pod CIDR 100.96.3.0/31 is too small".into(),
-        ),
-        (
-            "NON_MASQUERADE_CIDR malformed".into(),
-            kubenet(&[("NON_MASQUERADE_CIDR", "10.0.0.300/8")]),
-            "kubenet-bridge",
-            "\"10.0.0.300/8\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "NON_MASQUERADE_CIDR prefix /33".into(),
-            kubenet(&[("NON_MASQUERADE_CIDR", "10.0.0.0/33")]),
-            "kubenet-bridge",
-            "\"10.0.0.0/33\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "NON_MASQUERADE_CIDR not a CIDR".into(),
-            kubenet(&[("NON_MASQUERADE_CIDR", "10.0.0.0")]),
-            "kubenet-bridge",
-            "\"10.0.0.0\" is not an IPv4 CIDR".into(),
-        ),
+    let (kb, vpc, vx) = ("kubenet-bridge", "vpc-route", "vxlan-overlay");
+    let not_cidr = |v: &str| format!("{v:?} is not an IPv4 CIDR");
+    let too_small = |v: &str| format!("pod CIDR {v} is too small");
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str, String)> = vec![
+        ("POD_CIDR malformed", "kubenet", vec![("POD_CIDR", "100.96.300.0/24")], kb, not_cidr("100.96.300.0/24")),
+        ("POD_CIDR prefix /33", "kubenet", vec![("POD_CIDR", "100.96.3.0/33")], kb, not_cidr("100.96.3.0/33")),
+        ("POD_CIDR /31", "kubenet", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
+        ("POD_CIDR /32", "kubenet", vec![("POD_CIDR", "100.96.3.0/32")], kb, too_small("100.96.3.0/32")),
+        ("POD_CIDR /31 with vpc-route", "kubenet-vpc-route", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
+        ("NON_MASQUERADE_CIDR malformed", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.300/8")], kb, not_cidr("10.0.0.300/8")),
+        ("NON_MASQUERADE_CIDR prefix /33", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0/33")], kb, not_cidr("10.0.0.0/33")),
+        ("NON_MASQUERADE_CIDR not a CIDR", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0")], kb, not_cidr("10.0.0.0")),
         // kubenet-vpc-route: CLUSTER_CIDR is also the default NON_MASQUERADE_CIDR, so a
-        // malformed one is refused by kubenet-bridge first; too small, by vpc-route.
-        (
-            "CLUSTER_CIDR malformed (vpc-route)".into(),
-            vpc(&[("CLUSTER_CIDR", "100.96.0.0.0/16")]),
-            "kubenet-bridge",
-            "\"100.96.0.0.0/16\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "CLUSTER_CIDR prefix /33 (vpc-route)".into(),
-            vpc(&[
-                ("CLUSTER_CIDR", "100.96.0.0/33"),
-                ("NON_MASQUERADE_CIDR", "10.0.0.0/8"),
-            ]),
-            "vpc-route",
-            "\"100.96.0.0/33\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "CLUSTER_CIDR smaller than the pod CIDR (vpc-route)".into(),
-            vpc(&[("CLUSTER_CIDR", "100.96.3.0/31")]),
-            "vpc-route",
-            "podCIDR: 100.96.3.0/24 is not inside clusterCIDR 100.96.3.0/31".into(),
-        ),
-        (
-            "CLUSTER_CIDR malformed (vxlan-overlay)".into(),
-            vxlan("100.96.0.0/1x"),
-            "vxlan-overlay",
-            "\"100.96.0.0/1x\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "CLUSTER_CIDR prefix /33 (vxlan-overlay)".into(),
-            vxlan("100.96.0.0/33"),
-            "vxlan-overlay",
-            "\"100.96.0.0/33\" is not an IPv4 CIDR".into(),
-        ),
-        (
-            "CLUSTER_CIDR smaller than a node subnet (vxlan-overlay)".into(),
-            vxlan("100.96.0.0/31"),
-            "vxlan-overlay",
-            "subnetLen 24 must be between clusterCIDR's prefix /31 and 30".into(),
-        ),
+        // malformed one is refused by kubenet-bridge first; one too small, by vpc-route.
+        ("CLUSTER_CIDR malformed (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0.0/16")], kb, not_cidr("100.96.0.0.0/16")),
+        ("CLUSTER_CIDR prefix /33 (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0/33"), ("NON_MASQUERADE_CIDR", "10.0.0.0/8")], vpc, not_cidr("100.96.0.0/33")),
+        ("CLUSTER_CIDR smaller than the pod CIDR (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.3.0/31")], vpc, "podCIDR: 100.96.3.0/24 is not inside clusterCIDR 100.96.3.0/31".into()),
+        ("CLUSTER_CIDR malformed (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/1x")], vx, not_cidr("100.96.0.0/1x")),
+        ("CLUSTER_CIDR prefix /33 (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/33")], vx, not_cidr("100.96.0.0/33")),
+        ("CLUSTER_CIDR smaller than a node subnet (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/31")], vx, "subnetLen 24 must be between clusterCIDR's prefix /31 and 30".into()),
     ];
-    for (what, mut cmd, plugin, message) in cases {
-        let o = run(&mut cmd);
+    for (what, template, vars, plugin, message) in cases {
+        let o = run(&mut render(template, &vars));
         assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
@@ -826,7 +752,7 @@ fn install_cni_refuses_bad_cidrs_with_the_plugins_message_and_installs_nothing()
 
     // The same newer binaries with good values are installed: the runs above would have
     // shown in the tree had they installed anything.
-    let o = run(&mut kubenet(&[]));
+    let o = run(&mut render("kubenet", &[]));
     assert!(o.status.success(), "{}", text(&o));
     assert_ne!(tree(inst.dir.path()), before, "a good run changed nothing");
     assert_eq!(
