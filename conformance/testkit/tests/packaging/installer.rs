@@ -702,8 +702,10 @@ fn install_cni_refuses_bad_cidrs_with_the_plugins_message_and_installs_nothing()
     let (kb, vpc, vx) = ("kubenet-bridge", "vpc-route", "vxlan-overlay");
     let not_cidr = |v: &str| format!("{v:?} is not an IPv4 CIDR");
     let too_small = |v: &str| format!("pod CIDR {v} is too small");
+    /// What, template, variables, the plugin that refuses, the words of its refusal.
+    type Refusal<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, String);
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str, String)> = vec![
+    let cases: Vec<Refusal> = vec![
         ("POD_CIDR malformed", "kubenet", vec![("POD_CIDR", "100.96.300.0/24")], kb, not_cidr("100.96.300.0/24")),
         ("POD_CIDR prefix /33", "kubenet", vec![("POD_CIDR", "100.96.3.0/33")], kb, not_cidr("100.96.3.0/33")),
         ("POD_CIDR /31", "kubenet", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
