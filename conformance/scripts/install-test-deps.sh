@@ -6,7 +6,7 @@
 # and cnitool, built offline from Debian's CNI 1.1.2 source package with Debian's Go.
 # For the vxlan-overlay tests and bench: etcd-server, etcd-client, protobuf-compiler and
 # libprotobuf-dev (protoc and the well-known types it imports), ethtool, curl.
-# For the runtime and packaging tests: containerd, runc, podman, busybox-static, a CRI client
+# For the runtime and packaging tests: containerd, runc, podman, busybox-static, lintian, a CRI client
 # (grpcio venv + stubs from Debian's containerd source) and cargo-deb, all under $TOOLS.
 #
 # Idempotent: apt skips installed packages and the cnitool build is skipped when
@@ -49,6 +49,8 @@ PACKAGES=(
     # with its CNI backend, runc for both, busybox-static for local images, python3-venv for
     # the CRI client
     containerd runc podman busybox-static python3-venv
+    # The release test checks the .deb as a packager would (tests/packaging/release.rs)
+    lintian
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

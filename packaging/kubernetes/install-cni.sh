@@ -9,6 +9,12 @@
 # place, so a runtime never execs a half-copied plugin or reads a half-written config (libcni
 # only loads *.conf, *.conflist and *.json, and the temp names are none of those).
 #
+# The rendered conflist is checked by the binaries that will read it before anything is
+# installed: each of the suite's plugins it names runs `<plugin> --check-config <file>` (the
+# validation its ADD runs first: CIDRs, prefix lengths, a pod range large enough, names). A
+# refusal prints the plugin's own message and installs nothing: no binary, no conflist (the
+# previous one stays). The shell only keeps values from breaking the JSON.
+#
 # A conflist of the same name that is not the suite's (it names neither kubenet-bridge nor
 # vxlan-overlay) is another provider's: refused unless --force (or FORCE=1), which keeps it as
 # <name>.replaced-by-cni-suite (a name runtimes do not load).
@@ -33,7 +39,8 @@
 #   TEMPLATE_DIR         the conflist templates             [<this script's dir>/conflists]
 #   PLUGINS              installed when present in SRC_BIN_DIR
 #                        [kubenet-bridge vxlan-overlay vpc-route]
-#   SKIP_PLUGIN_CHECK=1  write the conflist even if a plugin it names is not in CNI_BIN_DIR
+#   SKIP_PLUGIN_CHECK=1  write the conflist even if a plugin it names is not in CNI_BIN_DIR,
+#                        and without asking the suite's plugins to check it
 #
 # Exit status: 0 installed (or already up to date), 1 error, 3 refused a foreign conflist.
 set -eu
@@ -106,8 +113,6 @@ check_value() {
     esac
 }
 
-is_cidr() { echo "$1" | grep -Eq '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$'; }
-
 # host:port as the agent parses it (a socket address): a dotted IPv4 address with octets up
 # to 255, or a bracketed IPv6 address, and a port 1-65535 (a probe cannot follow port 0).
 is_socket_address() {
@@ -171,26 +176,28 @@ for var in $needed; do
         METRICS_ADDRESS) is_socket_address "$value" || die "METRICS_ADDRESS=$value is not IPv4:port or [IPv6]:port with a port 1-65535 (or off)" ;;
         *) check_value "$var" "$value" ;;
     esac
+    # CIDRs are the plugins' to judge (--check-config below); MTU is rendered unquoted, so it
+    # must be a number to keep the JSON whole.
     case "$var" in
-        *CIDR) is_cidr "$value" || die "$var=$value is not an IPv4 CIDR" ;;
-        MTU) case "$value" in *[!0-9]*) die "MTU=$value is not a number" ;; esac ;;
+        MTU) case "$value" in ''|*[!0-9]*) die "MTU=$value is not a number" ;; esac ;;
     esac
     sed_args="$sed_args -e 's|@@$var@@|$value|g'"
 done
 
-# 1. Binaries.
-installed=0
-for p in $PLUGINS; do
-    if [ -f "$SRC_BIN_DIR/$p" ]; then
-        install_file "$SRC_BIN_DIR/$p" "$CNI_BIN_DIR/$p" 0755
-        installed=$((installed + 1))
-    else
-        say "$p is not in $SRC_BIN_DIR: not installed"
-    fi
-done
-[ "$installed" -gt 0 ] || die "no plugin binary in $SRC_BIN_DIR"
+# The binary that will serve plugin $1 once installed: the one this run installs, else the
+# one already in CNI_BIN_DIR; nothing when neither exists.
+plugin_binary() {
+    for p in $PLUGINS; do
+        if [ "$p" = "$1" ] && [ -f "$SRC_BIN_DIR/$1" ]; then
+            echo "$SRC_BIN_DIR/$1"
+            return 0
+        fi
+    done
+    if [ -x "$CNI_BIN_DIR/$1" ]; then echo "$CNI_BIN_DIR/$1"; fi
+}
 
-# 2. The conflist, rendered to a temp file beside its destination.
+# 1. The conflist, rendered to a temp file beside its destination (removed at exit unless
+# renamed into place) and checked before anything is installed.
 dest="$CNI_CONF_DIR/$CNI_CONF_NAME"
 temp_beside "$dest"
 rendered=$TMP
@@ -198,20 +205,48 @@ eval "sed $sed_args" <"$template" >"$rendered"
 if command -v jq >/dev/null; then
     jq empty "$rendered" 2>/dev/null || die "rendered $template is not valid JSON"
 fi
+installable=0
+for p in $PLUGINS; do
+    if [ -f "$SRC_BIN_DIR/$p" ]; then installable=$((installable + 1)); fi
+done
+[ "$installable" -gt 0 ] || die "no plugin binary in $SRC_BIN_DIR"
 if [ "${SKIP_PLUGIN_CHECK:-0}" != 1 ]; then
     for t in $(grep -o '"type" *: *"[^"]*"' "$rendered" | sed 's/.*"\([^"]*\)"$/\1/'); do
-        [ -x "$CNI_BIN_DIR/$t" ] || die "the conflist names plugin $t, which is not in $CNI_BIN_DIR (reference plugins: containernetworking-plugins; SKIP_PLUGIN_CHECK=1 writes it anyway)"
+        bin=$(plugin_binary "$t")
+        [ -n "$bin" ] || die "the conflist names plugin $t, which is not in $CNI_BIN_DIR (reference plugins: containernetworking-plugins; SKIP_PLUGIN_CHECK=1 writes it anyway)"
+        case "$t" in
+            kubenet-bridge|vxlan-overlay|vpc-route)
+                refusal=$("$bin" --check-config "$rendered" 2>&1 >/dev/null) \
+                    || die "$t refuses the rendered conflist, nothing installed: $refusal" ;;
+        esac
     done
 fi
 
+# Another provider's conflist of the same name is refused before anything is installed.
+foreign=0
+if [ -e "$dest" ] && ! cmp -s "$rendered" "$dest" \
+    && ! grep -Eq '"type"[[:space:]]*:[[:space:]]*"(kubenet-bridge|vxlan-overlay)"' "$dest"; then
+    if [ "$FORCE" != 1 ]; then
+        echo "install-cni: $dest exists and is not the suite's (another provider's?): refusing to overwrite it; --force (FORCE=1) replaces it and keeps it as $dest.replaced-by-cni-suite" >&2
+        exit 3
+    fi
+    foreign=1
+fi
+
+# 2. Binaries.
+for p in $PLUGINS; do
+    if [ -f "$SRC_BIN_DIR/$p" ]; then
+        install_file "$SRC_BIN_DIR/$p" "$CNI_BIN_DIR/$p" 0755
+    else
+        say "$p is not in $SRC_BIN_DIR: not installed"
+    fi
+done
+
+# 3. The conflist, renamed into place.
 if [ -f "$dest" ] && cmp -s "$rendered" "$dest"; then
     say "$dest unchanged"
 else
-    if [ -e "$dest" ] && ! grep -Eq '"type"[[:space:]]*:[[:space:]]*"(kubenet-bridge|vxlan-overlay)"' "$dest"; then
-        if [ "$FORCE" != 1 ]; then
-            echo "install-cni: $dest exists and is not the suite's (another provider's?): refusing to overwrite it; --force (FORCE=1) replaces it and keeps it as $dest.replaced-by-cni-suite" >&2
-            exit 3
-        fi
+    if [ "$foreign" = 1 ]; then
         cp -p "$dest" "$dest.replaced-by-cni-suite"
         say "kept the previous $dest as $dest.replaced-by-cni-suite"
     fi

@@ -63,6 +63,14 @@ pub trait Plugin {
         req: &Request<Self::Config>,
         valid: &[Attachment],
     ) -> Result<Option<String>, Self::Error>;
+    /// Validates a configuration the way ADD would before touching the node, for
+    /// `--check-config FILE` (installers check a conflist with the binary that will read it).
+    /// `config` has already decoded as [`Plugin::Config`]; the default accepts it, and a
+    /// plugin overrides this with the checks its verbs run first.
+    fn check_config(&self, conf: &NetConf, config: &Self::Config) -> Result<(), Self::Error> {
+        let _ = (conf, config);
+        Ok(())
+    }
 }
 
 /// Static facts about a plugin binary for `--help` and `--version`.
@@ -79,8 +87,8 @@ pub struct About {
 /// What the process should exit with.
 pub type ExitCode = i32;
 
-/// Runs the plugin on the process's environment, stdin and stdout. `--help` and `--version`
-/// in argv are answered without CNI. Returns the exit code.
+/// Runs the plugin on the process's environment, stdin and stdout. `--help`, `--version` and
+/// `--check-config FILE` in argv are answered without CNI. Returns the exit code.
 pub fn run<P: Plugin>(plugin: &P, about: &About) -> ExitCode {
     install_panic_guard();
     // args_os: a non-UTF-8 argument must not panic before anything is printed.
@@ -90,6 +98,9 @@ pub fn run<P: Plugin>(plugin: &P, about: &About) -> ExitCode {
         .collect();
     if let Some(code) = answer_flags(&args, about) {
         return code;
+    }
+    if args.first().map(String::as_str) == Some("--check-config") {
+        return check_config_command(plugin, args.get(1).map(String::as_str), about);
     }
     let mut stdin = Vec::new();
     let command_var = std::env::var("CNI_COMMAND").ok();
@@ -137,7 +148,10 @@ fn answer_flags(args: &[String], about: &About) -> Option<ExitCode> {
                  Runtimes run it with CNI_COMMAND (ADD, DEL, CHECK, VERSION, STATUS, GC), \
                  CNI_CONTAINERID,\nCNI_NETNS, CNI_IFNAME and CNI_PATH in the environment and \
                  the network configuration on stdin.\n\nOptions:\n  --help     this text\n  \
-                 --version  version and CNI spec versions",
+                 --version  version and CNI spec versions\n  \
+                 --check-config FILE  validate this plugin's entry of a conflist (or a single \
+                 config) as ADD would, without touching the node; exit 1 with the plugin's \
+                 message when it is refused",
                 name = about.name,
                 version = about.version,
                 summary = about.summary
@@ -146,6 +160,64 @@ fn answer_flags(args: &[String], about: &About) -> Option<ExitCode> {
         }
         _ => None,
     }
+}
+
+/// `--check-config FILE`: this plugin's entry of the conflist (or the single config) in
+/// FILE, given `cniVersion` and `name` as a runtime passes them, decoded and checked with
+/// [`Plugin::check_config`]. Prints `FILE: ok` and returns 0, or prints the refusal on stderr
+/// (the spec error's message, details and code) and returns 1; 2 for a usage error.
+fn check_config_command<P: Plugin>(plugin: &P, path: Option<&str>, about: &About) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("{}: --check-config needs a file", about.name);
+        return 2;
+    };
+    match check_config_file(plugin, std::path::Path::new(path), about.name) {
+        Ok(()) => {
+            println!("{path}: ok");
+            0
+        }
+        Err(e) => {
+            let details = if e.details.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", e.details)
+            };
+            eprintln!(
+                "{}: {path}: {}{details} (code {})",
+                about.name, e.msg, e.code
+            );
+            1
+        }
+    }
+}
+
+fn check_config_file<P: Plugin>(
+    plugin: &P,
+    path: &std::path::Path,
+    plugin_type: &str,
+) -> Result<(), CniError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CniError::new(Code::IoFailure, format!("cannot read {}", path.display()))
+            .with_details(e.to_string())
+    })?;
+    let list = cni_spec::ConfList::parse(&bytes)?;
+    let mut entry = list.entry(plugin_type).cloned().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidNetworkConfig,
+            format!("no plugin of type {plugin_type:?} in it"),
+        )
+    })?;
+    // What libcni adds to each plugin's object of a list before it execs the plugin.
+    if let Value::Object(m) = &mut entry {
+        m.insert("cniVersion".into(), Value::from(list.cni_version.as_str()));
+        m.insert("name".into(), Value::from(list.name.as_str()));
+    }
+    let stdin = serde_json::to_vec(&entry).map_err(|e| {
+        CniError::new(Code::DecodingFailure, "cannot encode the entry").with_details(e.to_string())
+    })?;
+    let conf = NetConf::parse(&stdin)?;
+    let config: P::Config = conf.plugin_config()?;
+    plugin.check_config(&conf, &config).map_err(error_object)
 }
 
 fn dispatch<P: Plugin>(

@@ -3,6 +3,7 @@
 //! The spec is containernetworking/cni's SPEC.md; results are held in their newest shape
 //! ([`CniResult`]) and converted when read or written.
 
+pub mod cidr;
 pub mod conf;
 pub mod conflist;
 pub mod env;

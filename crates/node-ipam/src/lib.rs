@@ -13,7 +13,8 @@ use ipnet::Ipv4Net;
 
 pub use pool::Pool;
 pub use store::{
-    attachment_hash, parse_owner, read_leases, AttachmentLock, Owner, Reservation, Store,
+    attachment_busy, attachment_hash, parse_owner, read_leases, AttachmentLock, Owner, Reservation,
+    Store,
 };
 
 /// What can go wrong with a lease.

@@ -534,6 +534,33 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Whether an ADD or DEL of (container id, ifname) holds its attachment lock in the IPAM
+/// directory `dir` right now: a probe (`F_OFD_GETLK`) that takes no lock and creates nothing,
+/// for tools that must skip attachments being changed, as GC does. False when `dir` has no
+/// lock file.
+pub fn attachment_busy(dir: &Path, container_id: &str, ifname: &str) -> Result<bool, Error> {
+    let path = dir.join(LOCK);
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: attachment_offset(container_id, ifname),
+        l_len: 1,
+        // OFD locks require 0 here.
+        l_pid: 0,
+    };
+    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut fl)).map_err(|errno| Error::io(&path, errno.into()))?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
 /// The owner a lease file names: `<container id>\r\n<ifname>` (host-local's format), each
 /// part trimmed; None for an empty or malformed file.
 pub fn parse_owner(content: &str) -> Option<Owner> {

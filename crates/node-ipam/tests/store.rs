@@ -265,6 +265,26 @@ fn an_attachment_lock_makes_a_second_holder_wait_and_gc_skip_it() {
 }
 
 #[test]
+fn attachment_busy_sees_a_held_lock_without_taking_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    // No directory, no lock file: nothing is busy, and nothing is created.
+    assert!(!node_ipam::attachment_busy(&dir, "a", "eth0").unwrap());
+    assert!(!dir.exists());
+    let store = Store::open(tmp.path(), "n").unwrap();
+    assert!(!node_ipam::attachment_busy(&dir, "a", "eth0").unwrap());
+    let held = store.lock_attachment("a", "eth0").unwrap();
+    assert!(node_ipam::attachment_busy(&dir, "a", "eth0").unwrap());
+    assert!(!node_ipam::attachment_busy(&dir, "a", "eth1").unwrap());
+    // The probe took nothing: another holder still gets the lock at once after the release.
+    drop(held);
+    assert!(!node_ipam::attachment_busy(&dir, "a", "eth0").unwrap());
+    let other = Store::open(tmp.path(), "n").unwrap();
+    let _again = other.lock_attachment("a", "eth0").unwrap();
+    assert!(node_ipam::attachment_busy(&dir, "a", "eth0").unwrap());
+}
+
+#[test]
 fn last_reserved_is_rewritten_exactly_when_the_address_gets_shorter() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path(), "n").unwrap();

@@ -28,6 +28,10 @@ pub struct LinkInfoLite {
     pub master: Option<u32>,
     /// MTU.
     pub mtu: u32,
+    /// For a veth whose peer lives in another network namespace, that namespace's id here
+    /// (`IFLA_LINK_NETNSID`): a pod's namespace that still exists, since the kernel deletes
+    /// the pair with it. None when the peer is in this namespace.
+    pub peer_netns: Option<i32>,
 }
 
 /// The node's links, from one dump.
@@ -88,12 +92,14 @@ fn lite(msg: &LinkMessage) -> LinkInfoLite {
         up: msg.header.flags.contains(LinkFlags::Up),
         master: None,
         mtu: 0,
+        peer_netns: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(m) => l.mtu = *m,
             LinkAttribute::Controller(m) => l.master = Some(*m),
+            LinkAttribute::LinkNetNsId(id) => l.peer_netns = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {

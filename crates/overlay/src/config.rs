@@ -13,7 +13,11 @@ use crate::Error;
 #[serde(rename_all = "camelCase")]
 pub struct OverlayConfig {
     /// The cluster's pod range, split into node subnets (required).
-    #[serde(rename = "clusterCIDR")]
+    #[serde(
+        rename = "clusterCIDR",
+        default,
+        deserialize_with = "cni_spec::cidr::optional_ipv4"
+    )]
     pub cluster_cidr: Option<Ipv4Net>,
     /// Prefix length of each node's subnet (default 24).
     #[serde(default = "default_subnet_len")]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use cni_skel::{AddOutput, Plugin, Request};
-use cni_spec::Attachment;
+use cni_spec::{Attachment, NetConf};
 use node_ipam::Pool;
 use pod_bridge::config::{nft_table_for, DEFAULT_DATA_DIR};
 use pod_bridge::{attach, BridgeNetwork};
@@ -102,6 +102,12 @@ impl Plugin for VxlanOverlay {
             other => other,
         })?;
         Ok(attach::status(&net)?)
+    }
+
+    /// What the plugin and the agent both check before anything else (clusterCIDR against
+    /// subnetLen, names, etcd settings); the agent's lease is not needed for that.
+    fn check_config(&self, _conf: &NetConf, config: &OverlayConfig) -> Result<(), Error> {
+        config.validate()
     }
 
     fn gc(

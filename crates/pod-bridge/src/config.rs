@@ -18,7 +18,11 @@ pub struct KubenetConfig {
     #[serde(default = "default_bridge")]
     pub bridge: String,
     /// The node's pod CIDR (required), as `{{.PodCIDR}}` renders it.
-    #[serde(rename = "podCIDR")]
+    #[serde(
+        rename = "podCIDR",
+        default,
+        deserialize_with = "cni_spec::cidr::optional_ipv4"
+    )]
     pub pod_cidr: Option<Ipv4Net>,
     /// Gateway on the bridge (default: first host address).
     pub gateway: Option<Ipv4Addr>,
@@ -26,7 +30,11 @@ pub struct KubenetConfig {
     #[serde(default = "yes")]
     pub ip_masq: bool,
     /// Destinations never masqueraded (kubenet's default 10.0.0.0/8).
-    #[serde(rename = "nonMasqueradeCIDR", default = "default_non_masquerade")]
+    #[serde(
+        rename = "nonMasqueradeCIDR",
+        default = "default_non_masquerade",
+        deserialize_with = "cni_spec::cidr::ipv4"
+    )]
     pub non_masquerade_cidr: Ipv4Net,
     /// Pod MTU; 0 = the MTU of the default route's interface (1500 when there is none).
     #[serde(default)]
@@ -145,6 +153,32 @@ mod tests {
             .resolve("n")
             .is_err());
         assert!(serde_json::from_str::<KubenetConfig>(r#"{"podCIDR":"banana"}"#).is_err());
+    }
+
+    /// What `--check-config` (the installer) refuses in podCIDR and nonMasqueradeCIDR:
+    /// malformed, out-of-range prefixes, and pod ranges with no address left to lease.
+    #[test]
+    fn refuses_malformed_out_of_range_and_too_small_cidrs() {
+        for field in ["podCIDR", "nonMasqueradeCIDR"] {
+            for bad in ["100.96.300.0/24", "100.96.3.0/33", "100.96.3.0"] {
+                let json = serde_json::json!({"podCIDR": "10.1.0.0/24", field: bad});
+                let e = serde_json::from_value::<KubenetConfig>(json)
+                    .expect_err(bad)
+                    .to_string();
+                assert!(
+                    e.contains(&format!("{bad:?} is not an IPv4 CIDR")),
+                    "{field}={bad}: {e}"
+                );
+            }
+        }
+        for small in ["100.96.3.0/31", "100.96.3.1/32"] {
+            let e = parse(&format!(r#"{{"podCIDR":"{small}"}}"#))
+                .resolve("n")
+                .expect_err(small)
+                .to_string();
+            assert!(e.contains("too small"), "{small}: {e}");
+        }
+        assert!(parse(r#"{"podCIDR":"100.96.3.0/30"}"#).resolve("n").is_ok());
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod config;
 use std::net::Ipv4Addr;
 
 use cni_skel::{AddOutput, Plugin, Request};
-use cni_spec::{Attachment, Code, ErrorCode};
+use cni_spec::{Attachment, Code, ErrorCode, NetConf};
 
 pub use attach::{BridgeNetwork, DefaultRoute};
 pub use config::KubenetConfig;
@@ -101,6 +101,12 @@ impl Plugin for KubenetBridge {
 
     fn status(&self, req: &Request<KubenetConfig>) -> Result<(), Error> {
         attach::status(&req.config.resolve(&req.conf.name)?)
+    }
+
+    /// What ADD resolves before touching the node: the pod CIDR (a /30 or larger), the
+    /// gateway in it, the bridge name.
+    fn check_config(&self, conf: &NetConf, config: &KubenetConfig) -> Result<(), Error> {
+        config.resolve(&conf.name).map(drop)
     }
 
     fn gc(

@@ -14,22 +14,8 @@ const POD_CIDR: &str = "10.244.12.0/24";
 
 #[test]
 fn connect_resolves_identity_once_and_warm_add_skips_imds_and_ec2() {
-    // Before any thread exists: the credential chain reads these.
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        std::env::set_var(k, v);
-    }
-    for k in ["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"] {
-        std::env::remove_var(k);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // Before any thread exists: the credential chain reads the environment.
+    let rt = common::credential_env_and_runtime();
     rt.block_on(async {
         let moto = Moto::start();
         let sdk = moto.client().await;

@@ -28,10 +28,10 @@ pub struct Config {
     /// `KubernetesCluster=<name>`.
     pub cluster_name: String,
     /// This node's pod CIDR, routed to the node's primary ENI.
-    #[serde(rename = "podCIDR")]
+    #[serde(rename = "podCIDR", deserialize_with = "cni_spec::cidr::ipv4")]
     pub pod_cidr: Ipv4Net,
     /// The cluster's pod range: the only routes this crate ever replaces or deletes lie in it.
-    #[serde(rename = "clusterCIDR")]
+    #[serde(rename = "clusterCIDR", deserialize_with = "cni_spec::cidr::ipv4")]
     pub cluster_cidr: Ipv4Net,
     /// Explicit route tables; when empty, every table of the node's VPC tagged for the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -292,6 +292,19 @@ impl Error {
         }
     }
 
+    /// Whether EC2 answered that an id of the node (instance, ENI, VPC, subnet) does not
+    /// exist: the identity it was given is wrong (a node state from another instance), not
+    /// the cluster's tables.
+    pub fn is_unknown_node_id(&self) -> bool {
+        const NODE_ID_NOT_FOUND: [&str; 4] = [
+            "InvalidInstanceID.NotFound",
+            "InvalidNetworkInterfaceID.NotFound",
+            "InvalidVpcID.NotFound",
+            "InvalidSubnetID.NotFound",
+        ];
+        matches!(self, Error::Api { source } if NODE_ID_NOT_FOUND.iter().any(|c| source.has_code(c)))
+    }
+
     /// Whether the same call may succeed later without anyone changing anything:
     /// unreachable endpoints and deadlines. Quota, conflicts and config errors need a human.
     pub fn is_retryable(&self) -> bool {

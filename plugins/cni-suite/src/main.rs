@@ -51,6 +51,10 @@ enum Cmd {
         /// Log errors younger than this many minutes count as recent.
         #[arg(long, default_value_t = 60)]
         log_window_minutes: u64,
+        /// A lease without a cached result counts as orphaned once older than this (libcni
+        /// writes its cache after ADD returns).
+        #[arg(long, default_value_t = doctor::DEFAULT_ORPHAN_GRACE_SECONDS)]
+        orphan_grace_seconds: u64,
     },
     /// Remove what the suite created on this node: pod veths, the bridges and VXLAN devices of
     /// its conflists, the cni_suite_* nftables tables, its networks' IPAM state and cached
@@ -106,6 +110,7 @@ fn main() {
             node_name,
             cache_dir,
             log_window_minutes,
+            orphan_grace_seconds,
         } => {
             let report = doctor::run(&doctor::Options {
                 conf_dir,
@@ -116,6 +121,7 @@ fn main() {
                 cache_dir,
                 log_window: Duration::from_secs(log_window_minutes * 60),
                 suite_version: env!("CARGO_PKG_VERSION").to_string(),
+                orphan_grace: Duration::from_secs(orphan_grace_seconds),
             });
             if json {
                 println!("{:#}", report.to_json());

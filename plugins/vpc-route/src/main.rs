@@ -92,7 +92,7 @@ impl Plugin for VpcRoute {
     fn add(&self, req: &Request<Value>) -> Result<AddOutput, VpcError> {
         let config = Config::from_value(req.config.clone())?;
         refuse_bad_request(req)?;
-        let plan = block_on(async { vpc_routes_aws::connect(config).await?.ensure().await })?;
+        let plan = block_on(vpc_routes_aws::ensure(config))?;
         log::debug!("vpc-route ADD: {plan}");
         Ok(AddOutput::PrevResult)
     }
@@ -106,13 +106,23 @@ impl Plugin for VpcRoute {
     fn check(&self, req: &Request<Value>) -> Result<(), VpcError> {
         let config = Config::from_value(req.config.clone())?;
         refuse_bad_request(req)?;
-        block_on(async { vpc_routes_aws::connect(config).await?.check().await })
+        block_on(vpc_routes_aws::check(config))
     }
 
     /// From the node state only: runtimes poll STATUS, it never calls EC2.
     fn status(&self, req: &Request<Value>) -> Result<(), VpcError> {
         let config = Config::from_value(req.config.clone())?;
         vpc_routes::status(&config)?;
+        Ok(())
+    }
+
+    /// The config rules ADD applies before any EC2 call (podCIDR inside clusterCIDR, ...).
+    fn check_config(
+        &self,
+        _conf: &cni_skel::cni_spec::NetConf,
+        config: &Value,
+    ) -> Result<(), VpcError> {
+        Config::from_value(config.clone())?;
         Ok(())
     }
 

@@ -289,3 +289,178 @@ fn doctor_reads_the_agents_healthz_on_its_metrics_address() {
         "{c}"
     );
 }
+
+/// Holds the attachment lock of (`id`, `ifname`) in the IPAM directory `dir` as a running ADD
+/// or DEL does (an OFD lock on one byte of `lock`, at node-ipam's offset: FNV-1a of id, NUL,
+/// ifname, modulo 2^20), until the file is dropped.
+fn hold_attachment_lock(dir: &Path, id: &str, ifname: &str) -> fs::File {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("lock"))
+        .expect("the network's lock file");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: (h % (1 << 20)) as libc::off_t,
+        l_len: 1,
+        l_pid: 0,
+    };
+    // SAFETY: fcntl on a descriptor this function owns, with a flock struct that outlives the
+    // call.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(r, 0, "OFD lock: {}", std::io::Error::last_os_error());
+    file
+}
+
+/// The name of pod `id`'s lease file (its address) in the node's IPAM directory.
+fn lease_file(s: &SuiteNode, id: &str) -> String {
+    let dir = s.ipam_root().join(&s.network);
+    fs::read_dir(&dir)
+        .expect("ipam dir")
+        .flatten()
+        .find(|e| fs::read_to_string(e.path()).is_ok_and(|c| c.starts_with(&format!("{id}\r\n"))))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("no lease of {id} in {}", dir.display()))
+}
+
+/// Runs the doctor on `s` with `extra` arguments and returns check `name`, which must have
+/// status `want` (and a failing exit status when it fails).
+fn doctor_check(s: &SuiteNode, extra: &[&str], name: &str, want: &str) -> Value {
+    let (o, report) = s.doctor_with(extra);
+    let c = check(&report, name).clone();
+    assert_eq!(c["status"], want, "{c}");
+    if want == "fail" {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    }
+    c
+}
+
+#[test]
+fn doctor_fails_a_veth_on_the_bridge_with_no_lease_and_no_pod() {
+    require_root();
+    let mut s = SuiteNode::new();
+    s.add_pod("doc-orph-veth-a");
+    let name = format!("orphan-veths:{}", s.network);
+    let c = doctor_check(&s, &[], &name, "ok");
+    assert!(message(&c).contains("1 pod veth(s)"), "{c}");
+
+    // A veth of the suite's naming on the bridge whose peer is in no pod's namespace and
+    // which no lease names: what a lost lease leaves once the pod is gone.
+    let netns = s.node.netns();
+    let orphan = "veth0badc0ffee1";
+    netns.ip_ok(&[
+        "link",
+        "add",
+        orphan,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "doc-orph-peer",
+    ]);
+    netns.ip_ok(&["link", "set", orphan, "master", &s.bridge]);
+    let c = doctor_check(&s, &[], &name, "fail");
+    assert!(
+        message(&c).contains(orphan),
+        "the check names the veth: {c}"
+    );
+    assert!(message(&c).contains("no lease, no namespace"), "{c}");
+    assert!(
+        hint(&c).contains(&format!("ip link del {orphan}"))
+            && hint(&c).contains("cni-suite teardown"),
+        "the fix names the veth and teardown: {c}"
+    );
+    // The pod with its lease is not named.
+    let pod_veth = suite_veths(netns)
+        .into_iter()
+        .find(|v| v != orphan)
+        .expect("the pod's veth");
+    assert!(!message(&c).contains(&pod_veth), "{c}");
+
+    // A pod whose lease is lost while its namespace lives: a warning naming its veth.
+    netns.ip_ok(&["link", "del", orphan]);
+    let dir = s.ipam_root().join(&s.network);
+    fs::remove_file(dir.join(lease_file(&s, "doc-orph-veth-a"))).expect("remove lease");
+    fs::remove_file(dir.join("attachments/doc-orph-veth-a@eth0")).expect("remove index entry");
+    let c = doctor_check(&s, &[], &name, "warn");
+    assert!(message(&c).contains(&pod_veth), "{c}");
+    assert!(message(&c).contains("namespace still exists"), "{c}");
+}
+
+#[test]
+fn doctor_fails_a_cached_result_with_no_lease_and_skips_a_busy_one() {
+    require_root();
+    let mut s = SuiteNode::new();
+    s.add_pod("doc-orph-res-a");
+    s.cache_result("doc-orph-res-a");
+    let name = format!("orphan-results:{}", s.network);
+    let c = doctor_check(&s, &[], &name, "ok");
+    assert!(message(&c).contains("1 cached result(s)"), "{c}");
+
+    // The runtime's cache names a pod the plugin holds nothing for.
+    let gone = s.cache_result("doc-orph-res-gone");
+    let gone_file = gone
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let c = doctor_check(&s, &[], &name, "fail");
+    assert!(
+        message(&c).contains(&gone_file),
+        "the check names the file: {c}"
+    );
+    assert!(
+        !message(&c).contains(&format!("{}-doc-orph-res-a-eth0", s.network)),
+        "{c}"
+    );
+    assert!(hint(&c).contains("cni-suite teardown"), "{c}");
+
+    // While its DEL holds the attachment lock, it is not judged.
+    let lock = hold_attachment_lock(&s.ipam_root().join(&s.network), "doc-orph-res-gone", "eth0");
+    doctor_check(&s, &[], &name, "ok");
+    drop(lock);
+    doctor_check(&s, &[], &name, "fail");
+}
+
+#[test]
+fn doctor_fails_a_lease_with_no_cached_result_only_after_the_grace_period() {
+    require_root();
+    let mut s = SuiteNode::new();
+    s.add_pod("doc-orph-old");
+    s.add_pod("doc-orph-new");
+    let name = format!("orphan-leases:{}", s.network);
+    // Just added, not cached yet (libcni caches after ADD returns): not an orphan.
+    let c = doctor_check(&s, &[], &name, "ok");
+    assert!(message(&c).contains("2 younger or busy"), "{c}");
+
+    // One lease ten minutes old that no runtime cached: past the default 300 s.
+    let dir = s.ipam_root().join(&s.network);
+    let old = lease_file(&s, "doc-orph-old");
+    run_ok(
+        Command::new("touch")
+            .args(["-d", "10 minutes ago"])
+            .arg(dir.join(&old)),
+    );
+    let c = doctor_check(&s, &[], &name, "fail");
+    assert!(
+        message(&c).contains(&format!("{old} (doc-orph-old, eth0;")),
+        "{c}"
+    );
+    assert!(!message(&c).contains("doc-orph-new"), "{c}");
+    assert!(hint(&c).contains("GC"), "{c}");
+
+    // A longer grace, a running ADD/DEL, or a cached result: not an orphan.
+    doctor_check(&s, &["--orphan-grace-seconds", "3600"], &name, "ok");
+    let lock = hold_attachment_lock(&dir, "doc-orph-old", "eth0");
+    doctor_check(&s, &[], &name, "ok");
+    drop(lock);
+    s.cache_result("doc-orph-old");
+    doctor_check(&s, &[], &name, "ok");
+}

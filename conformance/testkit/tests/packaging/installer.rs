@@ -1,6 +1,6 @@
 //! `packaging/kubernetes/install-cni.sh` into temp dirs: its three templates, idempotent,
 //! atomic under a concurrent reader, refusing a foreign conflist, every error path writing
-//! nothing.
+//! nothing, bad CIDRs refused by the plugins themselves (`--check-config`).
 
 use super::*;
 use cni_testkit::plugin::Expect;
@@ -517,7 +517,7 @@ fn install_cni_error_paths_write_nothing() {
                 c.env("CLUSTER_CIDR", "10.200.0.0");
                 c
             },
-            "CLUSTER_CIDR=10.200.0.0 is not an IPv4 CIDR",
+            "vxlan-overlay refuses the rendered conflist, nothing installed: vxlan-overlay: ",
         ),
         (
             "metrics address without a port",
@@ -648,4 +648,184 @@ fn install_cni_error_paths_write_nothing() {
         "{}",
         text(&o)
     );
+}
+
+/// The CIDR variables are judged by the plugins that will read the conflist (`<plugin>
+/// --check-config`), not by a pattern in shell: a malformed address, a prefix past /32 and a
+/// range too small for its use are refused with the plugin's own message, and nothing is
+/// installed (binaries and the previous conflist stay as they were).
+#[test]
+fn install_cni_refuses_bad_cidrs_with_the_plugins_message_and_installs_nothing() {
+    require_root();
+    let inst = Installer::with(&["kubenet-bridge", "vxlan-overlay", "vpc-route"]);
+    let all = "kubenet-bridge vxlan-overlay vpc-route portmap";
+    let o = run(inst
+        .command()
+        .env("PLUGINS", all)
+        .env("POD_CIDR", "100.96.3.0/24"));
+    assert!(o.status.success(), "{}", text(&o));
+    let previous = fs::read(inst.conflist()).expect("the first conflist");
+    // A second source whose binaries differ from the installed ones (a trailing byte, still
+    // runnable): a run that installed them would show in the bin dir.
+    let newer = inst.dir.path().join("newer");
+    for p in ["kubenet-bridge", "vxlan-overlay", "vpc-route", "portmap"] {
+        copy_exec(&inst.dir.path().join("src").join(p), &newer);
+        let mut bytes = fs::read(newer.join(p)).expect("read copy");
+        bytes.push(0);
+        fs::write(newer.join(p), bytes).expect("write copy");
+    }
+    let before = tree(inst.dir.path());
+
+    // One run: a template, the variables that differ from good values, the plugin that must
+    // refuse, and the words of its refusal.
+    let render = |template: &str, vars: &[(&str, &str)]| {
+        let mut c = inst.command();
+        c.env("PLUGINS", all).env("SRC_BIN_DIR", &newer);
+        let good: &[(&str, &str)] = match template {
+            "kubenet" => &[("POD_CIDR", "100.96.3.0/24")],
+            "kubenet-vpc-route" => &[
+                ("POD_CIDR", "100.96.3.0/24"),
+                ("CLUSTER_CIDR", "100.96.0.0/16"),
+                ("CLUSTER_NAME", "prod.example.com"),
+            ],
+            _ => &[
+                ("CLUSTER_CIDR", "100.96.0.0/16"),
+                ("ETCD_ENDPOINTS", "http://10.0.0.5:2379"),
+            ],
+        };
+        c.env("CNI_NETWORK", template);
+        for (k, v) in good.iter().chain(vars) {
+            c.env(k, v);
+        }
+        c
+    };
+    let (kb, vpc, vx) = ("kubenet-bridge", "vpc-route", "vxlan-overlay");
+    let not_cidr = |v: &str| format!("{v:?} is not an IPv4 CIDR");
+    let too_small = |v: &str| format!("pod CIDR {v} is too small");
+    /// What, template, variables, the plugin that refuses, the words of its refusal.
+    type Refusal<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, String);
+    #[rustfmt::skip]
+    let cases: Vec<Refusal> = vec![
+        ("POD_CIDR malformed", "kubenet", vec![("POD_CIDR", "100.96.300.0/24")], kb, not_cidr("100.96.300.0/24")),
+        ("POD_CIDR prefix /33", "kubenet", vec![("POD_CIDR", "100.96.3.0/33")], kb, not_cidr("100.96.3.0/33")),
+        ("POD_CIDR /31", "kubenet", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
+        ("POD_CIDR /32", "kubenet", vec![("POD_CIDR", "100.96.3.0/32")], kb, too_small("100.96.3.0/32")),
+        ("POD_CIDR /31 with vpc-route", "kubenet-vpc-route", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
+        ("NON_MASQUERADE_CIDR malformed", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.300/8")], kb, not_cidr("10.0.0.300/8")),
+        ("NON_MASQUERADE_CIDR prefix /33", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0/33")], kb, not_cidr("10.0.0.0/33")),
+        ("NON_MASQUERADE_CIDR not a CIDR", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0")], kb, not_cidr("10.0.0.0")),
+        // kubenet-vpc-route: CLUSTER_CIDR is also the default NON_MASQUERADE_CIDR, so a
+        // malformed one is refused by kubenet-bridge first; one too small, by vpc-route.
+        ("CLUSTER_CIDR malformed (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0.0/16")], kb, not_cidr("100.96.0.0.0/16")),
+        ("CLUSTER_CIDR prefix /33 (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0/33"), ("NON_MASQUERADE_CIDR", "10.0.0.0/8")], vpc, not_cidr("100.96.0.0/33")),
+        ("CLUSTER_CIDR smaller than the pod CIDR (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.3.0/31")], vpc, "podCIDR: 100.96.3.0/24 is not inside clusterCIDR 100.96.3.0/31".into()),
+        ("CLUSTER_CIDR malformed (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/1x")], vx, not_cidr("100.96.0.0/1x")),
+        ("CLUSTER_CIDR prefix /33 (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/33")], vx, not_cidr("100.96.0.0/33")),
+        ("CLUSTER_CIDR smaller than a node subnet (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/31")], vx, "subnetLen 24 must be between clusterCIDR's prefix /31 and 30".into()),
+    ];
+    for (what, template, vars, plugin, message) in cases {
+        let o = run(&mut render(template, &vars));
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "{plugin} refuses the rendered conflist, nothing installed: {plugin}: "
+            )),
+            "{what}: not refused by {plugin}: {}",
+            text(&o)
+        );
+        assert!(
+            err.contains(&message),
+            "{what}: stderr lacks {message:?}: {}",
+            text(&o)
+        );
+        assert_eq!(
+            fs::read(inst.conflist()).expect("the previous conflist stays"),
+            previous,
+            "{what}: the conflist changed"
+        );
+        assert_eq!(tree(inst.dir.path()), before, "{what}: files changed");
+        assert!(
+            inst.leftovers().is_empty(),
+            "{what}: temp files left: {:?}",
+            inst.leftovers()
+        );
+    }
+
+    // The same newer binaries with good values are installed: the runs above would have
+    // shown in the tree had they installed anything.
+    let o = run(&mut render("kubenet", &[]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(tree(inst.dir.path()), before, "a good run changed nothing");
+    assert_eq!(
+        fs::read(inst.bin().join("kubenet-bridge")).expect("installed"),
+        fs::read(newer.join("kubenet-bridge")).expect("newer")
+    );
+}
+
+/// `--check-config` on every plugin binary: the entry of its own type, accepted or refused
+/// with its code, a conflist without its type refused, a usage error for no file.
+#[test]
+fn plugins_check_their_entry_of_a_conflist() {
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("net.conflist");
+    let check = |plugin: &str, conf: &Value| {
+        write(&file, conf.to_string());
+        run(Command::new(plugin_binary(plugin))
+            .arg("--check-config")
+            .arg(&file))
+    };
+    let list = |plugins: Value| json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": plugins});
+    let kb = json!({"type": "kubenet-bridge", "podCIDR": "10.244.1.0/24"});
+    let o = check("kubenet-bridge", &list(json!([kb, {"type": "portmap"}])));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains(": ok"), "{}", text(&o));
+    let o = check(
+        "kubenet-bridge",
+        &list(
+            json!([{"type": "kubenet-bridge", "podCIDR": "10.244.1.0/24", "gateway": "10.9.9.9"}]),
+        ),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("gateway 10.9.9.9 is not a host address of 10.244.1.0/24")
+            && String::from_utf8_lossy(&o.stderr).contains("(code 7)"),
+        "{}",
+        text(&o)
+    );
+    // A single plugin config reads as a list of one.
+    let mut single = kb.clone();
+    single["cniVersion"] = json!("1.0.0");
+    single["name"] = json!("single");
+    let o = check("kubenet-bridge", &single);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = check("vxlan-overlay", &list(json!([kb])));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no plugin of type \"vxlan-overlay\""),
+        "{}",
+        text(&o)
+    );
+    let o = check(
+        "vxlan-overlay",
+        &list(
+            json!([{"type": "vxlan-overlay", "clusterCIDR": "10.200.0.0/16", "etcdEndpoints": ["https://10.0.0.5:2379"]}]),
+        ),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("need etcdCAFile"),
+        "{}",
+        text(&o)
+    );
+    let o = check(
+        "vpc-route",
+        &list(
+            json!([kb, {"type": "vpc-route", "clusterName": "c", "podCIDR": "10.244.1.0/24", "clusterCIDR": "10.244.0.0/16"}]),
+        ),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(Command::new(plugin_binary("kubenet-bridge")).arg("--check-config"));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }

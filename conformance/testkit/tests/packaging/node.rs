@@ -113,13 +113,32 @@ impl SuiteNode {
     }
 
     pub(super) fn doctor(&self) -> (Output, Value) {
+        self.doctor_with(&[])
+    }
+
+    /// `cni-suite doctor` with `extra` arguments.
+    pub(super) fn doctor_with(&self, extra: &[&str]) -> (Output, Value) {
         doctor_in(
             self.node.netns(),
             &self.conf(),
             &self.bin(),
             self.dir.path(),
             &self.dir.path().join("cache"),
+            extra,
         )
+    }
+
+    /// A libcni cache entry for `id`/eth0 of this network, as containerd writes it.
+    pub(super) fn cache_result(&self, id: &str) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("cache/results/{}-{id}-eth0", self.network));
+        write(
+            &path,
+            json!({"kind": "cniCacheV1", "containerId": id, "ifName": "eth0", "networkName": self.network}).to_string(),
+        );
+        path
     }
 
     pub(super) fn teardown(&self, extra: &[&str]) -> (Output, Value) {
@@ -197,22 +216,25 @@ pub(super) fn doctor_in(
     bin: &Path,
     dir: &Path,
     cache: &Path,
+    extra: &[&str],
 ) -> (Output, Value) {
-    let o = suite_in(
-        node,
-        &[
-            "doctor",
-            "--json",
-            "--conf-dir",
-            &conf.to_string_lossy(),
-            "--bin-dir",
-            &bin.to_string_lossy(),
-            "--containerd-config",
-            &dir.join("containerd.toml").to_string_lossy(),
-            "--cache-dir",
-            &cache.to_string_lossy(),
-        ],
-    );
+    let (conf, bin) = (conf.to_string_lossy(), bin.to_string_lossy());
+    let containerd = dir.join("containerd.toml");
+    let (containerd, cache) = (containerd.to_string_lossy(), cache.to_string_lossy());
+    let mut args = vec![
+        "doctor",
+        "--json",
+        "--conf-dir",
+        &conf,
+        "--bin-dir",
+        &bin,
+        "--containerd-config",
+        &containerd,
+        "--cache-dir",
+        &cache,
+    ];
+    args.extend_from_slice(extra);
+    let o = suite_in(node, &args);
     let v = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&o)));
     (o, v)
@@ -339,6 +361,7 @@ impl OverlaySuite {
             &self.dir.path().join("bin"),
             self.dir.path(),
             Self::cache_dir(),
+            &[],
         )
     }
 

@@ -199,6 +199,67 @@ fn release_tarball_verifies_and_its_binaries_run() {
         "{fields}"
     );
     assert!(fields.contains("Depends: nftables"), "{fields}");
+    // What a packager reads first: a one-line synopsis under 80 characters naming the
+    // contents, then a long description.
+    let synopsis = fields
+        .lines()
+        .find_map(|l| l.strip_prefix("Description: "))
+        .unwrap_or_else(|| panic!("no Description: {fields}"));
+    assert!(
+        synopsis.len() < 80,
+        "synopsis of {} characters: {synopsis:?}",
+        synopsis.len()
+    );
+    for part in ["kubenet-bridge", "vpc-route", "vxlan-overlay", "cni-suite"] {
+        assert!(
+            synopsis.contains(part),
+            "the synopsis does not name {part}: {synopsis:?}"
+        );
+    }
+    let long: String = fields
+        .lines()
+        .skip_while(|l| !l.starts_with("Description: "))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .collect();
+    assert!(
+        long.len() > 300,
+        "the long description is too short: {long:?}"
+    );
+    // lintian (Debian's package checker) finds no error; the warnings left are the ones the
+    // README lists with their reasons (a new one needs a fix or a reason there).
+    assert!(
+        has_program("lintian"),
+        "lintian is needed: run conformance/scripts/install-test-deps.sh"
+    );
+    let o = run(Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb));
+    let report = stdout(&o);
+    let tags = |kind: &str| -> std::collections::BTreeSet<String> {
+        report
+            .lines()
+            .filter(|l| l.starts_with(kind))
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(tags("E: ").is_empty(), "lintian errors: {}", text(&o));
+    let known: std::collections::BTreeSet<String> = LINTIAN_WARNINGS_EXPLAINED
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let unexplained: Vec<String> = tags("W: ").difference(&known).cloned().collect();
+    assert!(
+        unexplained.is_empty(),
+        "lintian warnings the README does not explain: {unexplained:?}\n{}",
+        text(&o)
+    );
+    assert!(
+        !report.contains("dir-or-file-in-opt"),
+        "the override for /opt/cni/bin is not applied: {}",
+        text(&o)
+    );
     let ex = TempDir::new().expect("temp dir");
     run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(ex.path()));
     let v = stdout(&run_ok(
@@ -206,3 +267,10 @@ fn release_tarball_verifies_and_its_binaries_run() {
     ));
     assert!(v.starts_with(&format!("cni-suite {VERSION}")), "{v}");
 }
+
+/// The lintian warnings the .deb keeps, each explained in the README's packaging section.
+const LINTIAN_WARNINGS_EXPLAINED: &[&str] = &[
+    "initial-upload-closes-no-bugs",
+    "no-manual-page",
+    "shared-library-lacks-prerequisites",
+];

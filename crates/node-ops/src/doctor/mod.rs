@@ -2,7 +2,8 @@
 //! (runtime set to use CNI, the provider started without errors, pod create and delete
 //! logged, kube-dns running), and then the suite's own state: binaries, every conflist and the
 //! plugins it names, bridges, VXLAN devices, forwarding, masquerade tables, leaked leases,
-//! the agent's lease and `/healthz`, and VPC routes. It only reads; nothing on the node changes.
+//! orphans (pod veths, cached results and leases one of whose sides is gone), the agent's
+//! lease and `/healthz`, and VPC routes. It only reads; nothing on the node changes.
 //!
 //! One file per group of checks; [`run`] calls them in a fixed order, which is the order of
 //! the report. A new check goes into its group's file and gets one call here.
@@ -20,6 +21,7 @@ mod cluster;
 mod conflists;
 mod datapath;
 mod ipam;
+mod orphans;
 mod plugin_log;
 mod results_cache;
 mod runtime_cni;
@@ -50,7 +52,13 @@ pub struct Options {
     pub log_window: Duration,
     /// This command's version, compared with the installed plugins'.
     pub suite_version: String,
+    /// How old a lease without a cached result must be to count as orphaned: libcni writes
+    /// its cache only after ADD returns.
+    pub orphan_grace: Duration,
 }
+
+/// Default `--orphan-grace-seconds`.
+pub const DEFAULT_ORPHAN_GRACE_SECONDS: u64 = 300;
 
 /// Runs every check.
 pub fn run(opts: &Options) -> Report {
@@ -89,6 +97,17 @@ pub fn run(opts: &Options) -> Report {
         }
     };
     let nft = kernel::nft_tables();
+    let results_dir = crate::libcni_cache::results_dir(&opts.cache_dir);
+    let cache = crate::libcni_cache::read_results(&results_dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "{} does not exist (no runtime caches results here)",
+                results_dir.display()
+            )
+        } else {
+            format!("{}: {e}", results_dir.display())
+        }
+    });
     let mut seen_bridges = BTreeSet::new();
     for net in &nets {
         let resolved = net.resolve();
@@ -112,6 +131,15 @@ pub fn run(opts: &Options) -> Report {
                 links,
             ));
         }
+        let cached: orphans::CacheEntries<'_> = match &cache {
+            Ok(all) => Ok(all.iter().filter(|r| r.network == net.name).collect()),
+            Err(why) => Err(why.clone()),
+        };
+        if let Some(links) = links.as_ref() {
+            report.push(orphans::check_veths(net, &leases, &cached, links));
+        }
+        report.push(orphans::check_cached_results(net, &leases, &cached));
+        report.push(orphans::check_uncached_leases(net, &leases, &cached, opts));
         report.push(datapath::check_masquerade(
             net,
             resolved.as_ref().ok(),
