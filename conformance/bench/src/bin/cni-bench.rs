@@ -2,9 +2,10 @@
 //! exec of kubenet-bridge against the reference `bridge` + `host-local`, side by side in one
 //! run, inside a throwaway node namespace, with vxlan-overlay's pod path (the same attach code,
 //! plus reading the agent's subnet.env) as a third row. Writes the table as markdown, JSON and
-//! SVG.
+//! SVG (the chart through plotters; `--redraw` draws it again from a bench.json).
 //!
-//! Usage: `cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]`
+//! Usage: `cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]`,
+//! `cni-bench --redraw [--out DIR]`
 //! Run as root. Masquerade is off on both sides: the reference's per-pod iptables chains
 //! would flatter us.
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cni_benches::chart;
 use cni_testkit::netns::{Netns, Node};
 use serde_json::{json, Value};
 
@@ -24,6 +26,7 @@ const SPEC_VERSION: &str = "1.0.0";
 
 const USAGE: &str = "\
 usage: cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]
+       cni-bench --redraw [--out DIR]
 
 ADD and DEL latency (median, p99), one at a time and concurrent, peak RSS per exec and binary
 sizes of kubenet-bridge against the reference bridge + host-local, in one run inside a
@@ -37,6 +40,7 @@ options:
   --rounds N          sequential ADD/DEL rounds (default 30)
   --concurrency N     concurrent ADDs, then DELs (default 50)
   --out DIR           where the tables go (default conformance/results)
+  --redraw            run nothing: redraw bench.svg from the bench.json in --out
   -h, --help          this text
   -V, --version       version and the CNI spec version it runs the plugins at";
 
@@ -46,6 +50,7 @@ struct Args {
     rounds: usize,
     concurrency: usize,
     out: PathBuf,
+    redraw: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         rounds: 30,
         concurrency: 50,
         out: PathBuf::from("conformance/results"),
+        redraw: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
                 a.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?
             }
             "--out" => a.out = val()?.into(),
+            "--redraw" => a.redraw = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -218,6 +225,9 @@ fn main() {
 
 fn real_main() -> Result<(), String> {
     let args = parse_args()?;
+    if args.redraw {
+        return redraw(&args.out);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("must run as root (it creates network namespaces)".into());
@@ -336,7 +346,8 @@ fn real_main() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("bench.md"), &md).map_err(|e| e.to_string())?;
-    std::fs::write(args.out.join("bench.svg"), svg(&doc)).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("bench.svg"), chart::latency_bars(&doc)?)
+        .map_err(|e| e.to_string())?;
     print!("{md}");
     Ok(())
 }
@@ -381,55 +392,11 @@ fn markdown(doc: &Value) -> String {
     s
 }
 
-/// A grouped bar chart of the medians.
-fn svg(doc: &Value) -> String {
-    let keys = ["add", "del", "add_concurrent", "del_concurrent"];
-    let results: Vec<&Value> = doc["results"].as_array().into_iter().flatten().collect();
-    let max = results
-        .iter()
-        .flat_map(|r| {
-            keys.iter()
-                .map(|k| r[*k]["median_ms"].as_f64().unwrap_or(0.0))
-        })
-        .fold(1.0_f64, f64::max);
-    let (w, h, top, left) = (700.0, 300.0, 30.0, 50.0);
-    let plot_h = h - top - 50.0;
-    let group_w = (w - left - 20.0) / keys.len() as f64;
-    let bar_w = (group_w - 20.0) / results.len().max(1) as f64;
-    let colors = ["#2b7bba", "#c0504d", "#6a9f3a"];
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{left}\" y=\"18\" font-size=\"13\">median latency (ms), lower is better</text>\n");
-    for (gi, k) in keys.iter().enumerate() {
-        let gx = left + gi as f64 * group_w;
-        for (ri, r) in results.iter().enumerate() {
-            let v = r[*k]["median_ms"].as_f64().unwrap_or(0.0);
-            let bh = v / max * plot_h;
-            let x = gx + 10.0 + ri as f64 * bar_w;
-            let y = top + plot_h - bh;
-            s += &format!(
-                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/><text x=\"{x:.1}\" y=\"{:.1}\">{v:.1}</text>\n",
-                bar_w - 4.0,
-                colors[ri % colors.len()],
-                y - 3.0
-            );
-        }
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            gx + 10.0,
-            top + plot_h + 15.0,
-            k.replace('_', " ")
-        );
-    }
-    for (ri, r) in results.iter().enumerate() {
-        let lx = left + ri as f64 * 210.0;
-        s += &format!(
-            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            h - 25.0,
-            colors[ri % colors.len()],
-            lx + 14.0,
-            h - 16.0,
-            r["plugin"].as_str().unwrap_or("?")
-        );
-    }
-    s += "</svg>\n";
-    s
+/// `--redraw`: bench.svg again from the bench.json in `out`, without running anything.
+fn redraw(out: &Path) -> Result<(), String> {
+    let path = out.join("bench.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(out.join("bench.svg"), chart::latency_bars(&doc)?)
+        .map_err(|e| format!("{}: {e}", out.join("bench.svg").display()))
 }
