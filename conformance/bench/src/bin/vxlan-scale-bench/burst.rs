@@ -55,18 +55,30 @@ pub struct BurstOutcome {
     pub timeline: Vec<(f64, usize, usize)>,
 }
 
+/// What every burst of one scenario shares: the node whose agent runs (started by the
+/// caller), the key prefix its agent watches, and the bound on each wait.
+#[derive(Clone, Copy)]
+pub struct BurstTarget<'a> {
+    pub node: &'a OverlayNode,
+    pub prefix: &'a str,
+    pub timeout: Duration,
+}
+
 /// Writes `ops` one request each (at `per_second` if given, else as fast as etcd answers)
 /// while polling the device, then waits (bounded) until the routes are exactly `after`.
 pub fn burst(
     bed: &mut Bed,
-    node: &OverlayNode,
-    prefix: &str,
+    target: BurstTarget,
     ops: &[Op],
     per_second: Option<f64>,
     after: &BTreeSet<Peer>,
-    timeout: Duration,
 ) -> BurstOutcome {
     interrupt::check();
+    let BurstTarget {
+        node,
+        prefix,
+        timeout,
+    } = target;
     let pid = node
         .agent_pid()
         .expect("the burst's agent is running (started by the caller)");

@@ -51,7 +51,7 @@ use serde_json::{json, Value};
 
 use crate::args::Args;
 use crate::bed::{fake_peer, set_records, Bed};
-use crate::burst::{burst, burst_json, churn_ops, Op};
+use crate::burst::{burst, burst_json, churn_ops, BurstTarget, Op};
 use crate::cold_start::{cold_json, cold_start, ColdRun};
 use crate::observe::{full_state_exact, proc_sample};
 use crate::resync::resync_scenario;
@@ -159,19 +159,16 @@ fn run(args: &Args) -> Value {
         base.programmed_ms
     );
 
+    let target = BurstTarget {
+        node: &node,
+        prefix: BURST_PREFIX,
+        timeout: s.timeout,
+    };
     let joining: Vec<Peer> = (next..next + s.joins).map(fake_peer).collect();
     next += s.joins;
     current.extend(joining.iter().cloned());
     let ops: Vec<Op> = joining.iter().cloned().map(Op::Join).collect();
-    let join = burst(
-        &mut bed,
-        &node,
-        BURST_PREFIX,
-        &ops,
-        None,
-        &current,
-        s.timeout,
-    );
+    let join = burst(&mut bed, target, &ops, None, &current);
     eprintln!(
         "  {} joins written in {:.0} ms; routes complete {:?} ms after the last; {} Range requests",
         s.joins, join.write_ms, join.settle_ms, join.range_requests
@@ -183,15 +180,7 @@ fn run(args: &Args) -> Value {
         current.remove(p);
     }
     let ops: Vec<Op> = leaving.iter().cloned().map(Op::Leave).collect();
-    let leave = burst(
-        &mut bed,
-        &node,
-        BURST_PREFIX,
-        &ops,
-        None,
-        &current,
-        s.timeout,
-    );
+    let leave = burst(&mut bed, target, &ops, None, &current);
     eprintln!(
         "  {} leaves written in {:.0} ms; routes gone {:?} ms after the last",
         s.leaves, leave.write_ms, leave.settle_ms
@@ -216,12 +205,10 @@ fn run(args: &Args) -> Value {
     );
     let churn = burst(
         &mut bed,
-        &node,
-        BURST_PREFIX,
+        target,
         &ops,
         Some(2.0 * per_second as f64),
         &current,
-        s.timeout,
     );
     eprintln!(
         "  churn written in {:.0} ms; exact set {:?} ms after the last write",
