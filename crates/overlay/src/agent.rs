@@ -283,51 +283,18 @@ fn with_registry<T>(
     })
 }
 
-/// `vxlan-overlay agent --help`.
-pub const AGENT_HELP: &str = "\
-usage: vxlan-overlay agent --config <conflist>
-
-The node agent of the vxlan-overlay network: leases this node a subnet of clusterCIDR in etcd
-(or takes it from peersFile), writes it to subnetFile (flannel's subnet.env) for the plugin,
-creates the VXLAN device and programs a route, ARP and FDB entry per peer, applying etcd's
-watch events as they come, and renews the lease every leaseTTL/3 seconds on a thread of its
-own. It reads the conflist's vxlan-overlay entry (etcdEndpoints, etcdCAFile, etcdCertFile,
-etcdKeyFile, etcdUsername, etcdPassword, etcdPrefix, leaseTTL, releaseOnExit, peersFile,
-subnetFile, vni, port, device, underlayInterface, mtu, dataDir, resyncSeconds,
-metricsAddress, logFile, logLevel: see the README), the same entry the plugin reads. Runs
-until SIGTERM or SIGINT, then releases its lease unless releaseOnExit is false; the VXLAN
-device stays, so pods keep their traffic across restarts.
-
-options:
-  -c, --config <file>   the conflist (or single network config) with the vxlan-overlay entry
-  -h, --help            this text
-
-vxlan-overlay --version prints the version and the CNI spec versions.";
-
-/// `agent --config <file>`: reads a conflist (or a single plugin config), takes the
-/// `vxlan-overlay` entry, sets up logging from its `logFile`/`logLevel`, and runs.
-pub fn run_from_args(args: &[String]) -> Result<(), Error> {
-    let mut path = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" | "-c" => path = it.next().cloned(),
-            "--help" | "-h" => {
-                println!("{AGENT_HELP}");
-                return Ok(());
-            }
-            other => return Err(Error::Config(format!("unknown argument {other:?}"))),
-        }
-    }
-    let path = path.ok_or_else(|| Error::Config("--config <conflist> is required".into()))?;
-    let text = std::fs::read(&path).map_err(|e| Error::io(std::path::Path::new(&path), e))?;
+/// `vxlan-overlay agent --config <file>`: reads a conflist (or a single plugin config), takes
+/// the `vxlan-overlay` entry, sets up logging from its `logFile`/`logLevel`, and runs.
+pub fn run_from_conflist(path: &std::path::Path) -> Result<(), Error> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let shown = path.display();
     let list = cni_spec::ConfList::parse(&text)
-        .map_err(|e| Error::Config(format!("{path}: {}", e.msg)))?;
+        .map_err(|e| Error::Config(format!("{shown}: {}", e.msg)))?;
     let entry = list
         .entry("vxlan-overlay")
-        .ok_or_else(|| Error::Config(format!("{path} has no plugin of type vxlan-overlay")))?;
+        .ok_or_else(|| Error::Config(format!("{shown} has no plugin of type vxlan-overlay")))?;
     cni_skel::log_file::init_with(entry, "vxlan-overlay agent", log::LevelFilter::Info);
-    let cfg: OverlayConfig =
-        serde_json::from_value(entry.clone()).map_err(|e| Error::Config(format!("{path}: {e}")))?;
+    let cfg: OverlayConfig = serde_json::from_value(entry.clone())
+        .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
     run(cfg)
 }

@@ -2,9 +2,12 @@
 //! route tables, and the node commands `register | deregister [--dry-run] | status |
 //! gc [--dry-run]`.
 //! The work is in the `vpc-routes` crates (the rules in vpc-routes, EC2 and IMDS in
-//! vpc-routes-aws); this file parses, calls them, and gives their errors their CNI codes
-//! once (the skeleton prints them).
+//! vpc-routes-aws); this file parses (the node commands through clap), calls them, and gives
+//! their errors their CNI codes once (the skeleton prints them).
 
+use std::path::{Path, PathBuf};
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use cni_skel::cni_spec::{Attachment, Code, ConfList, ErrorCode};
 use cni_skel::{About, AddOutput, Plugin, Request};
 use serde_json::Value;
@@ -133,44 +136,93 @@ impl Plugin for VpcRoute {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("register" | "deregister" | "status" | "gc") => {
-            std::process::exit(node_command(&args))
+/// `vpc-route`'s node commands (argv[1] is one of them; anything else is the CNI path).
+#[derive(Parser)]
+#[command(
+    name = "vpc-route",
+    bin_name = "vpc-route",
+    disable_version_flag = true,
+    about = "The node commands of vpc-route: the node's pod CIDR in the VPC route tables. Each \
+             reads the vpc-route entry of the conflist; `vpc-route --help` describes the plugin."
+)]
+struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+/// One node command and its options.
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Registers the node's route in every cluster route table, whatever the node state says.
+    Register(ConfigArg),
+    /// Deletes the node's route from every cluster route table.
+    Deregister {
+        #[command(flatten)]
+        conf: ConfigArg,
+        /// print what would be deleted, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Prints the node state (no EC2 call).
+    Status(ConfigArg),
+    /// Deletes routes inside clusterCIDR whose target is gone.
+    Gc {
+        #[command(flatten)]
+        conf: ConfigArg,
+        /// print what would be deleted, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The conflist every node command reads.
+#[derive(Args)]
+struct ConfigArg {
+    /// the conflist (or single network config) with the vpc-route entry
+    #[arg(short, long, value_name = "conflist")]
+    config: PathBuf,
+}
+
+impl NodeCommand {
+    /// The command's name (for messages), its conflist, and whether it is a dry run.
+    fn parts(&self) -> (&'static str, &Path, bool) {
+        match self {
+            NodeCommand::Register(c) => ("register", &c.config, false),
+            NodeCommand::Deregister { conf, dry_run } => ("deregister", &conf.config, *dry_run),
+            NodeCommand::Status(c) => ("status", &c.config, false),
+            NodeCommand::Gc { conf, dry_run } => ("gc", &conf.config, *dry_run),
         }
-        _ => std::process::exit(cni_skel::run(&VpcRoute, &ABOUT)),
     }
 }
 
-/// `vpc-route <command> [--dry-run] --config <conflist>`: prints the plan or status; a dry
-/// run (deregister, gc) prints what it would delete and changes nothing.
-fn node_command(args: &[String]) -> i32 {
-    let mut path = None;
-    let mut dry_run = false;
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" | "-c" => path = it.next().cloned(),
-            "--dry-run" => dry_run = true,
-            other => return usage(&format!("unknown argument {other:?}")),
-        }
+fn main() {
+    // Only the node commands parse arguments; the CNI path (`CNI_*` variables, or `--version`
+    // and `--help`, which the skeleton answers) never runs clap.
+    let node_command = std::env::args_os().nth(1).is_some_and(|a| {
+        ["register", "deregister", "status", "gc"]
+            .iter()
+            .any(|c| a == *c)
+    });
+    if node_command {
+        std::process::exit(run_node_command(&NodeArgs::parse().command));
     }
-    let Some(path) = path else {
-        return usage("--config <conflist> is required");
-    };
-    if dry_run && !matches!(args[0].as_str(), "gc" | "deregister") {
-        return usage("--dry-run applies to deregister and gc");
-    }
-    let list = match std::fs::read(&path)
+    std::process::exit(cni_skel::run(&VpcRoute, &ABOUT));
+}
+
+/// Runs a node command: prints the plan or status (a dry run prints what it would delete and
+/// changes nothing); 0 on success, 1 when the command failed, 2 when the conflist is unusable.
+fn run_node_command(command: &NodeCommand) -> i32 {
+    let (name, path, dry_run) = command.parts();
+    let shown = path.display();
+    let list = match std::fs::read(path)
         .map_err(|e| e.to_string())
         .and_then(|b| ConfList::parse(&b).map_err(|e| e.msg))
     {
         Ok(list) => list,
-        Err(e) => return usage(&format!("{path}: {e}")),
+        Err(e) => usage_error(name, format!("{shown}: {e}")),
     };
     let Some(entry) = list.entry("vpc-route").cloned() else {
-        return usage(&format!("{path} has no vpc-route plugin"));
+        usage_error(name, format!("{shown} has no vpc-route plugin"));
     };
     cni_skel::log_file::init_with(&entry, "vpc-route", log::LevelFilter::Info);
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -178,17 +230,20 @@ fn node_command(args: &[String]) -> i32 {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return usage(&format!("tokio runtime: {e}")),
+        Err(e) => {
+            eprintln!("vpc-route {name}: tokio runtime: {e}");
+            return 2;
+        }
     };
     let outcome = Config::from_value(entry).and_then(|config| {
-        if args[0] == "status" {
+        if let NodeCommand::Status(_) = command {
             return vpc_routes::status(&config).map(|s| s.to_string());
         }
         rt.block_on(async {
             let r = vpc_routes_aws::connect(config).await?;
-            let plan = match args[0].as_str() {
-                "register" => r.register().await?,
-                "deregister" => r.deregister(dry_run).await?,
+            let plan = match command {
+                NodeCommand::Register(_) => r.register().await?,
+                NodeCommand::Deregister { .. } => r.deregister(dry_run).await?,
                 _ => r.gc(dry_run).await?,
             };
             Ok(plan.to_string())
@@ -200,13 +255,20 @@ fn node_command(args: &[String]) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("vpc-route {}: {e}", args[0]);
+            eprintln!("vpc-route {name}: {e}");
             1
         }
     }
 }
 
-fn usage(why: &str) -> i32 {
-    eprintln!("vpc-route: {why}\nusage: vpc-route register | deregister [--dry-run] | status | gc [--dry-run] --config <conflist>");
-    2
+/// A conflist `command` cannot use: clap's usage error, with that command's usage (exit 2).
+fn usage_error(command: &str, why: String) -> ! {
+    let mut cli = NodeArgs::command();
+    // Built, the subcommands know their full name (`vpc-route gc`) for the usage line.
+    cli.build();
+    let error = match cli.find_subcommand_mut(command) {
+        Some(sub) => sub.error(clap::error::ErrorKind::InvalidValue, why),
+        None => cli.error(clap::error::ErrorKind::InvalidValue, why),
+    };
+    error.exit()
 }

@@ -2,11 +2,12 @@
 //! exec of kubenet-bridge against the reference `bridge` + `host-local`, side by side in one
 //! run, inside a throwaway node namespace, with vxlan-overlay's pod path (the same attach code,
 //! plus reading the agent's subnet.env) as a third row. Writes the table as markdown, JSON and
-//! SVG.
+//! SVG (the chart through plotters; `--redraw` draws it again from a bench.json).
 //!
-//! Usage: `cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]`
-//! Run as root. Masquerade is off on both sides: the reference's per-pod iptables chains
-//! would flatter us.
+//! Usage (`--help` for the whole): `cni-bench [--ours DIR] [--reference DIR] [--rounds N]
+//! [--concurrency N] [--out DIR]`, or `cni-bench --redraw [--out DIR]`. Run as root; Ctrl-C
+//! stops it between rounds and removes its namespaces. Masquerade is off on both sides: the
+//! reference's per-pod iptables chains would flatter us.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::builder::TypedValueParser;
+use clap::Parser;
+use cni_benches::{chart, interrupt, report, stats};
 use cni_testkit::netns::{Netns, Node};
 use serde_json::{json, Value};
 
@@ -22,67 +26,43 @@ use serde_json::{json, Value};
 /// plugins, not versions).
 const SPEC_VERSION: &str = "1.0.0";
 
-const USAGE: &str = "\
-usage: cni-bench [--ours DIR] [--reference DIR] [--rounds N] [--concurrency N] [--out DIR]
-
+#[derive(Parser)]
+#[command(
+    name = "cni-bench",
+    disable_version_flag = true,
+    about = "ADD and DEL latency and peak RSS of kubenet-bridge against the reference bridge + \
+             host-local, and of vxlan-overlay's pod path.",
+    long_about = "\
 ADD and DEL latency (median, p99), one at a time and concurrent, peak RSS per exec and binary
 sizes of kubenet-bridge against the reference bridge + host-local, in one run inside a
 throwaway node namespace; vxlan-overlay's pod path (a subnet.env as the agent writes it, no
-agent running) is measured alongside. Writes bench.md, bench.json and bench.svg. Needs root.
-
-options:
-  --ours DIR          where kubenet-bridge and vxlan-overlay are (default: this binary's
-                      directory)
-  --reference DIR     where the reference bridge and host-local are (default /usr/lib/cni)
-  --rounds N          sequential ADD/DEL rounds (default 30)
-  --concurrency N     concurrent ADDs, then DELs (default 50)
-  --out DIR           where the tables go (default conformance/results)
-  -h, --help          this text
-  -V, --version       version and the CNI spec version it runs the plugins at";
-
+agent running) is measured alongside. Writes bench.md, bench.json and bench.svg. Needs root
+(not with --redraw)."
+)]
 struct Args {
-    ours: PathBuf,
+    /// where kubenet-bridge and vxlan-overlay are [default: this binary's directory]
+    #[arg(long, value_name = "DIR")]
+    ours: Option<PathBuf>,
+    /// where the reference bridge and host-local are
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/cni")]
     reference: PathBuf,
+    /// sequential ADD/DEL rounds
+    #[arg(long, value_name = "N", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     rounds: usize,
+    /// concurrent ADDs, then DELs
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     concurrency: usize,
+    /// where the tables go
+    #[arg(long, value_name = "DIR", default_value = "conformance/results")]
     out: PathBuf,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut a = Args {
-        ours: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
-        reference: PathBuf::from("/usr/lib/cni"),
-        rounds: 30,
-        concurrency: 50,
-        out: PathBuf::from("conformance/results"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--ours" => a.ours = val()?.into(),
-            "--reference" => a.reference = val()?.into(),
-            "--rounds" => a.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
-            "--concurrency" => {
-                a.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?
-            }
-            "--out" => a.out = val()?.into(),
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--version" | "-V" => {
-                println!(
-                    "{}",
-                    cni_testkit::version_banner("cni-bench", &[SPEC_VERSION])
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
+    /// run nothing: draw bench.svg again from the bench.json in --out
+    #[arg(long)]
+    redraw: bool,
+    /// version and the CNI spec version it runs the plugins at
+    #[arg(short = 'V', long)]
+    version: bool,
 }
 
 /// One plugin under test: how to call it and what its config is.
@@ -139,19 +119,11 @@ fn exec(s: &Subject, verb: &str, id: &str, netns: &str) -> Result<Sample, String
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn summarize(samples: &[Sample]) -> Value {
-    let mut ms: Vec<f64> = samples.iter().map(|s| s.took.as_secs_f64() * 1e3).collect();
+    let mut ms: Vec<f64> = samples.iter().map(|s| stats::ms(s.took)).collect();
     ms.sort_by(|a, b| a.total_cmp(b));
     let rss = samples.iter().map(|s| s.max_rss_kb).max().unwrap_or(0);
-    json!({"n": ms.len(), "median_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0), "max_rss_kb": rss})
+    json!({"n": ms.len(), "median_ms": stats::percentile(&ms, 50.0), "p99_ms": stats::percentile(&ms, 99.0), "max_rss_kb": rss})
 }
 
 /// ADD then DEL of `pods` one at a time; returns (add samples, del samples).
@@ -217,20 +189,39 @@ fn main() {
 }
 
 fn real_main() -> Result<(), String> {
-    let args = parse_args()?;
+    let args = Args::parse();
+    if args.version {
+        println!(
+            "{}",
+            cni_testkit::version_banner("cni-bench", &[SPEC_VERSION])
+        );
+        return Ok(());
+    }
+    if args.redraw {
+        return redraw(&args.out);
+    }
+    let ours_dir = match &args.ours {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("must run as root (it creates network namespaces)".into());
     }
+    interrupt::install()?;
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
     let ours = Subject {
         label: "kubenet-bridge",
-        binary: args.ours.join("kubenet-bridge"),
-        cni_path: args.ours.display().to_string(),
+        binary: ours_dir.join("kubenet-bridge"),
+        cni_path: ours_dir.display().to_string(),
         config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ours", "type": "kubenet-bridge",
             "bridge": "benchbr0", "podCIDR": "10.97.0.0/24", "ipMasq": false, "mtu": 1500,
             "dataDir": data.path().join("ours")}),
-        parts: vec![args.ours.join("kubenet-bridge")],
+        parts: vec![ours_dir.join("kubenet-bridge")],
     };
     let reference = Subject {
         label: "reference bridge+host-local",
@@ -257,13 +248,13 @@ fn real_main() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let overlay = Subject {
         label: "vxlan-overlay",
-        binary: args.ours.join("vxlan-overlay"),
-        cni_path: args.ours.display().to_string(),
+        binary: ours_dir.join("vxlan-overlay"),
+        cni_path: ours_dir.display().to_string(),
         config: json!({"cniVersion": SPEC_VERSION, "name": "bench-overlay", "type": "vxlan-overlay",
             "clusterCIDR": "10.97.0.0/16", "bridge": "benchbr2", "ipMasq": false,
             "peersFile": data.path().join("peers.json"), "subnetFile": subnet_env,
             "ipamDir": data.path().join("overlay"), "dataDir": data.path().join("overlay-agent")}),
-        parts: vec![args.ours.join("vxlan-overlay")],
+        parts: vec![ours_dir.join("vxlan-overlay")],
     };
     let subjects = [&ours, &reference, &overlay];
     for s in subjects {
@@ -290,6 +281,7 @@ fn real_main() -> Result<(), String> {
     let mut results: BTreeMap<&str, [Vec<Sample>; 4]> = BTreeMap::new();
     for chunk in seq_pods.chunks(5) {
         for s in subjects {
+            interrupt::check();
             let (a, d) = sequential(s, chunk, "seq")?;
             let e = results.entry(s.label).or_default();
             e[0].extend(a);
@@ -297,12 +289,13 @@ fn real_main() -> Result<(), String> {
         }
     }
     for s in subjects {
+        interrupt::check();
         let (a, d) = concurrent(s, conc_pods, "conc")?;
         let e = results.entry(s.label).or_default();
         e[2].extend(a);
         e[3].extend(d);
     }
-    let mut report = Vec::new();
+    let mut rows = Vec::new();
     for s in subjects {
         let r = &results[s.label];
         let size: u64 = s
@@ -311,7 +304,7 @@ fn real_main() -> Result<(), String> {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum();
-        report.push(json!({
+        rows.push(json!({
             "plugin": s.label,
             "add": summarize(&r[0]), "del": summarize(&r[1]),
             "add_concurrent": summarize(&r[2]), "del_concurrent": summarize(&r[3]),
@@ -319,24 +312,23 @@ fn real_main() -> Result<(), String> {
         }));
     }
     let ratio = |key: &str| {
-        report[0][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
-            / report[1][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
+        rows[0][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
+            / rows[1][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
     };
     let doc = json!({
         "rounds": args.rounds, "concurrency": args.concurrency,
-        "results": report,
+        "results": rows,
         "ratio_median": {"add": ratio("add"), "del": ratio("del"),
                          "add_concurrent": ratio("add_concurrent"), "del_concurrent": ratio("del_concurrent")},
     });
-    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let md = markdown(&doc);
-    std::fs::write(
-        args.out.join("bench.json"),
-        serde_json::to_string_pretty(&doc).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
-    std::fs::write(args.out.join("bench.md"), &md).map_err(|e| e.to_string())?;
-    std::fs::write(args.out.join("bench.svg"), svg(&doc)).map_err(|e| e.to_string())?;
+    report::write(
+        &args.out,
+        "bench",
+        &doc,
+        &md,
+        Some(&chart::latency_bars(&doc)?),
+    )?;
     print!("{md}");
     Ok(())
 }
@@ -381,55 +373,11 @@ fn markdown(doc: &Value) -> String {
     s
 }
 
-/// A grouped bar chart of the medians.
-fn svg(doc: &Value) -> String {
-    let keys = ["add", "del", "add_concurrent", "del_concurrent"];
-    let results: Vec<&Value> = doc["results"].as_array().into_iter().flatten().collect();
-    let max = results
-        .iter()
-        .flat_map(|r| {
-            keys.iter()
-                .map(|k| r[*k]["median_ms"].as_f64().unwrap_or(0.0))
-        })
-        .fold(1.0_f64, f64::max);
-    let (w, h, top, left) = (700.0, 300.0, 30.0, 50.0);
-    let plot_h = h - top - 50.0;
-    let group_w = (w - left - 20.0) / keys.len() as f64;
-    let bar_w = (group_w - 20.0) / results.len().max(1) as f64;
-    let colors = ["#2b7bba", "#c0504d", "#6a9f3a"];
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{left}\" y=\"18\" font-size=\"13\">median latency (ms), lower is better</text>\n");
-    for (gi, k) in keys.iter().enumerate() {
-        let gx = left + gi as f64 * group_w;
-        for (ri, r) in results.iter().enumerate() {
-            let v = r[*k]["median_ms"].as_f64().unwrap_or(0.0);
-            let bh = v / max * plot_h;
-            let x = gx + 10.0 + ri as f64 * bar_w;
-            let y = top + plot_h - bh;
-            s += &format!(
-                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/><text x=\"{x:.1}\" y=\"{:.1}\">{v:.1}</text>\n",
-                bar_w - 4.0,
-                colors[ri % colors.len()],
-                y - 3.0
-            );
-        }
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            gx + 10.0,
-            top + plot_h + 15.0,
-            k.replace('_', " ")
-        );
-    }
-    for (ri, r) in results.iter().enumerate() {
-        let lx = left + ri as f64 * 210.0;
-        s += &format!(
-            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            h - 25.0,
-            colors[ri % colors.len()],
-            lx + 14.0,
-            h - 16.0,
-            r["plugin"].as_str().unwrap_or("?")
-        );
-    }
-    s += "</svg>\n";
-    s
+/// `--redraw`: bench.svg again from the bench.json in `out`, without running anything.
+fn redraw(out: &Path) -> Result<(), String> {
+    let path = out.join("bench.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(out.join("bench.svg"), chart::latency_bars(&doc)?)
+        .map_err(|e| format!("{}: {e}", out.join("bench.svg").display()))
 }

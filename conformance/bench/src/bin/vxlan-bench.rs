@@ -19,8 +19,8 @@
 //!    etcd in the agent's format, underlay addresses that exist nowhere: only kernel state is
 //!    measured).
 //!
-//! Usage: `vxlan-bench [--runs N] [--seconds S] [--timing-runs N] [--offloads default|off]
-//! [--vxlan-tx-csum off|on] [--out DIR]`. `--vxlan-tx-csum on` turns the agent's
+//! Usage (`--help` for the whole): `vxlan-bench [--runs N] [--seconds S] [--timing-runs N]
+//! [--offloads default|off] [--vxlan-tx-csum off|on] [--out DIR]`. `--vxlan-tx-csum on` turns the agent's
 //! `txChecksumOffload` (and the hand-made device's) on, to price the default workaround.
 //! Run as root after `cargo build --release -p vxlan-overlay` and
 //! `conformance/scripts/install-test-deps.sh`. Writes `vxlan-bench.md` and `vxlan-bench.json`
@@ -32,19 +32,21 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::builder::TypedValueParser;
+use clap::{Parser, ValueEnum};
+use cni_benches::frame::Bench;
+use cni_benches::stats::{median, min_max, ms};
+use cni_benches::{interrupt, report};
 use cni_testkit::etcd::{EtcdServer, Etcdctl};
 use cni_testkit::netns::Netns;
 use cni_testkit::overlay::{
     link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, BRIDGE, CLUSTER_CIDR,
     DEVICE, ETCD_PREFIX,
 };
-use cni_testkit::require_root;
 use cni_testkit::scenarios::CNITOOL_SPEC_VERSION;
 use ipnet::Ipv4Net;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde_json::{json, Value};
 
 /// The iperf3 port inside the server pod.
@@ -58,104 +60,68 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// agents of the throughput paths.
 const PREFIX_50: &str = "/bench50/network";
 
-/// Set by SIGINT/SIGTERM; checked between steps so the bench unwinds and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+/// Whether the interfaces keep their offloads.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Offloads {
+    /// the kernel's defaults
+    Default,
+    /// TSO, GSO and GRO off on every interface of every path
+    Off,
 }
 
-/// Panics (unwinding through every guard) if the user interrupted the bench.
-fn check_interrupted() {
-    assert!(
-        !INTERRUPTED.load(Ordering::SeqCst),
-        "interrupted; cleaning up"
-    );
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
-const USAGE: &str = "\
-usage: vxlan-bench [--runs N] [--seconds S] [--timing-runs N] [--offloads default|off]
-                   [--vxlan-tx-csum off|on] [--out DIR]
-
+#[derive(Parser)]
+#[command(
+    name = "vxlan-bench",
+    disable_version_flag = true,
+    about = "vxlan-overlay's pod-to-pod throughput against hand VXLAN and plain routing, and \
+             its agent's convergence time.",
+    long_about = "\
 Pod-to-pod iperf3 throughput across two nodes over vxlan-overlay, a hand-made VXLAN device and
 plain routing, and the agent's convergence time for 3 and 50 nodes, all in throwaway
-namespaces. Writes vxlan-bench.md and vxlan-bench.json. Needs root, etcd and iperf3.
-
-options:
-  --runs N                 throughput runs per path, interleaved (default 5)
-  --seconds S              seconds per iperf3 run, 1 to 60 (default 5)
-  --timing-runs N          convergence runs, at most 20 (default 5)
-  --offloads default|off   keep the interfaces' offloads (default), or turn TSO, GSO and
-                           GRO off on every interface of every path
-  --vxlan-tx-csum off|on   tx checksum offload on the VXLAN devices (default off)
-  --out DIR                where the tables go (default conformance/results)
-  -h, --help               this text
-  -V, --version            version and the CNI spec version pods are attached at";
-
+namespaces. Writes vxlan-bench.md and vxlan-bench.json. Needs root, etcd and iperf3."
+)]
 struct Args {
+    /// throughput runs per path, interleaved
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     runs: usize,
+    /// seconds per iperf3 run, 1 to 60
+    #[arg(long, value_name = "S", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
     seconds: u64,
-    timing_runs: usize,
-    offloads_off: bool,
-    vxlan_tx_csum: bool,
+    /// convergence runs, at most 20 (each run uses an underlay address)
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(1..=20))]
+    timing_runs: u8,
+    /// keep the interfaces' offloads, or turn TSO, GSO and GRO off everywhere
+    #[arg(long, value_enum, default_value = "default")]
+    offloads: Offloads,
+    /// tx checksum offload on the VXLAN devices (the agent's txChecksumOffload)
+    #[arg(long, value_enum, default_value = "off")]
+    vxlan_tx_csum: OnOff,
+    /// where the tables go
+    #[arg(long, value_name = "DIR", default_value = "conformance/results")]
     out: PathBuf,
+    /// version and the CNI spec version pods are attached at
+    #[arg(short = 'V', long)]
+    version: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        runs: 5,
-        seconds: 5,
-        timing_runs: 5,
-        offloads_off: false,
-        vxlan_tx_csum: false,
-        out: PathBuf::from("conformance/results"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--runs" => a.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
-            "--seconds" => a.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
-            "--timing-runs" => {
-                a.timing_runs = val()?.parse().map_err(|e| format!("--timing-runs: {e}"))?
-            }
-            "--offloads" => {
-                a.offloads_off = match val()?.as_str() {
-                    "default" => false,
-                    "off" => true,
-                    other => return Err(format!("--offloads: {other:?} is not default|off")),
-                }
-            }
-            "--vxlan-tx-csum" => {
-                a.vxlan_tx_csum = match val()?.as_str() {
-                    "off" => false,
-                    "on" => true,
-                    other => return Err(format!("--vxlan-tx-csum: {other:?} is not off|on")),
-                }
-            }
-            "--out" => a.out = val()?.into(),
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--version" | "-V" => {
-                // Pods are attached through cnitool, at its spec version.
-                println!(
-                    "{}",
-                    cni_testkit::version_banner("vxlan-bench", &[CNITOOL_SPEC_VERSION])
-                );
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
+impl Args {
+    fn offloads_off(&self) -> bool {
+        self.offloads == Offloads::Off
     }
-    if a.runs == 0 || a.timing_runs == 0 || !(1..=60).contains(&a.seconds) {
-        return Err("--runs and --timing-runs must be > 0, --seconds in 1..=60".into());
+
+    fn vxlan_tx_csum(&self) -> bool {
+        self.vxlan_tx_csum == OnOff::On
     }
-    if a.timing_runs > 20 {
-        return Err("--timing-runs is at most 20 (each run uses an underlay address)".into());
-    }
-    Ok(a)
 }
 
 /// One path: two nodes, a pod on each; iperf3 runs from `pods[0]` to `pods[1]`.
@@ -531,7 +497,7 @@ fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<String, String> {
 
 /// One iperf3 TCP run of `seconds` from pod 0 to pod 1.
 fn iperf(p: &PathUnderTest, seconds: u64) -> Throughput {
-    check_interrupted();
+    interrupt::check();
     let server_addr = p.addrs[1].to_string();
     let mut server = p.pods[1]
         .command("iperf3")
@@ -584,28 +550,6 @@ fn iperf(p: &PathUnderTest, seconds: u64) -> Throughput {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
-}
-
 /// Times of one agent start, in milliseconds from spawning it.
 #[derive(Clone, Copy, Debug, Default)]
 struct Join {
@@ -640,11 +584,10 @@ fn time_join(
     peers: &[Peer],
     existing: &[&OverlayNode],
 ) -> Join {
-    check_interrupted();
+    interrupt::check();
     let mut node = OverlayNode::new(underlay, host, fields);
     node.start_agent();
     let t0 = node.agent_mut().expect("agent runs").started();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (mut lease, mut own, mut theirs) = (None, None, None);
     let mut me: Option<Peer> = None;
     let mut polls = 0u32;
@@ -749,46 +692,23 @@ fn summarize_joins(joins: &[Join]) -> Value {
     })
 }
 
-fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("vxlan-bench: {e}");
-            std::process::exit(2);
-        }
+    let args = Args::parse();
+    let bench = Bench {
+        name: "vxlan-bench",
+        // Pods are attached through cnitool, at its spec version.
+        spec_version: CNITOOL_SPEC_VERSION,
+        out: &args.out,
+        stem: "vxlan-bench",
+        markdown,
+        chart: None,
     };
-    require_root();
-    let handler = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &handler) }.expect("install signal handler");
-    }
-    let started = Instant::now();
-    let doc = run(&args);
-    let md = markdown(&doc, started.elapsed());
-    fs::create_dir_all(&args.out).expect("create --out directory");
-    fs::write(
-        args.out.join("vxlan-bench.json"),
-        serde_json::to_string_pretty(&doc).expect("serialize"),
-    )
-    .expect("write vxlan-bench.json");
-    fs::write(args.out.join("vxlan-bench.md"), &md).expect("write vxlan-bench.md");
-    print!("{md}");
+    bench.main(args.version, || run(&args));
 }
 
 fn run(args: &Args) -> Value {
     eprintln!("vxlan-bench: building the three paths");
-    let overlay = overlay_path(args.vxlan_tx_csum);
+    let overlay = overlay_path(args.vxlan_tx_csum());
     let c = overlay
         .cluster
         .as_ref()
@@ -800,7 +720,7 @@ fn run(args: &Args) -> Value {
             .node_subnet()
     });
     let mtu = c.nodes[0].subnet_env().expect("leased").mtu;
-    let hand = hand_vxlan_path(&subnets, mtu, args.vxlan_tx_csum);
+    let hand = hand_vxlan_path(&subnets, mtu, args.vxlan_tx_csum());
     let plain = plain_path(&subnets, mtu);
     let paths = [overlay, hand, plain];
 
@@ -810,7 +730,7 @@ fn run(args: &Args) -> Value {
         settings_agent, settings_hand,
         "the hand-made VXLAN device must have the agent's settings"
     );
-    if args.offloads_off {
+    if args.offloads_off() {
         paths.iter().for_each(offloads_off);
     }
     let offload_roles = check_offloads(&paths).unwrap_or_else(|e| panic!("{e}"));
@@ -876,7 +796,7 @@ fn run(args: &Args) -> Value {
     let fields = c.node_fields();
     let joins3: Vec<Join> = (0..args.timing_runs)
         .map(|k| {
-            let host = 10 + u8::try_from(k).expect("at most 20 runs");
+            let host = 10 + k;
             time_join(&c.underlay, host, &fields, &real_peers, &existing)
         })
         .collect();
@@ -885,22 +805,22 @@ fn run(args: &Args) -> Value {
     fields50["etcdPrefix"] = json!(PREFIX_50);
     let joins50: Vec<Join> = (0..args.timing_runs)
         .map(|k| {
-            let host = 30 + u8::try_from(k).expect("at most 20 runs");
+            let host = 30 + k;
             time_join(&c.underlay, host, &fields50, &fakes, &[])
         })
         .collect();
 
     let mac = link_mac(paths[0].node(0).netns(), DEVICE).unwrap_or_default();
     json!({
-        "kernel": kernel_release(),
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": report::kernel_release(),
+        "cpus": report::cpus(),
         "iperf_seconds": args.seconds,
         "runs": args.runs,
         "offloads": format!(
             "{}; VXLAN tx checksum {} (agent's txChecksumOffload {}, mirrored by hand)",
-            if args.offloads_off { "tso/gso/gro off on every interface" } else { "kernel defaults" },
-            if args.vxlan_tx_csum { "on" } else { "off" },
-            args.vxlan_tx_csum,
+            if args.offloads_off() { "tso/gso/gro off on every interface" } else { "kernel defaults" },
+            if args.vxlan_tx_csum() { "on" } else { "off" },
+            args.vxlan_tx_csum(),
         ),
         "offloads_by_role": offload_roles,
         "vxlan_settings": settings_agent,
