@@ -351,12 +351,12 @@ pub fn check(net: &BridgeNetwork, env: &Env, prev: &CniResult) -> Result<(), Err
         )));
     }
     let routes = link::routes_v4(&mut pod)?;
-    for want in &prev.routes {
+    // Only the routes via our gateway are ours to vouch for: the prevResult also carries
+    // what earlier plugins of a chain set up (other interfaces, other tables).
+    let gateway = std::net::IpAddr::V4(net.pool.gateway());
+    for want in prev.routes.iter().filter(|r| r.gw == Some(gateway)) {
         let IpNet::V4(dst) = want.dst else { continue };
-        let gw = want.gw.or(ip.gateway).and_then(|g| match g {
-            std::net::IpAddr::V4(g) => Some(g),
-            std::net::IpAddr::V6(_) => None,
-        });
+        let gw = Some(net.pool.gateway());
         if !routes.iter().any(|r| r.dst == dst && r.gw == gw) {
             return Err(Error::Check(format!("route {dst} via {gw:?} is missing")));
         }

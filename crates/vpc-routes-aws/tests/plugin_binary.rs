@@ -36,10 +36,12 @@ fn run(args: &[&str], verb: Option<&str>, stdin: &Value, env: &[(&str, String)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(verb) = verb {
+    // A pod namespace of its own: the plugin refuses its own namespace as CNI_NETNS.
+    let pod = verb.map(|_| Netns::new("vpcrt-pod-"));
+    if let (Some(verb), Some(pod)) = (verb, &pod) {
         cmd.env("CNI_COMMAND", verb)
             .env("CNI_CONTAINERID", "pod-1")
-            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0");
     }
     for (k, v) in env {
