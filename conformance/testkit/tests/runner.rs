@@ -541,6 +541,98 @@ exit 0
 }
 
 #[test]
+fn a_first_plugin_dropping_a_prev_result_fails_from_1_0_0() {
+    let (_ws, run) = broken_kubenet(
+        "kb-drops-prev",
+        r#"# ADD throws away the prevResult it was given, as kubenet-bridge once did.
+if [ "$CNI_COMMAND" = ADD ]; then
+    jq -c 'del(.prevResult)' | $REAL
+    exit $?
+fi
+exec $REAL
+"#,
+    );
+    run.assert_fails("chain: first plugin keeps a prevResult", "1.0.0");
+}
+
+#[test]
+fn a_plugin_accepting_its_own_namespace_fails_both_own_namespace_cases() {
+    let (_ws, run) = broken_kubenet(
+        "kb-own-netns",
+        r#"# ADD accepts CNI_NETNS naming its own network namespace (and claims an attachment).
+if [ "$CNI_COMMAND" = ADD ] && [ -n "$CNI_NETNS" ] &&
+   [ "$(stat -L -c %d:%i "$CNI_NETNS" 2>/dev/null)" = "$(stat -L -c %d:%i /proc/$$/ns/net)" ]; then
+    printf '{"cniVersion":"1.0.0","interfaces":[{"name":"%s","sandbox":"%s"}]}
+' "$CNI_IFNAME" "$CNI_NETNS"
+    exit 0
+fi
+exec $REAL
+"#,
+    );
+    run.assert_fails(
+        "bad input: CNI_NETNS is the plugin's own namespace (4)",
+        "1.0.0",
+    );
+    run.assert_fails(
+        "bad input: CNI_NETNS is a bind mount of the plugin's own namespace (4)",
+        "1.0.0",
+    );
+}
+
+#[test]
+fn a_code_4_message_without_the_variable_name_fails() {
+    let (_ws, run) = broken_kubenet(
+        "kb-vague-errors",
+        r#"# Error messages say "the namespace" where they named CNI_NETNS.
+out=$($REAL); rc=$?
+[ -n "$out" ] && printf '%s
+' "$out" | sed 's/CNI_NETNS/the namespace/g'
+exit $rc
+"#,
+    );
+    for case in [
+        "bad input: CNI_NETNS does not exist (3 or 4)",
+        "bad input: CNI_NETNS is a regular file (4)",
+        "bad input: CNI_NETNS is the plugin's own namespace (4)",
+    ] {
+        run.assert_fails(case, "1.0.0");
+        let reason = run
+            .with_outcome("fail")
+            .into_iter()
+            .find(|f| f.contains(case))
+            .unwrap_or_default();
+        assert!(
+            reason.contains("must name the invalid variable CNI_NETNS"),
+            "{case}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn a_plugin_ignoring_cni_args_is_warned_on_every_args_case() {
+    let (_ws, run) = broken_kubenet(
+        "kb-no-args",
+        r#"# CNI_ARGS is never read: malformed text, unknown keys and IP= pass unnoticed.
+unset CNI_ARGS
+exec $REAL
+"#,
+    );
+    // SHOULDs (libcni's and CONVENTIONS.md's rules, not the spec's): warnings, not failures.
+    for case in [
+        "bad input: CNI_ARGS malformed (4)",
+        "bad input: CNI_ARGS with an unknown key, no IgnoreUnknown (4)",
+        "args: IP= gets that address",
+        "args: IP= of a taken address refused (code >= 100)",
+    ] {
+        assert_eq!(run.outcome(case, "1.0.0"), "warn", "[1.0.0] {case}");
+    }
+    assert_eq!(
+        run.outcome("args: IgnoreUnknown and kubelet's keys accepted", "1.0.0"),
+        "pass"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let out = Command::new(runner())
         .args(["--conflist", "/nonexistent.conflist"])
