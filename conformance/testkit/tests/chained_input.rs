@@ -204,7 +204,7 @@ fn assert_merged(ctx: &str, earlier: &Value, out: &Value, pod: &Pod, version: &s
     assert_eq!(interfaces[index]["name"], IFNAME, "{ctx}: {out}");
     assert_eq!(
         interfaces[index]["sandbox"],
-        pod.netns.path().to_string_lossy().as_ref(),
+        &*pod.netns.path().to_string_lossy(),
         "{ctx}: {out}"
     );
     assert_eq!(

@@ -50,6 +50,7 @@ pub fn parse_mac(s: &str) -> Result<Mac, String> {
     let well_formed = parts.len() == 6
         && parts.iter().zip(mac.iter_mut()).all(|(part, byte)| {
             part.len() == 2
+                && part.bytes().all(|c| c.is_ascii_hexdigit())
                 && u8::from_str_radix(part, 16)
                     .map(|b| *byte = b)
                     .is_ok()

@@ -269,15 +269,15 @@ impl Store {
         let index = self.index_path(container_id, ifname)?;
         if let Some(held) = read_addr(&index)? {
             if self.owner_of(held)?.as_deref() == Some(owner.as_str()) {
-                return match held == address {
-                    true => Ok(Reservation {
-                        address,
-                        existing: true,
-                    }),
-                    false => Err(unavailable(format!(
+                if held != address {
+                    return Err(unavailable(format!(
                         "{container_id}/{ifname} holds {held} already: DEL it first"
-                    ))),
-                };
+                    )));
+                }
+                return Ok(Reservation {
+                    address,
+                    existing: true,
+                });
             }
         }
         if let Some(holder) = self.owner_of(address)? {

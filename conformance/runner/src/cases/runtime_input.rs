@@ -206,8 +206,7 @@ fn first_address(ctx: &CaseCtx, f: &mut Findings, pod: &Pod) -> Step<(ipnet::IpN
 fn ip_arg_gets_the_address(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
     let first = Pod::new();
     let (address, result) = first_address(ctx, f, &first)?;
-    let prev = ctx.runtime.prev_for_del(Some(&result));
-    judge::chain_success(f, Level::Must, "DEL", &ctx.del(&first.id, prev, true))?;
+    judge::chain_success(f, Level::Must, "DEL", &ctx.del(&first.id, Some(&result), true))?;
     let pod = Pod::new();
     let args = format!("IgnoreUnknown=1;IP={}", address.addr());
     let run = ctx.add_with_args(&pod.id, &args);
