@@ -323,7 +323,13 @@ mod tests {
         let judged = |msg: &str| {
             let mut f = Findings::default();
             let out = serde_json::json!({"cniVersion": "1.0.0", "code": 4, "msg": msg});
-            refusal(&mut f, "1.0.0", "ADD", &inv(1, &out.to_string(), ""), &netns);
+            refusal(
+                &mut f,
+                "1.0.0",
+                "ADD",
+                &inv(1, &out.to_string(), ""),
+                &netns,
+            );
             f.outcome(None)
         };
         assert!(matches!(

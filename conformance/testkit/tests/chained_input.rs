@@ -13,7 +13,9 @@
 use std::fs;
 use std::path::PathBuf;
 
-use cni_testkit::netns::{Netns, Node};
+use cni_conformance::cases::runtime_input::earlier_result;
+use cni_conformance::runtime::Pod;
+use cni_testkit::netns::Node;
 use cni_testkit::plugin::{bin_dir, plugin_binary, Expect, PluginOutput, PluginRun};
 use cni_testkit::{require_root, unique_link_name, unique_name, version_at_least, SPEC_VERSIONS};
 use serde_json::{json, Value};
@@ -99,7 +101,7 @@ impl BridgeNode {
         PluginRun::new(&self.program, &self.node)
             .command(verb)
             .cni_path(&bin_dir().to_string_lossy())
-            .container_id(&pod.id)
+            .container_id(&pod.id.container_id)
             .netns(&pod.netns.path())
             .ifname(IFNAME)
             .config(config)
@@ -123,61 +125,21 @@ fn tempdir() -> TempDir {
         .expect("cannot create a tempdir")
 }
 
-struct Pod {
-    netns: Netns,
-    id: String,
+/// The IPv4 addresses on the pod's interface, as `a.b.c.d/len`.
+fn addresses(pod: &Pod) -> Vec<String> {
+    pod.netns
+        .ipv4_addresses(IFNAME)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
-impl Pod {
-    fn new() -> Pod {
-        Pod {
-            netns: Netns::new("cnit-pod-"),
-            id: unique_name("pod-"),
-        }
-    }
-
-    /// The IPv4 addresses on the pod's interface, as `a.b.c.d/len`.
-    fn addresses(&self) -> Vec<String> {
-        self.netns
-            .ipv4_addresses(IFNAME)
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
-
-    fn mac(&self) -> String {
-        self.netns
-            .link_details(IFNAME)
-            .and_then(|l| l["address"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-}
-
-/// What an earlier plugin left, in `version`'s shape: a host and a sandbox interface, an
-/// address on each and one on none, a route, DNS.
-fn earlier_result(version: &str, netns_path: &str) -> Value {
-    let old = !version_at_least(version, "1.0.0");
-    let mut ips = json!([
-        {"address": "192.0.2.10/24", "gateway": "192.0.2.1", "interface": 1},
-        {"address": "2001:db8:cc::10/64", "interface": 0},
-        {"address": "198.51.100.7/32"},
-    ]);
-    if old {
-        for (ip, family) in ips.as_array_mut().into_iter().flatten().zip(["4", "6", "4"]) {
-            ip["version"] = json!(family);
-        }
-    }
-    json!({
-        "cniVersion": version,
-        "interfaces": [
-            {"name": "earlier-host", "mac": "02:00:5e:10:00:01"},
-            {"name": "net9", "mac": "02:00:5e:10:00:02", "sandbox": netns_path},
-        ],
-        "ips": ips,
-        "routes": [{"dst": "203.0.113.0/24", "gw": "192.0.2.1"}],
-        "dns": {"nameservers": ["192.0.2.53"], "domain": "earlier.example",
-                "search": ["earlier.example"], "options": ["ndots:3"]},
-    })
+/// The MAC of the pod's interface.
+fn mac(pod: &Pod) -> String {
+    pod.netns
+        .link_details(IFNAME)
+        .and_then(|l| l["address"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Asserts `out` is `earlier` with the plugin's own attachment appended: the earlier entries
@@ -188,7 +150,9 @@ fn assert_merged(ctx: &str, earlier: &Value, out: &Value, pod: &Pod, version: &s
     let interfaces = out["interfaces"].as_array().expect("interfaces");
     assert_eq!(
         interfaces[..2],
-        earlier["interfaces"].as_array().expect("earlier interfaces")[..],
+        earlier["interfaces"]
+            .as_array()
+            .expect("earlier interfaces")[..],
         "{ctx}: the earlier interfaces must come first, unchanged: {out}"
     );
     let ips = out["ips"].as_array().expect("ips");
@@ -208,13 +172,13 @@ fn assert_merged(ctx: &str, earlier: &Value, out: &Value, pod: &Pod, version: &s
         "{ctx}: {out}"
     );
     assert_eq!(
-        pod.addresses(),
+        addresses(pod),
         [own["address"].as_str().expect("address")],
         "{ctx}: the pod holds the address the result gives"
     );
     assert_eq!(
         interfaces[index]["mac"].as_str(),
-        Some(pod.mac().as_str()),
+        Some(mac(pod).as_str()),
         "{ctx}: the result's MAC is the pod's"
     );
     let routes = out["routes"].as_array().expect("routes");
@@ -296,7 +260,8 @@ fn the_plugins_own_namespace_is_refused_naming_cni_netns_and_nothing_changes() {
             n.ctx("a refused ADD made the bridge")
         );
         // The pod's own namespace still works.
-        n.add(&pod, None).expect_success(&n.ctx("ADD in the pod's namespace"));
+        n.add(&pod, None)
+            .expect_success(&n.ctx("ADD in the pod's namespace"));
     }
 }
 
@@ -305,7 +270,10 @@ fn cni_args_follow_libcni_rules() {
     for version in SPEC_VERSIONS {
         let n = BridgeNode::kubenet(version);
         for (args, why) in [
-            ("K8S_POD_NAME=web;FOO=bar", "unknown key without IgnoreUnknown"),
+            (
+                "K8S_POD_NAME=web;FOO=bar",
+                "unknown key without IgnoreUnknown",
+            ),
             ("IgnoreUnknown=0;FOO=bar", "IgnoreUnknown=0"),
             ("IgnoreUnknown=1;K8S_POD_NAME", "pair without ="),
             ("K8S_POD_NAME=web;", "trailing ;"),
@@ -319,7 +287,7 @@ fn cni_args_follow_libcni_rules() {
                 Some(version),
             );
             assert!(e.msg.contains("CNI_ARGS"), "{ctx}: {}", e.msg);
-            assert!(pod.addresses().is_empty(), "{ctx}: the pod got an address");
+            assert!(addresses(&pod).is_empty(), "{ctx}: the pod got an address");
         }
         for args in [
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
@@ -352,7 +320,7 @@ fn a_requested_address_is_leased_or_refused_with_code_106() {
         let out = n
             .add_with_args(&a, "IgnoreUnknown=1;IP=10.244.1.77")
             .expect_success(&ctx);
-        assert_eq!(a.addresses(), ["10.244.1.77/24"], "{ctx}: {out}");
+        assert_eq!(addresses(&a), ["10.244.1.77/24"], "{ctx}: {out}");
         // Taken, outside the range, the gateway, the wrong prefix, IPv6: refused, 106.
         for args in [
             "IP=10.244.1.77",
@@ -363,17 +331,19 @@ fn a_requested_address_is_leased_or_refused_with_code_106() {
         ] {
             let pod = Pod::new();
             let ctx = n.ctx(&format!("ADD with {args}"));
-            let e = n
-                .add_with_args(&pod, args)
-                .expect_cni_error_code(&ctx, ADDRESS_UNAVAILABLE, Some(version));
+            let e = n.add_with_args(&pod, args).expect_cni_error_code(
+                &ctx,
+                ADDRESS_UNAVAILABLE,
+                Some(version),
+            );
             assert!(e.msg.contains("requested address"), "{ctx}: {}", e.msg);
-            assert!(pod.addresses().is_empty(), "{ctx}");
+            assert!(addresses(&pod).is_empty(), "{ctx}");
             assert!(
                 pod.netns.link_details(IFNAME).is_none(),
                 "{ctx}: the refused ADD left {IFNAME} in the pod"
             );
         }
-        assert_eq!(a.addresses(), ["10.244.1.77/24"], "the holder keeps it");
+        assert_eq!(addresses(&a), ["10.244.1.77/24"], "the holder keeps it");
         // The ips capability wins over CNI_ARGS, as CONVENTIONS.md says.
         let b = Pod::new();
         let mut config = n.config(None);
@@ -382,7 +352,7 @@ fn a_requested_address_is_leased_or_refused_with_code_106() {
             .env("CNI_ARGS", "IP=10.244.1.91")
             .exec()
             .expect_success(&n.ctx("ADD with runtimeConfig.ips and IP="));
-        assert_eq!(b.addresses(), ["10.244.1.90/24"]);
+        assert_eq!(addresses(&b), ["10.244.1.90/24"]);
     }
 }
 
@@ -396,7 +366,7 @@ fn the_mac_capability_sets_the_pod_mac_and_check_holds_it() {
             config["runtimeConfig"] = json!({"mac": "0a:58:cc:00:00:42"});
             let ctx = n.ctx("ADD with runtimeConfig.mac");
             let out = n.run("ADD", &pod, &config).exec().expect_success(&ctx);
-            assert_eq!(pod.mac(), "0a:58:cc:00:00:42", "{ctx}");
+            assert_eq!(mac(&pod), "0a:58:cc:00:00:42", "{ctx}");
             let pod_iface = out["interfaces"]
                 .as_array()
                 .into_iter()
@@ -412,9 +382,11 @@ fn the_mac_capability_sets_the_pod_mac_and_check_holds_it() {
             }
             let bad = Pod::new();
             config["runtimeConfig"] = json!({"mac": "01:00:5e:00:00:01"});
-            n.run("ADD", &bad, &config)
-                .exec()
-                .expect_cni_error_code(&n.ctx("multicast MAC"), 7, Some(version));
+            n.run("ADD", &bad, &config).exec().expect_cni_error_code(
+                &n.ctx("multicast MAC"),
+                7,
+                Some(version),
+            );
         }
     }
 }

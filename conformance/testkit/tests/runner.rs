@@ -105,7 +105,12 @@ impl RunnerRun {
     /// Asserts exit 1 with MUST failures in exactly the cases `expected`: a known shortfall
     /// that no longer fails, or a new one, both mean the README's list needs a look.
     fn assert_fails_exactly(&self, what: &str, expected: &BTreeSet<String>) {
-        assert_eq!(self.status.code(), Some(1), "{what}: runner exit\n{}", self.stdout);
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "{what}: runner exit\n{}",
+            self.stdout
+        );
         let failed = self.failed_cases();
         assert_eq!(
             &failed,

@@ -50,7 +50,10 @@ pub fn check_netns(path: &str) -> Result<(), CniError> {
 }
 
 fn refused(path: &str, why: String) -> CniError {
-    CniError::new(Code::InvalidEnvironment, format!("CNI_NETNS {path:?} {why}"))
+    CniError::new(
+        Code::InvalidEnvironment,
+        format!("CNI_NETNS {path:?} {why}"),
+    )
 }
 
 #[cfg(test)]
@@ -66,11 +69,17 @@ mod tests {
 
     #[test]
     fn the_own_namespace_is_refused_by_any_path() {
-        for path in ["/proc/self/ns/net", "/proc/thread-self/ns/net", "/proc/1/ns/net"] {
+        for path in [
+            "/proc/self/ns/net",
+            "/proc/thread-self/ns/net",
+            "/proc/1/ns/net",
+        ] {
             // /proc/1 is another process, in the same namespace unless the test runs in a
             // container of its own; compare to be sure what is expected.
             let same = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-                == std::fs::metadata(OWN_NETNS).ok().map(|m| (m.dev(), m.ino()));
+                == std::fs::metadata(OWN_NETNS)
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()));
             if !same {
                 continue;
             }

@@ -51,9 +51,7 @@ pub fn parse_mac(s: &str) -> Result<Mac, String> {
         && parts.iter().zip(mac.iter_mut()).all(|(part, byte)| {
             part.len() == 2
                 && part.bytes().all(|c| c.is_ascii_hexdigit())
-                && u8::from_str_radix(part, 16)
-                    .map(|b| *byte = b)
-                    .is_ok()
+                && u8::from_str_radix(part, 16).map(|b| *byte = b).is_ok()
         });
     if !well_formed {
         return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
@@ -122,12 +120,13 @@ impl CniArgs {
             }
         }
         if !unknown.is_empty() && !args.ignore_unknown {
-            return Err(invalid(format!("CNI_ARGS has unknown keys {unknown:?}"))
-                .with_details(
+            return Err(
+                invalid(format!("CNI_ARGS has unknown keys {unknown:?}")).with_details(
                     "known: IgnoreUnknown, K8S_POD_NAMESPACE, K8S_POD_NAME, \
                      K8S_POD_INFRA_CONTAINER_ID, K8S_POD_UID, IP, MAC; \
                      add IgnoreUnknown=1 to ignore the others",
-                ));
+                ),
+            );
         }
         Ok(args)
     }
@@ -242,7 +241,11 @@ mod tests {
     fn unknown_keys_need_ignore_unknown_wherever_it_stands() {
         let e = CniArgs::parse("FOO=bar;K8S_POD_NAME=x").unwrap_err();
         assert_eq!(e.code, 4);
-        assert!(e.msg.contains("CNI_ARGS") && e.msg.contains("FOO=bar"), "{}", e.msg);
+        assert!(
+            e.msg.contains("CNI_ARGS") && e.msg.contains("FOO=bar"),
+            "{}",
+            e.msg
+        );
         for ok in [
             "FOO=bar;IgnoreUnknown=1",
             "IgnoreUnknown=true;FOO=bar",
@@ -256,7 +259,9 @@ mod tests {
             4
         );
         assert_eq!(
-            CniArgs::parse("IgnoreUnknown=false;FOO=bar").unwrap_err().code,
+            CniArgs::parse("IgnoreUnknown=false;FOO=bar")
+                .unwrap_err()
+                .code,
             4
         );
         assert_eq!(CniArgs::parse("IgnoreUnknown=yes").unwrap_err().code, 4);

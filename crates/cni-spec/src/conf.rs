@@ -142,17 +142,14 @@ impl NetConf {
             })
             .transpose()?;
         // DEL uses neither, and must clean up whatever they say.
-        let request = |object: Option<&Value>, path: &str| {
-            match AttachmentRequest::from_object(object, path) {
+        let request =
+            |object: Option<&Value>, path: &str| match AttachmentRequest::from_object(object, path)
+            {
                 Err(_) if lenient => Ok(AttachmentRequest::default()),
                 other => other,
-            }
-        };
+            };
         let runtime_request = request(obj.get("runtimeConfig"), "runtimeConfig")?;
-        let args_request = request(
-            obj.get("args").and_then(|a| a.get("cni")),
-            "args.cni",
-        )?;
+        let args_request = request(obj.get("args").and_then(|a| a.get("cni")), "args.cni")?;
         Ok(NetConf {
             runtime_request,
             args_request,

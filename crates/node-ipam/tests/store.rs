@@ -347,7 +347,10 @@ fn a_requested_address_is_leased_once_and_refused_when_taken_or_outside() {
         let e = store
             .reserve_requested(&p, ip(bad), "ctr3", "eth0")
             .unwrap_err();
-        assert!(matches!(e, Error::RequestedUnavailable { .. }), "{bad}: {e}");
+        assert!(
+            matches!(e, Error::RequestedUnavailable { .. }),
+            "{bad}: {e}"
+        );
         assert_eq!(cni_spec::ErrorCode::code(&e), 106, "{bad}");
     }
     assert_eq!(store.leases().unwrap().len(), 1);

@@ -71,7 +71,10 @@ fn host_mac(container_id: &str, ifname: &str) -> link::Mac {
 /// The address the runtime asked for, if it asked: one IPv4 address of the pod CIDR, with the
 /// CIDR's prefix length if it gives one (the range serves one address per attachment, as
 /// host-local's single range does).
-fn requested_address(net: &BridgeNetwork, wants: &AttachmentRequest) -> Result<Option<Ipv4Addr>, Error> {
+fn requested_address(
+    net: &BridgeNetwork,
+    wants: &AttachmentRequest,
+) -> Result<Option<Ipv4Addr>, Error> {
     let subnet = net.pool.subnet();
     let refuse = |why: String| Err(Error::RequestedAddress(why));
     match wants.ips[..] {
@@ -84,9 +87,9 @@ fn requested_address(net: &BridgeNetwork, wants: &AttachmentRequest) -> Result<O
                 "{addr}/{} does not match the pod CIDR {subnet}",
                 one.prefix.unwrap_or_default()
             )),
-            std::net::IpAddr::V6(addr) => {
-                refuse(format!("{addr} is not in the pod CIDR {subnet} (IPv4 only)"))
-            }
+            std::net::IpAddr::V6(addr) => refuse(format!(
+                "{addr} is not in the pod CIDR {subnet} (IPv4 only)"
+            )),
         },
         _ => refuse(format!(
             "{} addresses asked for; the pod CIDR {subnet} gives one per attachment",

@@ -9,7 +9,7 @@
 mod bad_input;
 mod lifecycle;
 mod parallel;
-mod runtime_input;
+pub mod runtime_input;
 mod verbs_1_1;
 
 use std::sync::Mutex;

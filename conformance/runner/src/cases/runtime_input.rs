@@ -47,8 +47,9 @@ pub fn cases() -> Vec<Case> {
 /// A result as a plugin before the list would leave it, in `version`'s shape: a host and a
 /// sandbox interface, an IPv4 address on the sandbox one and an IPv6 one on the host one, an
 /// address on no interface, a route and DNS. Documentation ranges only (RFC 5737, 3849), so
-/// nothing in it can clash with what the plugin under test sets up.
-fn earlier_result(version: &str, netns_path: &str) -> Value {
+/// nothing in it can clash with what the plugin under test sets up. (The test kit feeds it to
+/// our plugins too.)
+pub fn earlier_result(version: &str, netns_path: &str) -> Value {
     let old = !version_at_least(version, "1.0.0");
     let ip = |address: &str, family: &str, interface: Option<usize>, gateway: Option<&str>| {
         let mut ip = json!({ "address": address });
@@ -124,7 +125,10 @@ fn first_plugin_keeps_prev_result(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
             .find(|got| got["address"] == want["address"]);
         let Some(got) = got else {
             f.check(level, false, || {
-                format!("{plugin} dropped prevResult address {}: got {out}", want["address"])
+                format!(
+                    "{plugin} dropped prevResult address {}: got {out}",
+                    want["address"]
+                )
             });
             continue;
         };
@@ -206,7 +210,12 @@ fn first_address(ctx: &CaseCtx, f: &mut Findings, pod: &Pod) -> Step<(ipnet::IpN
 fn ip_arg_gets_the_address(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
     let first = Pod::new();
     let (address, result) = first_address(ctx, f, &first)?;
-    judge::chain_success(f, Level::Must, "DEL", &ctx.del(&first.id, Some(&result), true))?;
+    judge::chain_success(
+        f,
+        Level::Must,
+        "DEL",
+        &ctx.del(&first.id, Some(&result), true),
+    )?;
     let pod = Pod::new();
     let args = format!("IgnoreUnknown=1;IP={}", address.addr());
     let run = ctx.add_with_args(&pod.id, &args);
