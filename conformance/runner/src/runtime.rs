@@ -212,11 +212,22 @@ impl Runtime<'_> {
 
     /// ADD of plugins `0..count` in order, each given the previous result.
     pub fn add_first(&self, count: usize, id: &AttachmentId) -> ChainRun {
+        self.add_first_with(count, id, |_| {})
+    }
+
+    /// ADD of plugins `0..count` in order, each given the previous result, each call changed
+    /// by `adjust` first (`CNI_ARGS`, which a runtime passes to every plugin of the list).
+    pub fn add_first_with(
+        &self,
+        count: usize,
+        id: &AttachmentId,
+        adjust: impl Fn(&mut PluginCall),
+    ) -> ChainRun {
         let mut run = ChainRun::default();
         for index in 0..count {
-            let step = self
-                .call(index, "ADD", Some(id), run.result.as_ref())
-                .exec(&self.node);
+            let mut call = self.call(index, "ADD", Some(id), run.result.as_ref());
+            adjust(&mut call);
+            let step = call.exec(&self.node);
             let outcome = if !step.output.status.success() {
                 Err(format!("{} failed", step.plugin))
             } else {

@@ -6,6 +6,7 @@
 //! [`error_object`] builds the message and details from it.
 
 pub mod log_file;
+pub mod sandbox;
 
 use std::io::{Read, Write};
 use std::sync::OnceLock;
@@ -22,7 +23,7 @@ pub use cni_spec;
 /// What ADD prints.
 #[derive(Debug)]
 pub enum AddOutput {
-    /// A result this plugin built.
+    /// What this plugin set up; printed merged onto the `prevResult` when there is one.
     Result(CniResult),
     /// The `prevResult` received, unchanged (chained plugins that add nothing).
     PrevResult,
@@ -249,6 +250,11 @@ fn dispatch<P: Plugin>(
     // config, GC without its list) still gets its log line: the operator sees the rejected
     // pod, not silence.
     let checked = Env::from_process(command).and_then(|env| {
+        // ADD and CHECK work inside the namespace; DEL finds what it removes without it
+        // (the namespace may be gone already).
+        if matches!(command, Command::Add | Command::Check) {
+            sandbox::check_netns(&env.netns)?;
+        }
         let config: P::Config = conf.plugin_config()?;
         if command == Command::Gc && conf.valid_attachments.is_none() && !conf.disable_gc {
             // Without the list every attachment would look stale: refuse rather than tear
@@ -285,7 +291,13 @@ fn dispatch<P: Plugin>(
                     .map(|ip| ip.address.to_string())
                     .collect::<Vec<_>>()
                     .join(",");
-                (Ok(result.to_json(v)), Some(note))
+                // A plugin given a prevResult MUST print it with its own changes included:
+                // the earlier plugins' interfaces, addresses, routes and DNS stay.
+                let printed = match &req.conf.prev_result {
+                    Some(prev) => result.merged_onto(prev),
+                    None => result,
+                };
+                (Ok(printed.to_json(v)), Some(note))
             }
             Ok(AddOutput::PrevResult) => (Ok(prev_result_output(&req.conf)), None),
             Err(e) => (Err(e), None),

@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::args::{AttachmentRequest, CniArgs};
 use crate::env::is_valid_identifier;
 use crate::error::{CniError, Code};
 use crate::result::CniResult;
@@ -38,6 +39,10 @@ pub struct NetConf {
     pub prev_result_raw: Option<Value>,
     /// `cni.dev/valid-attachments` (or the draft's `cni.dev/attachments`) of a GC request.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// `runtimeConfig.ips` and `runtimeConfig.mac`: the `ips` and `mac` capabilities.
+    pub runtime_request: AttachmentRequest,
+    /// `args.cni.ips` and `args.cni.mac` (CONVENTIONS.md's `args`).
+    pub args_request: AttachmentRequest,
     /// The whole object, for the plugin's own fields.
     pub raw: Value,
 }
@@ -60,9 +65,9 @@ impl NetConf {
         NetConf::parse_with(stdin, false)
     }
 
-    /// As [`NetConf::parse`]; with `lenient_prev_result` (DEL), a `prevResult` that does not
-    /// decode is dropped instead of failing the verb.
-    pub fn parse_with(stdin: &[u8], lenient_prev_result: bool) -> Result<NetConf, CniError> {
+    /// As [`NetConf::parse`]; with `lenient` (DEL), a `prevResult`, `runtimeConfig.ips`/`mac`
+    /// or `args.cni` request that does not decode is dropped instead of failing the verb.
+    pub fn parse_with(stdin: &[u8], lenient: bool) -> Result<NetConf, CniError> {
         let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(
                 Code::DecodingFailure,
@@ -115,7 +120,7 @@ impl NetConf {
                 Ok(r) => Some(r),
                 // DEL must clean up even when a runtime's cached result is corrupt: the
                 // prevResult is only a hint there.
-                Err(_) if lenient_prev_result => None,
+                Err(_) if lenient => None,
                 Err(e) => return Err(e),
             },
         };
@@ -136,7 +141,18 @@ impl NetConf {
                 })
             })
             .transpose()?;
+        // DEL uses neither, and must clean up whatever they say.
+        let request =
+            |object: Option<&Value>, path: &str| match AttachmentRequest::from_object(object, path)
+            {
+                Err(_) if lenient => Ok(AttachmentRequest::default()),
+                other => other,
+            };
+        let runtime_request = request(obj.get("runtimeConfig"), "runtimeConfig")?;
+        let args_request = request(obj.get("args").and_then(|a| a.get("cni")), "args.cni")?;
         Ok(NetConf {
+            runtime_request,
+            args_request,
             cni_version,
             name,
             plugin_type,
@@ -147,6 +163,12 @@ impl NetConf {
             valid_attachments,
             raw,
         })
+    }
+
+    /// What the runtime asks of the attachment, from the capabilities, `args` and `CNI_ARGS`
+    /// (see [`AttachmentRequest::first_set`]).
+    pub fn attachment_request(&self, cni_args: &CniArgs) -> AttachmentRequest {
+        AttachmentRequest::first_set(&self.runtime_request, &self.args_request, cni_args)
     }
 
     /// Decodes the plugin's own fields from the whole object; a failure is code 7.
@@ -267,6 +289,27 @@ mod tests {
         let wrong =
             r#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":{}}"#;
         assert_eq!(parse(wrong).unwrap_err().code, 6);
+    }
+
+    #[test]
+    fn runtime_config_ips_and_mac_are_read_and_bad_ones_refused_except_on_del() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"t",
+                "runtimeConfig":{"ips":["10.244.1.9/24"],"mac":"0a:58:0a:f4:01:09"},
+                "args":{"cni":{"ips":["10.244.1.10"]}}}"#,
+        )
+        .unwrap();
+        let r = c.attachment_request(&CniArgs::default());
+        assert_eq!(r.ips.len(), 1);
+        assert_eq!(r.ips[0].addr.to_string(), "10.244.1.9");
+        assert_eq!(r.mac, Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x09]));
+        assert_eq!(c.args_request.ips[0].addr.to_string(), "10.244.1.10");
+        let bad = r#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{"ips":["x"]}}"#;
+        let e = parse(bad).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("runtimeConfig.ips[0]"), "{}", e.msg);
+        let del = NetConf::parse_with(bad.as_bytes(), true).unwrap();
+        assert_eq!(del.runtime_request, AttachmentRequest::default());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::args::CniArgs;
 use crate::error::{CniError, Code};
 
 /// The verb a runtime asks for in `CNI_COMMAND`.
@@ -64,6 +65,8 @@ pub struct Env {
     pub ifname: String,
     /// `CNI_ARGS`, raw.
     pub args: String,
+    /// `CNI_ARGS`, parsed (ADD and CHECK; empty for DEL, which needs none of them).
+    pub cni_args: CniArgs,
     /// `CNI_PATH`, raw.
     pub path: String,
 }
@@ -115,6 +118,11 @@ impl Env {
                 Code::InvalidEnvironment,
                 format!("CNI_NETNS {:?} is not an absolute path", env.netns),
             ));
+        }
+        // DEL reads no argument, and a DEL refused for them would leave the runtime retrying
+        // it forever: only ADD and CHECK hold the runtime to libcni's rules.
+        if command != Command::Del {
+            env.cni_args = CniArgs::parse(&env.args)?;
         }
         Ok(env)
     }
@@ -283,6 +291,27 @@ mod tests {
             with_id(&too_long).unwrap_err().code,
             Code::InvalidEnvironment
         );
+    }
+
+    #[test]
+    fn cni_args_are_parsed_for_add_and_check_and_ignored_by_del() {
+        let with_args = |args: &'static str| {
+            let mut pairs = ADD.to_vec();
+            pairs.push(("CNI_ARGS", args));
+            pairs
+        };
+        let ok = with_args("IgnoreUnknown=1;K8S_POD_NAME=web;FOO=bar");
+        let e = Env::from_lookup(Command::Add, env(&ok)).unwrap();
+        assert_eq!(e.cni_args.pod_name.as_deref(), Some("web"));
+        let bad = with_args("FOO=bar");
+        for command in [Command::Add, Command::Check] {
+            let e = Env::from_lookup(command, env(&bad)).unwrap_err();
+            assert_eq!(e.code, Code::InvalidEnvironment);
+            assert!(e.msg.contains("CNI_ARGS"), "{}", e.msg);
+        }
+        let del = Env::from_lookup(Command::Del, env(&bad)).unwrap();
+        assert_eq!(del.args, "FOO=bar");
+        assert_eq!(del.cni_args, CniArgs::default());
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub enum Code {
     CheckMismatch = 104,
     /// The node firewall (nftables) could not be programmed.
     Firewall = 105,
+    /// The address a runtime asked for (`CNI_ARGS` `IP=`, the `ips` capability) cannot be
+    /// leased: outside the node's range, reserved, or held by another attachment.
+    AddressUnavailable = 106,
     /// The cloud route table is full (route quota reached).
     RouteQuota = 110,
     /// A route for the pod CIDR exists and points elsewhere.
@@ -184,6 +187,7 @@ mod tests {
             (Code::NotABridge, 103),
             (Code::CheckMismatch, 104),
             (Code::Firewall, 105),
+            (Code::AddressUnavailable, 106),
             (Code::RouteQuota, 110),
             (Code::RouteConflict, 111),
             (Code::CloudDeadline, 112),

@@ -3,6 +3,7 @@
 //! The spec is containernetworking/cni's SPEC.md; results are held in their newest shape
 //! ([`CniResult`]) and converted when read or written.
 
+pub mod args;
 pub mod cidr;
 pub mod conf;
 pub mod conflist;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod result;
 pub mod version;
 
+pub use args::{parse_mac, AttachmentRequest, CniArgs, Mac, RequestedIp};
 pub use conf::{version_hint, Attachment, NetConf};
 pub use conflist::ConfList;
 pub use env::{command_from, validate_ifname, Command, Env};

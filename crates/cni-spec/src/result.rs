@@ -205,6 +205,33 @@ impl CniResult {
         Ok(())
     }
 
+    /// The result a chained plugin prints: `prev` (the prevResult it was given) with `own`
+    /// (what this plugin set up) merged in, as the spec asks ("must output it as their result,
+    /// with any possible modifications made by that plugin included").
+    ///
+    /// `own`'s interfaces are appended after `prev`'s, so the `interface` index of each of
+    /// `own`'s addresses is shifted by the number of interfaces `prev` has; `prev`'s indexes
+    /// stay as they are. Addresses and routes are appended; DNS name servers, search domains
+    /// and options are appended where not already present, and `own`'s domain replaces
+    /// `prev`'s only when it sets one.
+    pub fn merged_onto(&self, prev: &CniResult) -> CniResult {
+        let shift = prev.interfaces.len();
+        let mut out = prev.clone();
+        out.interfaces.extend(self.interfaces.iter().cloned());
+        out.ips.extend(self.ips.iter().map(|ip| IpConfig {
+            interface: ip.interface.map(|i| i + shift),
+            ..ip.clone()
+        }));
+        out.routes.extend(self.routes.iter().cloned());
+        append_missing(&mut out.dns.nameservers, &self.dns.nameservers);
+        append_missing(&mut out.dns.search, &self.dns.search);
+        append_missing(&mut out.dns.options, &self.dns.options);
+        if !self.dns.domain.is_empty() {
+            out.dns.domain.clone_from(&self.dns.domain);
+        }
+        out
+    }
+
     /// Writes the result in `version`'s shape, with `cniVersion` first.
     pub fn to_json(&self, version: Version) -> Value {
         let mut out = Map::new();
@@ -265,6 +292,15 @@ impl CniResult {
             out.insert("dns".into(), to_value(&self.dns));
         }
         Value::Object(out)
+    }
+}
+
+/// Appends each of `more` that `list` does not hold yet, keeping `list`'s order first.
+fn append_missing(list: &mut Vec<String>, more: &[String]) {
+    for item in more {
+        if !list.contains(item) {
+            list.push(item.clone());
+        }
     }
 }
 
@@ -335,6 +371,106 @@ mod tests {
             let back = CniResult::from_json(&sample().to_json(version)).unwrap();
             assert_eq!(back.ips, sample().ips, "{version}");
             assert_eq!(back.interfaces.len(), 2);
+        }
+    }
+
+    /// A prevResult as an earlier plugin of a chain would leave it: a host interface and a
+    /// sandbox interface, an address on each, a route and DNS.
+    fn earlier_plugin() -> CniResult {
+        CniResult {
+            interfaces: vec![
+                Interface {
+                    name: "dummy-host".into(),
+                    mac: "02:aa:00:00:00:01".into(),
+                    ..Default::default()
+                },
+                Interface {
+                    name: "net1".into(),
+                    mac: "02:aa:00:00:00:02".into(),
+                    sandbox: "/var/run/netns/p".into(),
+                    ..Default::default()
+                },
+            ],
+            ips: vec![
+                IpConfig {
+                    address: "192.168.50.2/24".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(1),
+                },
+                IpConfig {
+                    address: "fd00:50::2/64".parse().unwrap(),
+                    gateway: Some("fd00:50::1".parse().unwrap()),
+                    interface: Some(0),
+                },
+                IpConfig {
+                    address: "192.168.60.2/24".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                },
+            ],
+            routes: vec![Route::new("192.168.0.0/16".parse().unwrap(), None)],
+            dns: Dns {
+                nameservers: vec!["192.168.50.53".into()],
+                domain: "earlier.local".into(),
+                search: vec!["earlier.local".into()],
+                options: vec!["ndots:2".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn merge_appends_own_entries_and_shifts_own_interface_indexes() {
+        let prev = earlier_plugin();
+        let mut own = sample();
+        own.dns = Dns {
+            nameservers: vec!["10.96.0.10".into(), "192.168.50.53".into()],
+            domain: String::new(),
+            search: vec!["cluster.local".into()],
+            options: vec!["ndots:2".into(), "edns0".into()],
+        };
+        let merged = own.merged_onto(&prev);
+        assert_eq!(merged.interfaces.len(), 4);
+        assert_eq!(merged.interfaces[..2], prev.interfaces[..]);
+        assert_eq!(merged.interfaces[2..], own.interfaces[..]);
+        // The earlier plugin's addresses keep their indexes, ours point past its interfaces.
+        let indexes: Vec<_> = merged.ips.iter().map(|ip| ip.interface).collect();
+        assert_eq!(indexes, [Some(1), Some(0), None, Some(3)]);
+        assert_eq!(merged.interfaces[3].name, "eth0");
+        assert_eq!(merged.ips[3].address, own.ips[0].address);
+        assert_eq!(merged.routes.len(), 2);
+        assert_eq!(merged.routes[0], prev.routes[0]);
+        assert_eq!(merged.routes[1], own.routes[0]);
+        assert_eq!(merged.dns.nameservers, ["192.168.50.53", "10.96.0.10"]);
+        assert_eq!(merged.dns.domain, "earlier.local");
+        assert_eq!(merged.dns.search, ["earlier.local", "cluster.local"]);
+        assert_eq!(merged.dns.options, ["ndots:2", "edns0"]);
+        merged.validate().unwrap();
+    }
+
+    #[test]
+    fn merge_onto_an_empty_prev_result_is_the_own_result() {
+        assert_eq!(sample().merged_onto(&CniResult::default()), sample());
+        let prev = earlier_plugin();
+        assert_eq!(CniResult::default().merged_onto(&prev), prev);
+        let mut own = CniResult::default();
+        own.dns.domain = "cluster.local".into();
+        assert_eq!(own.merged_onto(&prev).dns.domain, "cluster.local");
+    }
+
+    #[test]
+    fn merged_result_reads_back_at_every_version() {
+        let merged = sample().merged_onto(&earlier_plugin());
+        for version in crate::SUPPORTED {
+            let json = merged.to_json(version);
+            assert_eq!(json["ips"][3]["interface"], 3, "{version}");
+            assert_eq!(json["dns"]["nameservers"][0], "192.168.50.53", "{version}");
+            let back = CniResult::from_json(&json).unwrap();
+            assert_eq!(back.ips, merged.ips, "{version}");
+            assert_eq!(back.dns, merged.dns, "{version}");
+            assert_eq!(back.interfaces.len(), 4, "{version}");
+            if version.ips_carry_version() {
+                assert_eq!(json["ips"][1]["version"], "6", "{version}");
+            }
         }
     }
 

@@ -28,6 +28,15 @@ pub enum Error {
         /// How many addresses it can lease.
         capacity: u32,
     },
+    /// The address a runtime asked for cannot be leased: outside the range, reserved, or
+    /// held by another attachment.
+    #[error("requested address {address} is unavailable: {why}")]
+    RequestedUnavailable {
+        /// The address asked for.
+        address: Ipv4Addr,
+        /// Why it cannot be leased.
+        why: String,
+    },
     /// The subnet leaves no address to lease.
     #[error("pod CIDR {subnet} is too small: a /30 or shorter prefix is needed")]
     SubnetTooSmall {
@@ -62,6 +71,7 @@ impl cni_spec::ErrorCode for Error {
         use cni_spec::Code;
         match self {
             Error::Exhausted { .. } => Code::RangeExhausted,
+            Error::RequestedUnavailable { .. } => Code::AddressUnavailable,
             Error::Io { .. } => Code::IoFailure,
             // The container id or ifname from CNI_* cannot name a state file.
             Error::InvalidName(_) => Code::InvalidEnvironment,

@@ -244,6 +244,56 @@ impl Store {
         })
     }
 
+    /// Leases `address`, an address the runtime asked for (`CNI_ARGS` `IP=`, the `ips`
+    /// capability), as host-local honours such a request: it must be leasable in `pool` and
+    /// free, else [`Error::RequestedUnavailable`]. A retried ADD of the attachment that holds
+    /// it already gets it back (`existing`); an attachment holding another address cannot
+    /// switch to it without a DEL.
+    pub fn reserve_requested(
+        &self,
+        pool: &Pool,
+        address: Ipv4Addr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Reservation, Error> {
+        let unavailable = |why: String| Error::RequestedUnavailable { address, why };
+        if !pool.contains(address) {
+            return Err(unavailable(format!(
+                "not a leasable address of {} (gateway {})",
+                pool.subnet(),
+                pool.gateway()
+            )));
+        }
+        let _held = self.lock()?;
+        let owner = owner_line(container_id, ifname);
+        let index = self.index_path(container_id, ifname)?;
+        if let Some(held) = read_addr(&index)? {
+            if self.owner_of(held)?.as_deref() == Some(owner.as_str()) {
+                if held != address {
+                    return Err(unavailable(format!(
+                        "{container_id}/{ifname} holds {held} already: DEL it first"
+                    )));
+                }
+                return Ok(Reservation {
+                    address,
+                    existing: true,
+                });
+            }
+        }
+        if let Some(holder) = self.owner_of(address)? {
+            return Err(unavailable(format!(
+                "leased to {}",
+                holder.replace(LINE_BREAK, "/")
+            )));
+        }
+        write_atomic(&index, address.to_string().as_bytes())?;
+        if self.link_address(address, &owner)? {
+            return self.commit(address, &index);
+        }
+        remove_file(&index)?;
+        Err(unavailable("leased meanwhile by another attachment".into()))
+    }
+
     /// Whether `address` has a lease file. The first question costs one `stat`; once an
     /// address turns out taken, the directory is listed once and the rest are answered from
     /// that list (see the module docs).

@@ -328,3 +328,53 @@ fn read_leases_sees_what_the_store_holds_without_touching_the_directory() {
     );
     assert_eq!(node_ipam::parse_owner("abc"), None);
 }
+
+#[test]
+fn a_requested_address_is_leased_once_and_refused_when_taken_or_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), "n").unwrap();
+    let p = pool("10.1.0.0/24");
+    let r = store
+        .reserve_requested(&p, ip("10.1.0.42"), "ctr1", "eth0")
+        .unwrap();
+    assert_eq!((r.address, r.existing), (ip("10.1.0.42"), false));
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("n/10.1.0.42")).unwrap(),
+        "ctr1\r\neth0"
+    );
+    assert_eq!(store.lookup("ctr1", "eth0").unwrap(), Some(ip("10.1.0.42")));
+    // A retried ADD of the same attachment gets it back.
+    let again = store
+        .reserve_requested(&p, ip("10.1.0.42"), "ctr1", "eth0")
+        .unwrap();
+    assert!(again.existing);
+    // Another attachment asking for it is refused, naming the holder.
+    match store.reserve_requested(&p, ip("10.1.0.42"), "ctr2", "eth0") {
+        Err(Error::RequestedUnavailable { address, why }) => {
+            assert_eq!(address, ip("10.1.0.42"));
+            assert!(why.contains("ctr1/eth0"), "{why}");
+        }
+        other => panic!("taken address: {other:?}"),
+    }
+    assert_eq!(store.lookup("ctr2", "eth0").unwrap(), None);
+    // The holder cannot switch to another address without a DEL.
+    assert!(matches!(
+        store.reserve_requested(&p, ip("10.1.0.43"), "ctr1", "eth0"),
+        Err(Error::RequestedUnavailable { .. })
+    ));
+    // Outside the range, the network, the gateway and the broadcast address are refused.
+    for bad in ["10.2.0.5", "10.1.0.0", "10.1.0.1", "10.1.0.255"] {
+        let e = store
+            .reserve_requested(&p, ip(bad), "ctr3", "eth0")
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::RequestedUnavailable { .. }),
+            "{bad}: {e}"
+        );
+        assert_eq!(cni_spec::ErrorCode::code(&e), 106, "{bad}");
+    }
+    assert_eq!(store.leases().unwrap().len(), 1);
+    // Round-robin goes on after the requested address.
+    let next = store.reserve(&p, "ctr4", "eth0").unwrap();
+    assert_eq!(next.address, ip("10.1.0.43"));
+}

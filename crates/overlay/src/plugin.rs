@@ -75,7 +75,8 @@ impl Plugin for VxlanOverlay {
 
     fn add(&self, req: &Request<OverlayConfig>) -> Result<AddOutput, Error> {
         let net = bridge_network(&req.config, &req.conf.name)?;
-        Ok(AddOutput::Result(attach::add(&net, &req.env)?))
+        let wants = req.conf.attachment_request(&req.env.cni_args);
+        Ok(AddOutput::Result(attach::add(&net, &req.env, &wants)?))
     }
 
     fn del(&self, req: &Request<OverlayConfig>) -> Result<Option<String>, Error> {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use cni_spec::{Attachment, CniResult, Env, Interface, IpConfig, Route};
+use cni_spec::{Attachment, AttachmentRequest, CniResult, Env, Interface, IpConfig, Route};
 use ipnet::{IpNet, Ipv4Net};
 use netsetup::link::{self, BridgeSpec, VethSpec};
 use netsetup::masquerade::{self, MasqueradeSpec};
@@ -88,9 +88,43 @@ fn host_mac(container_id: &str, ifname: &str) -> link::Mac {
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
-/// ADD: node-level setup (bridge, forwarding, masquerade), then a lease, a veth pair with its
-/// pod end configured. Everything this call created is removed again if a step fails.
-pub fn add(net: &BridgeNetwork, env: &Env) -> Result<CniResult, Error> {
+/// The address the runtime asked for, if it asked: one IPv4 address of the pod CIDR, with the
+/// CIDR's prefix length if it gives one (the range serves one address per attachment, as
+/// host-local's single range does).
+fn requested_address(
+    net: &BridgeNetwork,
+    wants: &AttachmentRequest,
+) -> Result<Option<Ipv4Addr>, Error> {
+    let subnet = net.pool.subnet();
+    let refuse = |why: String| Err(Error::RequestedAddress(why));
+    match wants.ips[..] {
+        [] => Ok(None),
+        [one] => match one.addr {
+            std::net::IpAddr::V4(addr) if one.prefix.is_none_or(|p| p == subnet.prefix_len()) => {
+                Ok(Some(addr))
+            }
+            std::net::IpAddr::V4(addr) => refuse(format!(
+                "{addr}/{} does not match the pod CIDR {subnet}",
+                one.prefix.unwrap_or_default()
+            )),
+            std::net::IpAddr::V6(addr) => refuse(format!(
+                "{addr} is not in the pod CIDR {subnet} (IPv4 only)"
+            )),
+        },
+        _ => refuse(format!(
+            "{} addresses asked for; the pod CIDR {subnet} gives one per attachment",
+            wants.ips.len()
+        )),
+    }
+}
+
+/// ADD: node-level setup (bridge, forwarding, masquerade), then a lease (the address the
+/// runtime asked for, if it did), a veth pair with its pod end configured (with the MAC the
+/// runtime asked for, if it did). Everything this call created is removed again if a step
+/// fails.
+pub fn add(net: &BridgeNetwork, env: &Env, wants: &AttachmentRequest) -> Result<CniResult, Error> {
+    // Checked before anything changes on the node.
+    let requested = requested_address(net, wants)?;
     let netns = Netns::open(Path::new(&env.netns))?;
     let mut host = Socket::new()?;
     let bridge = link::ensure_bridge(
@@ -112,7 +146,12 @@ pub fn add(net: &BridgeNetwork, env: &Env) -> Result<CniResult, Error> {
     let store = net.store()?;
     // Held to the end of the ADD: a second ADD of the same pod waits, then finds it attached.
     let _attachment = store.lock_attachment(&env.container_id, &env.ifname)?;
-    let lease = store.reserve(&net.pool, &env.container_id, &env.ifname)?;
+    let lease = match requested {
+        Some(address) => {
+            store.reserve_requested(&net.pool, address, &env.container_id, &env.ifname)?
+        }
+        None => store.reserve(&net.pool, &env.container_id, &env.ifname)?,
+    };
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     if lease.existing && link::get_link(&mut host, &host_name)?.is_some() {
         return Err(Error::AlreadyAttached {
@@ -135,6 +174,7 @@ pub fn add(net: &BridgeNetwork, env: &Env) -> Result<CniResult, Error> {
         bridge: &bridge,
         mtu,
         address: lease.address,
+        mac: wants.mac,
     };
     attach(&add, &mut host, undo)
 }
@@ -151,6 +191,8 @@ struct AddContext<'a> {
     mtu: u32,
     /// The leased address.
     address: Ipv4Addr,
+    /// The pod interface's MAC the runtime asked for (`runtimeConfig.mac`, `CNI_ARGS` `MAC`).
+    mac: Option<link::Mac>,
 }
 
 /// Undoes a failed ADD when dropped: deletes the veth if this ADD created it and releases
@@ -203,8 +245,9 @@ fn attach(add: &AddContext, host: &mut Socket, mut undo: Rollback) -> Result<Cni
         bridge,
         mtu,
         address,
+        mac,
     } = *add;
-    let peer_mac = pod_mac(address);
+    let peer_mac = mac.unwrap_or_else(|| pod_mac(address));
     let host_mac = host_mac(&env.container_id, &env.ifname);
     let mut batch = vec![link::add_address(bridge.index, net.gateway_net(), true)];
     batch.extend(link::create_veth(&VethSpec {
@@ -414,12 +457,12 @@ pub fn check(net: &BridgeNetwork, env: &Env, prev: &CniResult) -> Result<(), Err
         )));
     }
     let routes = link::routes_v4(&mut pod)?;
-    for want in &prev.routes {
+    // Only the routes via our gateway are ours to vouch for: the prevResult also carries
+    // what earlier plugins of a chain set up (other interfaces, other tables).
+    let gateway = std::net::IpAddr::V4(net.pool.gateway());
+    for want in prev.routes.iter().filter(|r| r.gw == Some(gateway)) {
         let IpNet::V4(dst) = want.dst else { continue };
-        let gw = want.gw.or(ip.gateway).and_then(|g| match g {
-            std::net::IpAddr::V4(g) => Some(g),
-            std::net::IpAddr::V6(_) => None,
-        });
+        let gw = Some(net.pool.gateway());
         if !routes.iter().any(|r| r.dst == dst && r.gw == gw) {
             return Err(Error::Check(format!("route {dst} via {gw:?} is missing")));
         }

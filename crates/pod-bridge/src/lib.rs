@@ -27,6 +27,9 @@ pub enum Error {
     /// The kernel refused a step.
     #[error(transparent)]
     Net(#[from] netsetup::Error),
+    /// The address the runtime asked for cannot be served by this range.
+    #[error("requested address unavailable: {0}")]
+    RequestedAddress(String),
     /// A second ADD for an attachment that is fully set up.
     #[error(
         "{container_id}/{ifname} is already attached with {address}: DEL it before adding it again"
@@ -69,6 +72,7 @@ impl ErrorCode for Error {
             Error::Net(e) => e.code(),
             Error::PodLinkMissing { .. } => Code::Netlink,
             Error::AlreadyAttached { .. } => Code::AlreadyAttached,
+            Error::RequestedAddress(_) => Code::AddressUnavailable,
             Error::Check(_) => Code::CheckMismatch,
             Error::Unavailable(_) => Code::PluginNotAvailable,
         }
@@ -85,7 +89,8 @@ impl Plugin for KubenetBridge {
 
     fn add(&self, req: &Request<KubenetConfig>) -> Result<AddOutput, Error> {
         let net = req.config.resolve(&req.conf.name)?;
-        attach::add(&net, &req.env).map(AddOutput::Result)
+        let wants = req.conf.attachment_request(&req.env.cni_args);
+        attach::add(&net, &req.env, &wants).map(AddOutput::Result)
     }
 
     fn del(&self, req: &Request<KubenetConfig>) -> Result<Option<String>, Error> {

@@ -71,12 +71,10 @@ fn block_on<T>(
     Ok(rt.block_on(f)?)
 }
 
-/// What ADD and CHECK demand of every request before they may cost an EC2 call: a
-/// `CNI_NETNS` that is a network namespace (vpc-route never enters it, but a runtime passing
-/// something else is broken, code 4, as for the plugin before it), and for CHECK a prevResult.
+/// What CHECK demands before it may cost an EC2 call: a prevResult. (`CNI_NETNS`, which
+/// vpc-route never enters, is checked by the skeleton for every plugin: code 4 for anything
+/// but a pod's network namespace.)
 fn refuse_bad_request(req: &Request<Value>) -> Result<(), VpcError> {
-    netsetup::Netns::open(std::path::Path::new(&req.env.netns))
-        .map_err(|e| VpcError::Request(Code::InvalidEnvironment, format!("CNI_NETNS: {e}")))?;
     if req.command == cni_skel::cni_spec::Command::Check && req.conf.prev_result.is_none() {
         return Err(VpcError::Request(
             Code::InvalidNetworkConfig,

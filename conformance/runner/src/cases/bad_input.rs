@@ -14,6 +14,14 @@
 //! rule says a plugin must refuse it; libcni never sends one, as it converts cached results
 //! to the configuration's version).
 //!
+//! `CNI_NETNS` naming the plugin's own network namespace (`/proc/self/ns/net`, or a bind
+//! mount of the namespace the runtime runs plugins in) is a MUST refusal by this runner's
+//! reading: the spec has the runtime execute plugins "in the runtime's networking domain" and
+//! create "a new network namespace for the container", so that namespace is no container's,
+//! and an ADD accepting it reconfigures the node as if it were a pod. `CNI_ARGS` that libcni's
+//! `LoadArgs` refuses (a pair without `=`, an unknown key without `IgnoreUnknown`) is a
+//! SHOULD: the spec only describes the variable's format.
+//!
 //! Where the spec allows several codes the case accepts each, and its name lists them:
 //! `(3 or 4)` for a namespace path that does not exist ("container unknown or does not exist"
 //! or "invalid necessary environment variables"); `(6 or 7)` for a missing field, which is a
@@ -392,6 +400,61 @@ const BAD_INPUTS: &[BadInput] = &[
         applies: always,
         spoil: |_, _, call| {
             call.set("CNI_NETNS", "/proc/self/ns/mnt");
+        },
+    },
+    BadInput {
+        label: "CNI_NETNS is the plugin's own namespace",
+        verb: "ADD",
+        setup: Setup::Pod,
+        codes: &[4],
+        level: CaseLevel::Must,
+        variable: Some("CNI_NETNS"),
+        echo_version: true,
+        applies: always,
+        spoil: |_, _, call| {
+            call.set("CNI_NETNS", "/proc/self/ns/net");
+        },
+    },
+    BadInput {
+        label: "CNI_NETNS is a bind mount of the plugin's own namespace",
+        verb: "ADD",
+        setup: Setup::Pod,
+        codes: &[4],
+        level: CaseLevel::Must,
+        variable: Some("CNI_NETNS"),
+        echo_version: true,
+        applies: always,
+        spoil: |ctx, _, call| {
+            call.set(
+                "CNI_NETNS",
+                ctx.runtime.node.netns().path().to_string_lossy(),
+            );
+        },
+    },
+    BadInput {
+        label: "CNI_ARGS malformed",
+        verb: "ADD",
+        setup: Setup::Pod,
+        codes: &[4],
+        level: CaseLevel::Should,
+        variable: Some("CNI_ARGS"),
+        echo_version: true,
+        applies: always,
+        spoil: |_, _, call| {
+            call.set("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME");
+        },
+    },
+    BadInput {
+        label: "CNI_ARGS with an unknown key, no IgnoreUnknown",
+        verb: "ADD",
+        setup: Setup::Pod,
+        codes: &[4],
+        level: CaseLevel::Should,
+        variable: Some("CNI_ARGS"),
+        echo_version: true,
+        applies: always,
+        spoil: |_, _, call| {
+            call.set("CNI_ARGS", "CNCT_UNKNOWN_KEY=1");
         },
     },
     BadInput {

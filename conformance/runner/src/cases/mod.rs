@@ -9,6 +9,7 @@
 mod bad_input;
 mod lifecycle;
 mod parallel;
+pub mod runtime_input;
 mod second_network;
 mod verbs_1_1;
 
@@ -59,6 +60,7 @@ impl Case {
 pub fn all(list: &NetworkList) -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(lifecycle::cases(list));
+    cases.extend(runtime_input::cases());
     cases.extend(verbs_1_1::cases());
     cases.push(parallel::case());
     cases.push(second_network::case());
@@ -143,6 +145,21 @@ impl<'a> CaseCtx<'a> {
     /// ADD of the whole list for `id`.
     pub fn add(&self, id: &AttachmentId) -> ChainRun {
         self.add_first(self.list().plugins.len(), id)
+    }
+
+    /// ADD of the whole list for `id` with `CNI_ARGS` set to `args` for every plugin;
+    /// remembered for the final DEL.
+    pub fn add_with_args(&self, id: &AttachmentId, args: &str) -> ChainRun {
+        self.remember(id, None);
+        let run = self
+            .runtime
+            .add_first_with(self.list().plugins.len(), id, |call| {
+                call.set("CNI_ARGS", args);
+            });
+        if run.result.is_some() {
+            self.remember(id, run.result.clone());
+        }
+        run
     }
 
     /// ADD of the whole list for `pod`, which must succeed (a MUST everywhere); returns the

@@ -48,10 +48,12 @@ pub fn run_vpc_route(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(verb) = verb {
+    // A pod namespace of its own: the plugin refuses its own namespace as CNI_NETNS.
+    let pod = verb.map(|_| cni_testkit::netns::Netns::new("vpcrt-pod-"));
+    if let (Some(verb), Some(pod)) = (verb, &pod) {
         cmd.env("CNI_COMMAND", verb)
             .env("CNI_CONTAINERID", "pod-1")
-            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0");
     }
     for (k, v) in env {
