@@ -79,6 +79,20 @@ fn route_dst(entry: &Value, v6: bool) -> Option<IpNet> {
         .map(|n| n.trunc())
 }
 
+/// The IPv4 default routes of `netns`'s main table, as `(gateway, device)`.
+pub fn default_routes_v4(netns: &Netns) -> Vec<(String, String)> {
+    netns
+        .ip_json(&["-4", "route", "show", "default"])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (field("gateway"), field("dev"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::route_dst;
@@ -99,18 +113,4 @@ mod tests {
             "10.1.0.9/32".parse().ok()
         );
     }
-}
-
-/// The IPv4 default routes of `netns`'s main table, as `(gateway, device)`.
-pub fn default_routes_v4(netns: &Netns) -> Vec<(String, String)> {
-    netns
-        .ip_json(&["-4", "route", "show", "default"])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
-            (field("gateway"), field("dev"))
-        })
-        .collect()
 }
