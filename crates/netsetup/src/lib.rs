@@ -84,9 +84,6 @@ pub enum Error {
     /// nftables could not be read or programmed.
     #[error("nftables: {0}")]
     Firewall(String),
-    /// A lock another plugin holds was not released in time.
-    #[error("{0}")]
-    Busy(String),
 }
 
 /// The CNI code each failure answers with, when a plugin returns it.
@@ -99,7 +96,6 @@ impl cni_spec::ErrorCode for Error {
             Error::NotABridge { .. } => Code::NotABridge,
             Error::Firewall(_) => Code::Firewall,
             Error::Sysctl { .. } => Code::IoFailure,
-            Error::Busy(_) => Code::TryAgainLater,
             Error::Netlink { .. }
             | Error::Io { .. }
             | Error::Decode(_)

@@ -5,10 +5,6 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{setns, CloneFlags};
 
 use crate::socket::Socket;
@@ -71,42 +67,6 @@ impl Netns {
         Ok(NetnsGuard { home })
     }
 
-    /// Takes the namespace's route lock: an exclusive flock on the namespace itself (its nsfs
-    /// inode), so every path to one namespace (`/var/run/netns/x`, `/proc/PID/ns/net`) is the
-    /// same lock, it lives exactly as long as the namespace, and nothing is left on disk.
-    /// Plugins attaching one pod to several networks at once (runtimes run a pod's networks
-    /// concurrently) decide under it which one installs the default route. Waits at most
-    /// `timeout`, then fails with [`Error::Busy`].
-    pub fn lock_routes(&self, timeout: Duration) -> Result<NetnsLock, Error> {
-        let deadline = Instant::now() + timeout;
-        let fd = self.fd.try_clone().map_err(|source| Error::Netns {
-            path: self.path.clone(),
-            source,
-        })?;
-        let mut fd = fd;
-        loop {
-            match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(NetnsLock { _lock: lock }),
-                Err((back, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
-                    fd = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((_, Errno::EWOULDBLOCK)) => {
-                    return Err(Error::Busy(format!(
-                        "network namespace {} stayed locked by another plugin for {timeout:?}",
-                        self.path.display()
-                    )))
-                }
-                Err((_, e)) => {
-                    return Err(Error::Netns {
-                        path: self.path.clone(),
-                        source: e.into(),
-                    })
-                }
-            }
-        }
-    }
-
     /// Opens an rtnetlink socket inside this namespace; the thread returns at once and the
     /// socket keeps working in the namespace it was opened in.
     pub fn socket(&self) -> Result<Socket, Error> {
@@ -119,13 +79,6 @@ impl AsFd for Netns {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// A namespace's route lock ([`Netns::lock_routes`]), released when dropped.
-#[must_use = "the lock is released when dropped"]
-#[derive(Debug)]
-pub struct NetnsLock {
-    _lock: Flock<OwnedFd>,
 }
 
 /// Returns the thread to the namespace it came from when dropped.

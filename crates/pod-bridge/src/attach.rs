@@ -53,10 +53,6 @@ pub enum DefaultRoute {
     Never,
 }
 
-/// How long an ADD waits for another plugin that holds the pod namespace's route lock (see
-/// [`Netns::lock_routes`]): far longer than any ADD's route decision takes.
-const ROUTE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 impl BridgeNetwork {
     fn store(&self) -> Result<Store, Error> {
         Ok(Store::open(&self.data_dir, &self.name)?)
@@ -316,7 +312,7 @@ fn attach(add: &AddContext, host: &mut Socket, mut undo: Rollback) -> Result<Cni
 
 /// Inside the pod: interface up, its address, and the default route via the gateway as
 /// `default_route` says; returns whether this ADD installed it. One socket opened in the
-/// namespace; the common case (the pod's first network) is one lookup, one dump and one batch.
+/// namespace, one lookup, one batch.
 fn configure_pod(
     netns: &Netns,
     ifname: &str,
@@ -333,39 +329,42 @@ fn configure_pod(
         link::set_flags(peer.index, true, false),
         link::add_address(peer.index, IpNet::V4(addr), false),
     ];
-    // The decision and the route are made under the namespace's lock: a pod's networks are
-    // attached concurrently, and two `auto` ADDs must not both see no default route.
-    let _lock = match default_route {
-        DefaultRoute::Never => None,
-        _ => Some(netns.lock_routes(ROUTE_LOCK_TIMEOUT)?),
-    };
-    let install = match default_route {
-        DefaultRoute::Never => false,
-        DefaultRoute::Always => {
-            batch.push(link::replace_route(
-                peer.index,
-                Ipv4Net::default(),
-                Some(gateway),
-            ));
-            true
-        }
-        DefaultRoute::Auto => {
-            let free = link::default_route_oif(&mut pod, false)?.is_none();
-            if free {
-                batch.push(link::add_route(
-                    peer.index,
-                    Ipv4Net::default(),
-                    Some(gateway),
-                    false,
-                ));
+    // No lookup and no lock: the kernel decides. An exclusive add of a default route fails
+    // with EEXIST when the pod has one (its other network's), atomically, so two networks
+    // attached at once cannot both install one, and `auto` costs nothing over a plain add.
+    match default_route {
+        DefaultRoute::Never => {}
+        DefaultRoute::Always => batch.push(link::replace_route(
+            peer.index,
+            Ipv4Net::default(),
+            Some(gateway),
+        )),
+        DefaultRoute::Auto => batch.push(link::add_route(
+            peer.index,
+            Ipv4Net::default(),
+            Some(gateway),
+            false,
+        )),
+    }
+    let mut installed = default_route != DefaultRoute::Never;
+    for (i, (what, reply)) in pod.batch(batch)?.into_iter().enumerate() {
+        match reply {
+            Ok(_) => {}
+            Err(e) if i == DEFAULT_ROUTE_REQUEST && link::is_exists(&e) => {
+                if default_route == DefaultRoute::Auto {
+                    installed = false;
+                } else {
+                    return Err(netsetup::Error::Netlink { what, source: e }.into());
+                }
             }
-            free
+            Err(source) => return Err(netsetup::Error::Netlink { what, source }.into()),
         }
-    };
-    let replies = pod.batch(batch)?;
-    netsetup::socket::first_error(replies, |_, _| false)?;
-    Ok(install)
+    }
+    Ok(installed)
 }
+
+/// Where the default route's request stands in [`configure_pod`]'s batch.
+const DEFAULT_ROUTE_REQUEST: usize = 2;
 
 fn ensure_masquerade(net: &BridgeNetwork) -> Result<(), Error> {
     match net.masquerade_outside {
