@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
 use nix::sched::{setns, CloneFlags};
 
 use crate::socket::Socket;
