@@ -40,6 +40,7 @@ pub mod overlay;
 pub mod ping_stream;
 pub mod pki;
 pub mod plugin;
+pub mod pod;
 pub mod result;
 pub mod scenarios;
 pub mod topology;

@@ -26,8 +26,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cni_testkit::leases::LeaseDir;
-use cni_testkit::netns::{Netns, Node};
+use cni_testkit::netns::Node;
 use cni_testkit::plugin::{bin_dir, plugin_binary, Expect, PluginOutput, PluginRun};
+use cni_testkit::pod::Pod;
 use cni_testkit::{require_root, unique_link_name, unique_name, version_at_least, SPEC_VERSIONS};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::{json, Value};
@@ -57,21 +58,6 @@ const ESCAPING_NAMES: [&str; 9] = [
     "x/y",
     "x\u{0}y",
 ];
-
-/// A pod sandbox with a container id.
-struct Pod {
-    netns: Netns,
-    id: String,
-}
-
-impl Pod {
-    fn new() -> Pod {
-        Pod {
-            netns: Netns::new("cnit-hpod-"),
-            id: unique_name("hostile-"),
-        }
-    }
-}
 
 /// A node running kubenet-bridge at one spec version, its state in `<outer>/a/b/data`.
 struct HostileNode {

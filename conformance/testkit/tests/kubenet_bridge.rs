@@ -25,6 +25,7 @@ use cni_testkit::netns::{Netns, Node};
 use cni_testkit::plugin::{
     bin_dir, plugin_binary, Expect, PluginOutput, PluginRun, REFERENCE_PLUGIN_DIR,
 };
+use cni_testkit::pod::Pod;
 use cni_testkit::result::{check_add_result, host_veth_name};
 use cni_testkit::scenarios::{
     assert_attachment_in_kernel, chained_with_portmap_and_bandwidth, cnitool_add_check_del,
@@ -61,21 +62,6 @@ mod code {
     pub const RANGE_EXHAUSTED: u64 = 100;
     pub const ALREADY_ATTACHED: u64 = 102;
     pub const CHECK_MISMATCH: u64 = 104;
-}
-
-/// A pod sandbox: its namespace and the container id the runtime uses for it.
-struct Pod {
-    netns: Netns,
-    id: String,
-}
-
-impl Pod {
-    fn new() -> Pod {
-        Pod {
-            netns: Netns::new("cnit-pod-"),
-            id: unique_name("pod-"),
-        }
-    }
 }
 
 /// One node running kubenet-bridge at one spec version, with its own bridge, dataDir and log

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use cni_conformance::kernel::default_routes_v4;
 use cni_testkit::leases::LeaseDir;
-use cni_testkit::netns::{Netns, Node};
+use cni_testkit::netns::Node;
 use cni_testkit::plugin::{bin_dir, plugin_binary, Expect, PluginRun};
+use cni_testkit::pod::Pod;
 use cni_testkit::traffic::ping;
 use cni_testkit::{eventually, require_root, unique_link_name, unique_name};
 use serde_json::{json, Value};
@@ -49,25 +50,6 @@ impl Network {
             gateway: Ipv4Addr::new(10, 245, third_octet, 1),
             _data: data,
         }
-    }
-}
-
-struct Pod {
-    netns: Netns,
-    id: String,
-}
-
-impl Pod {
-    fn new() -> Pod {
-        Pod {
-            netns: Netns::new("cnit-mnpod-"),
-            id: unique_name("pod-"),
-        }
-    }
-
-    /// The pod's IPv4 default routes: (gateway, device).
-    fn default_routes(&self) -> Vec<(String, String)> {
-        default_routes_v4(&self.netns)
     }
 }
 
@@ -144,7 +126,7 @@ fn second_network_attaches_beside_the_first_and_each_detaches_alone() {
         "auto on a pod that has a default route must not claim one: {r2}"
     );
     assert_eq!(
-        pod.default_routes(),
+        default_routes_v4(&pod.netns),
         vec![(first.gateway.to_string(), "eth0".to_owned())],
         "exactly one default route, the first network's"
     );
@@ -225,7 +207,7 @@ fn concurrent_adds_of_two_networks_leave_exactly_one_default_route() {
             .collect()
     });
     for (pod, (r1, r2)) in pods.iter().zip(&results) {
-        let routes = pod.default_routes();
+        let routes = default_routes_v4(&pod.netns);
         assert_eq!(routes.len(), 1, "pod {}: default routes {routes:?}", pod.id);
         let claimed = [has_default_route(r1), has_default_route(r2)];
         assert_eq!(
@@ -260,7 +242,7 @@ fn default_route_always_replaces_and_never_leaves_none() {
     let r = mn.add(&always, &pod, "add a defaultRoute always network");
     assert!(has_default_route(&r), "always must claim the route: {r}");
     assert_eq!(
-        pod.default_routes(),
+        default_routes_v4(&pod.netns),
         vec![(always.gateway.to_string(), "eth1".to_owned())],
         "always replaces the first network's default route"
     );
@@ -270,9 +252,9 @@ fn default_route_always_replaces_and_never_leaves_none() {
     let r = mn.add(&never, &alone, "add a defaultRoute never network");
     assert!(!has_default_route(&r), "never must not claim a route: {r}");
     assert!(
-        alone.default_routes().is_empty(),
+        default_routes_v4(&alone.netns).is_empty(),
         "never left a default route: {:?}",
-        alone.default_routes()
+        default_routes_v4(&alone.netns)
     );
     mn.check(&never, &alone, &r, "check the never network");
     assert!(

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cni_testkit::leases::LeaseDir;
-use cni_testkit::netns::{Netns, Node};
+use cni_testkit::netns::Node;
 use cni_testkit::overlay::{OverlayCluster, LEASE_TIMEOUT};
 use cni_testkit::plugin::{
     bin_dir, plugin_binary, previous_release_binary, previous_release_dir, Expect, PluginRun,
     PREVIOUS_RELEASE,
 };
+use cni_testkit::pod::Pod;
 use cni_testkit::traffic::ping;
 use cni_testkit::{eventually, require_root, unique_link_name, unique_name};
 use ipnet::Ipv4Net;
@@ -94,20 +95,6 @@ impl Kubenet {
             .lines()
             .filter(|l| l.trim_end().ends_with(" masquerade"))
             .count()
-    }
-}
-
-struct Pod {
-    netns: Netns,
-    id: String,
-}
-
-impl Pod {
-    fn new() -> Pod {
-        Pod {
-            netns: Netns::new("cnit-uppod-"),
-            id: unique_name("pod-"),
-        }
     }
 }
 
