@@ -48,15 +48,17 @@ version=$(awk '/^\[workspace\.package\]/ { s = 1; next } /^\[/ { s = 0 }
 echo "== cni-suite $version"
 
 binaries=(kubenet-bridge vxlan-overlay vpc-route)
+# Not plugins, kept out of bin/ (the CNI bin dir): the operator command and the overlay agent.
+commands=(cni-suite vxlan-overlay-agent)
 # The whole workspace, as the test command builds it: cargo unifies dependency features over
 # the packages of one build, so building only the four shipped ones compiled the AWS SDK a
 # second time (about 15 minutes here) with a feature set of its own.
 if [ "$BUILD" -eq 1 ]; then
-    echo "== build (release, static, $TARGET): the workspace's binaries; shipped: ${binaries[*]} cni-suite"
+    echo "== build (release, static, $TARGET): the workspace's binaries; shipped: ${binaries[*]} ${commands[*]}"
     cargo build --release --locked --workspace --bins
 fi
 
-for b in "${binaries[@]}" cni-suite; do
+for b in "${binaries[@]}" "${commands[@]}"; do
     [ -x "$REL/$b" ] || { echo "release: $REL/$b missing after the build" >&2; exit 1; }
     # Plugins are exec'd per pod and may run with a minimal environment: static only.
     if ! ldd "$REL/$b" 2>&1 | grep -Eq 'statically linked|not a dynamic executable'; then
@@ -71,7 +73,7 @@ trap 'rm -rf "$stage"' EXIT
 tree="$stage/$name"
 mkdir -p "$tree/bin" "$tree/sbin" "$tree/examples" "$tree/kubernetes"
 for b in "${binaries[@]}"; do install -m 0755 "$REL/$b" "$tree/bin/$b"; done
-install -m 0755 "$REL/cni-suite" "$tree/sbin/cni-suite"
+for c in "${commands[@]}"; do install -m 0755 "$REL/$c" "$tree/sbin/$c"; done
 install -m 0644 packaging/examples/* "$tree/examples/"
 install -m 0644 packaging/kubernetes/daemonset.yaml packaging/kubernetes/Containerfile "$tree/kubernetes/"
 install -m 0755 packaging/kubernetes/install-cni.sh "$tree/kubernetes/"

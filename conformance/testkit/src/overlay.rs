@@ -37,6 +37,8 @@ use crate::{eventually, unique_name};
 
 /// The plugin (and agent) binary under test.
 pub const PLUGIN: &str = "vxlan-overlay";
+/// The agent's binary (before it had its own, the plugin's `agent` command).
+pub const AGENT: &str = "vxlan-overlay-agent";
 /// The cluster's pod range, split into node subnets by the agents.
 pub const CLUSTER_CIDR: &str = "10.200.0.0/16";
 /// The subnet length agents lease (the plugin's default).
@@ -240,9 +242,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `vxlan-overlay agent --config <config>` inside `node`, its stdout and stderr
-    /// appended to `output` (its log goes to the config's `logFile`).
-    pub fn spawn(program: &Path, node: &Netns, config: &Path, output: &Path) -> Agent {
+    /// Starts the agent in `bin` (`vxlan-overlay-agent --config <config>`, or
+    /// `vxlan-overlay agent --config <config>` of a release before the agent had a binary of its
+    /// own) inside `node`, its stdout and stderr appended to `output` (its log goes to the
+    /// config's `logFile`).
+    pub fn spawn(bin: &Path, node: &Netns, config: &Path, output: &Path) -> Agent {
         let out = File::options()
             .create(true)
             .append(true)
@@ -251,9 +255,15 @@ impl Agent {
         let err = out.try_clone().expect("cannot duplicate a file handle");
         let started = Instant::now();
         // `ip netns exec` execs the agent in place, so signals to the child reach the agent.
+        let own = bin.join(AGENT);
+        let (program, first) = if own.is_file() {
+            (own, None)
+        } else {
+            (bin.join(PLUGIN), Some("agent"))
+        };
         let child = node
-            .command(program)
-            .arg("agent")
+            .command(&program)
+            .args(first)
             .arg("--config")
             .arg(config)
             .env_clear()
@@ -685,10 +695,9 @@ impl OverlayNode {
     /// Starts the agent; panics if it is running already.
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "the agent is already running");
-        let program = self.plugin_binary();
         let output = self.dir.path().join("agent.out");
         self.agent = Some(Agent::spawn(
-            &program,
+            &self.bin,
             self.node.netns(),
             &self.conflist_path(),
             &output,

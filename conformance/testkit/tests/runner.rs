@@ -699,6 +699,27 @@ exec $REAL
 }
 
 #[test]
+fn a_plugin_refusing_a_second_network_is_warned_on_that_case() {
+    let (_ws, run) = broken_kubenet(
+        "kb-one-network",
+        r#"# What kubenet-bridge did before defaultRoute: a pod with a default route refuses a
+# second network.
+if [ "$CNI_COMMAND" = ADD ] && [ "$CNI_IFNAME" != eth0 ]; then
+    printf '{"cniVersion":"1.0.0","code":101,"msg":"the pod already has a default route"}'
+    exit 1
+fi
+exec $REAL
+"#,
+    );
+    // A SHOULD (the spec names CNI_IFNAME part of an attachment, not a duty to serve two).
+    assert_eq!(
+        run.outcome("add: a second network on another ifname", "1.0.0"),
+        "warn"
+    );
+    run.assert_every_must_passed("a plugin refusing a second network");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let out = Command::new(runner())
         .args(["--conflist", "/nonexistent.conflist"])

@@ -272,14 +272,17 @@ pub fn processes() -> Vec<Process> {
         .collect()
 }
 
-/// Running `vxlan-overlay agent` processes of this node: those in the network namespace this
-/// command runs in (an agent of another node namespace, or in a test, is someone else's).
+/// Running vxlan-overlay agents of this node (`vxlan-overlay-agent`, or `vxlan-overlay agent`
+/// of an earlier release): those in the network namespace this command runs in (an agent of
+/// another node namespace, or in a test, is someone else's).
 pub fn overlay_agents() -> Vec<Process> {
     let here = std::fs::read_link("/proc/self/ns/net").ok();
     processes()
         .into_iter()
         .filter(|p| {
-            p.program() == "vxlan-overlay" && p.argv.get(1).map(String::as_str) == Some("agent")
+            p.program() == "vxlan-overlay-agent"
+                || (p.program() == "vxlan-overlay"
+                    && p.argv.get(1).map(String::as_str) == Some("agent"))
         })
         .filter(|p| {
             here.is_some() && std::fs::read_link(format!("/proc/{}/ns/net", p.pid)).ok() == here

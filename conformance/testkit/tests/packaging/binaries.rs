@@ -40,9 +40,12 @@ fn workspace_binaries() -> Vec<String> {
 /// conflist at (vxlan-scale-bench).
 fn spoken_versions(bin: &str) -> Vec<&'static str> {
     match bin {
-        "kubenet-bridge" | "vpc-route" | "vxlan-overlay" | "cni-suite" | "cni-conformance" => {
-            cni_testkit::SPEC_VERSIONS.to_vec()
-        }
+        "kubenet-bridge"
+        | "vpc-route"
+        | "vxlan-overlay"
+        | "vxlan-overlay-agent"
+        | "cni-suite"
+        | "cni-conformance" => cni_testkit::SPEC_VERSIONS.to_vec(),
         "cni-bench" | "vxlan-bench" | "vxlan-scale-bench" => vec!["1.0.0"],
         other => panic!("binary {other} is new: add the CNI versions it speaks to this test"),
     }
@@ -55,6 +58,7 @@ fn every_binary_answers_help_and_version() {
         "kubenet-bridge",
         "vpc-route",
         "vxlan-overlay",
+        "vxlan-overlay-agent",
         "cni-suite",
         "cni-conformance",
         "cni-bench",
@@ -81,11 +85,19 @@ fn every_binary_answers_help_and_version() {
             "{b} --help must describe the binary and list its options: {h}"
         );
     }
+    // The agent's own binary, and the command of earlier releases, which execs it.
     let agent = stdout(&run_ok(
+        Command::new(plugin_binary("vxlan-overlay-agent")).arg("--help"),
+    ));
+    let compat = stdout(&run_ok(
         Command::new(plugin_binary("vxlan-overlay")).args(["agent", "--help"]),
     ));
+    assert_eq!(
+        compat, agent,
+        "vxlan-overlay agent must run vxlan-overlay-agent"
+    );
     for want in [
-        "usage: vxlan-overlay agent --config",
+        "usage: vxlan-overlay-agent --config",
         "-c, --config",
         "-h, --help",
         "SIGTERM",

@@ -189,7 +189,7 @@ fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
     let c = check(&report, &agent);
     assert_eq!(c["status"], "fail", "{c}");
     assert!(message(c).contains("no agent runs"), "{c}");
-    assert!(hint(c).contains("vxlan-overlay agent --config"), "{c}");
+    assert!(hint(c).contains("vxlan-overlay-agent --config"), "{c}");
 
     // Its record gone from etcd (expired, or deleted by hand): peers drop the node.
     let key = format!(

@@ -55,11 +55,13 @@ fn release_tarball_verifies_and_its_binaries_run() {
         .collect();
     in_bin.sort();
     assert_eq!(in_bin, plugins, "bin/ of the tarball");
-    for (rel, name) in plugins
-        .iter()
-        .map(|p| (format!("bin/{p}"), *p))
-        .chain([("sbin/cni-suite".to_string(), "cni-suite")])
-    {
+    for (rel, name) in plugins.iter().map(|p| (format!("bin/{p}"), *p)).chain([
+        ("sbin/cni-suite".to_string(), "cni-suite"),
+        (
+            "sbin/vxlan-overlay-agent".to_string(),
+            "vxlan-overlay-agent",
+        ),
+    ]) {
         assert!(
             sums.contains(&format!("  {rel}\n")),
             "SHA256SUMS does not cover {rel}:\n{sums}"
@@ -175,6 +177,7 @@ fn release_tarball_verifies_and_its_binaries_run() {
     ));
     for p in plugins.iter().map(|p| format!("./opt/cni/bin/{p}")).chain([
         "./usr/sbin/cni-suite".to_string(),
+        "./usr/sbin/vxlan-overlay-agent".to_string(),
         "./usr/share/doc/cni-suite/examples/kops-cluster.yaml".to_string(),
         "./usr/share/doc/cni-suite/examples/kubenet-bridge.conflist.template".to_string(),
         "./usr/share/doc/cni-suite/kubernetes/daemonset.yaml".to_string(),

@@ -21,7 +21,7 @@ pub(super) fn check_agent(net: &SuiteNetwork, cfg: &overlay::OverlayConfig) -> C
             return Check::fail(
                 name,
                 format!("no subnet leased: {} is missing{}", subnet_file.display(), if agents.is_empty() { " and no agent runs" } else { "" }),
-                "run `vxlan-overlay agent --config <conflist>` (the vxlan-overlay DaemonSet); ADDs fail with code 11 until it leases a subnet",
+                "run `vxlan-overlay-agent --config <conflist>` (the vxlan-overlay DaemonSet); ADDs fail with code 11 until it leases a subnet",
             )
         }
         Err(e) => return Check::fail(name, e.to_string(), "delete the file and restart the agent: it rewrites it"),
@@ -47,7 +47,7 @@ pub(super) fn check_agent(net: &SuiteNetwork, cfg: &overlay::OverlayConfig) -> C
         return Check::fail(
             name,
             format!("leased {subnet} ({}) but no agent runs: the etcd lease expires after leaseTTL ({} s) and peers drop this node", subnet_file.display(), cfg.lease_ttl),
-            "start the vxlan-overlay DaemonSet (vxlan-overlay agent --config <conflist>)",
+            "start the vxlan-overlay DaemonSet (vxlan-overlay-agent --config <conflist>)",
         );
     }
     let pids: Vec<String> = agents.iter().map(|p| p.pid.to_string()).collect();

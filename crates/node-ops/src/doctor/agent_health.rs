@@ -145,7 +145,7 @@ pub fn check(net: &SuiteNetwork, cfg: &overlay::OverlayConfig) -> Check {
                 name,
                 format!("nothing answers on {url} ({e}): {who}"),
                 format!(
-                    "start the agent (the vxlan-overlay DaemonSet, or `vxlan-overlay agent --config {}`); if it runs, its log names the address it serves on (\"serving /metrics and /healthz on\"), which must be metricsAddress {bound}",
+                    "start the agent (the vxlan-overlay DaemonSet, or `vxlan-overlay-agent --config {}`); if it runs, its log names the address it serves on (\"serving /metrics and /healthz on\"), which must be metricsAddress {bound}",
                     net.file.display()
                 ),
             );

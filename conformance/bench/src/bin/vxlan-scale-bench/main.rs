@@ -90,7 +90,7 @@ fn main() {
 
 /// The agent binary's `--version` line (which agent was measured).
 fn agent_version() -> String {
-    let bin = cni_testkit::plugin::plugin_binary(cni_testkit::overlay::PLUGIN);
+    let bin = cni_testkit::plugin::plugin_binary(cni_testkit::overlay::AGENT);
     std::process::Command::new(&bin)
         .arg("--version")
         .output()
