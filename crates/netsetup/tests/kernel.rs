@@ -268,7 +268,10 @@ fn ipv6_masquerade_goes_to_an_ip6_table_beside_the_ip_one() {
 fn ipv6_addresses_skip_dad_and_routes_of_both_families_are_listed() {
     let node = temp_netns("v6addr");
     let mut sock = open(&node).socket().unwrap();
-    node.ip_ok(&["link", "add", "v6d0", "type", "dummy"]);
+    node.ip_ok(&[
+        "link", "add", "v6d0", "type", "veth", "peer", "name", "v6d0p",
+    ]);
+    node.ip_ok(&["link", "set", "v6d0p", "up"]);
     node.ip_ok(&["link", "set", "v6d0", "up"]);
     let dev = link::get_link(&mut sock, "v6d0").unwrap().unwrap();
     let addr: IpNet = "fd00:10:77::5/64".parse().unwrap();
