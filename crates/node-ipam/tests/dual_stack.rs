@@ -34,7 +34,6 @@ fn one_address_per_range_in_host_local_layout() {
     for name in ["10.1.0.2", "fd00:10:1::2"] {
         assert_eq!(fs::read_to_string(dir.join(name)).unwrap(), "ctr1\r\neth0");
     }
-    assert_eq!(
     // One file creation for both: the two names share the owner file's inode.
     use std::os::unix::fs::MetadataExt;
     assert_eq!(fs::metadata(dir.join("10.1.0.2")).unwrap().nlink(), 2);
@@ -42,6 +41,7 @@ fn one_address_per_range_in_host_local_layout() {
         .unwrap()
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with(".tmp")));
+    assert_eq!(
         fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
         "10.1.0.2"
     );
