@@ -419,9 +419,13 @@ fn ipv6_only_pods_reach_each_other_and_the_node() {
 fn ipv6_first_pod_cidrs_give_ipv6_first_results() {
     let dn = DualNode::new("1.0.0", &[V6_CIDR, V4_CIDR]);
     let pod = Pod::new();
-    let (_, addrs) = dn.add_ok(&pod, "add", &[true, false]);
+    let (result, addrs) = dn.add_ok(&pod, "add", &[true, false]);
     assert_pod_kernel_state(&dn.ctx("pod"), &pod, &addrs);
-    // The MAC still follows the IPv4 address, as IPv4-only pods' does.
+    // The MAC still follows the IPv4 address (10.244.1.2), as IPv4-only pods' does.
+    assert_eq!(
+        result["interfaces"][2]["mac"], "0a:58:0a:f4:01:02",
+        "{result}"
+    );
     dn.attachment("DEL", &pod)
         .exec()
         .expect_success(&dn.ctx("del"));
