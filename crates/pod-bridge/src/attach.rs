@@ -522,25 +522,36 @@ pub fn check(net: &BridgeNetwork, env: &Env, prev: &CniResult) -> Result<(), Err
                 env.ifname
             ))
         })?;
-    // Per range, the prevResult's address on our interface in it.
-    let mut want: Vec<IpNet> = Vec::new();
+    let mut leased = net.store()?.lookup(&env.container_id, &env.ifname)?;
+    // Per range, the prevResult's address on our interface in it. A range neither the
+    // prevResult nor the lease has an address of is one added to the config after this pod
+    // was attached (an IPv4-only node given an IPv6 range too): the pod keeps what it got.
+    let mut want: Vec<(&Pool, IpNet)> = Vec::new();
     for pool in net.ranges.pools() {
         let ip = prev
             .ips
             .iter()
-            .find(|ip| ip.interface == Some(ours) && pool.contains(ip.address.addr()))
-            .ok_or_else(|| {
-                Error::Check(format!(
+            .find(|ip| ip.interface == Some(ours) && pool.contains(ip.address.addr()));
+        match ip {
+            Some(ip) => want.push((pool, ip.address)),
+            None if !leased.iter().any(|a| pool.contains(*a)) => {}
+            None => {
+                return Err(Error::Check(format!(
                     "prevResult has no address of {} on {}",
                     pool.subnet(),
                     env.ifname
-                ))
-            })?;
-        want.push(ip.address);
+                )))
+            }
+        }
     }
-    let mut leased = net.store()?.lookup(&env.container_id, &env.ifname)?;
+    if want.is_empty() {
+        return Err(Error::Check(format!(
+            "prevResult has no address of the pod ranges on {}",
+            env.ifname
+        )));
+    }
     leased.sort();
-    let mut prev_addrs: Vec<IpAddr> = want.iter().map(IpNet::addr).collect();
+    let mut prev_addrs: Vec<IpAddr> = want.iter().map(|(_, a)| a.addr()).collect();
     prev_addrs.sort();
     if leased != prev_addrs {
         return Err(Error::Check(format!(
@@ -574,7 +585,7 @@ pub fn check(net: &BridgeNetwork, env: &Env, prev: &CniResult) -> Result<(), Err
             env.ifname
         )));
     }
-    for (pool, address) in net.ranges.pools().iter().zip(&want) {
+    for (pool, address) in &want {
         let v6 = pool.is_ipv6();
         if !link::addresses_of(&mut pod, iface.index, v6)?.contains(address) {
             return Err(Error::Check(format!(
