@@ -2,7 +2,9 @@
 //! `conformance/previous-release`, built by `conformance/scripts/build-previous-release.sh`) is
 //! read by this one. Pods are attached by the previous release's binaries; then this release's
 //! binaries CHECK, DEL and GC them, attach new pods beside them, and (for the overlay) a node
-//! upgraded in place keeps its subnet and VTEP and keeps talking to a node not yet upgraded.
+//! upgraded in place keeps its subnet and VTEP and keeps talking to a node not yet upgraded;
+//! a kubenet-bridge node upgraded and then given an IPv6 range too (`podCIDRs`) keeps the
+//! previous release's IPv4-only pods while new pods get both families.
 //! vpc-route's node.json is covered by `crates/vpc-routes-aws/tests/upgrade.rs`.
 
 use std::collections::BTreeSet;
@@ -203,6 +205,80 @@ fn kubenet_bridge_pods_of_the_previous_release_are_checked_deleted_and_collected
         .exec()
         .expect_success("new release: del the new pod");
     let left = kn.leases.reserved_addresses();
+    assert!(left.is_empty(), "leases left after every DEL: {left:?}");
+}
+
+/// The previous release's IPv4-only pods on a node whose config then turns dual-stack (the
+/// same IPv4 range first in `podCIDRs`, an IPv6 range beside it): the new release CHECKs and
+/// DELs them, a new pod gets both families and reaches an old pod, the IPv4 masquerade rule
+/// stays as it was and an IPv6 one joins it.
+#[test]
+fn previous_release_ipv4_pods_survive_the_node_turning_dual_stack() {
+    let (old, new) = releases("kubenet-bridge");
+    let mut kn = Kubenet::new();
+    let pods: Vec<Pod> = (0..2).map(|_| Pod::new()).collect();
+    let results: Vec<(Value, Ipv4Net)> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| kn.add(&old, pod, &format!("previous release: add pod {i}")))
+        .collect();
+    let o = kn.config.as_object_mut().expect("object");
+    o.remove("podCIDR");
+    o.insert(
+        "podCIDRs".into(),
+        json!(["10.244.9.0/24", "fd00:10:244:9::/64"]),
+    );
+    for (i, (pod, (result, _))) in pods.iter().zip(&results).enumerate() {
+        let mut config = kn.config.clone();
+        config["prevResult"] = result.clone();
+        kn.attachment(&new, "CHECK", pod)
+            .config(&config)
+            .exec()
+            .expect_success(&format!("dual-stack config: check IPv4-only pod {i}"));
+    }
+    let fresh = Pod::new();
+    let (result, v4) = kn.add(&new, &fresh, "dual-stack config: add a pod");
+    let v6 = result["ips"][1]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        v6.starts_with("fd00:10:244:9::"),
+        "no IPv6 address: {result}"
+    );
+    assert!(
+        results.iter().all(|(_, a)| *a != v4),
+        "{v4} is held by a pod of the previous release"
+    );
+    assert!(
+        ping(&fresh.netns, results[0].1.addr()),
+        "new pod reaches an old one"
+    );
+    assert_eq!(
+        kn.masquerade_rules(),
+        2,
+        "the IPv4 rule as it was, and the IPv6 one"
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        kn.attachment(&new, "DEL", pod)
+            .exec()
+            .expect_success(&format!("dual-stack config: del IPv4-only pod {i}"));
+    }
+    kn.attachment(&new, "DEL", &fresh)
+        .exec()
+        .expect_success("dual-stack config: del the new pod");
+    let left: Vec<_> = std::fs::read_dir(kn.leases.path())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+                })
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(left.is_empty(), "leases left after every DEL: {left:?}");
 }
 
