@@ -23,8 +23,10 @@ const EXEC_MARGIN: Duration = Duration::from_secs(15);
 pub struct VpcState {
     /// The file read.
     pub path: PathBuf,
-    /// `podCIDR` registered.
+    /// The pod ranges registered, for a report (`10.244.3.0/24, fd00:10:244:3::/64`).
     pub pod_cidr: String,
+    /// The pod ranges registered, one per family.
+    pub pod_cidrs: Vec<String>,
     /// (table id, route in place, problem).
     pub tables: Vec<(String, bool, Option<String>)>,
     /// Source/destination check seen off on the ENI.
@@ -62,11 +64,23 @@ pub fn node_state(entry: &Value) -> Result<Option<VpcState>, String> {
     };
     Ok(Some(VpcState {
         path: state_path(entry),
-        pod_cidr: state.pod_cidr.to_string(),
+        pod_cidr: state
+            .pod_cidrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        pod_cidrs: state.pod_cidrs().iter().map(ToString::to_string).collect(),
         tables: state
             .tables
             .iter()
-            .map(|t| (t.id.clone(), t.registered, t.problem.clone()))
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    t.is_registered(),
+                    t.first_problem().map(str::to_string),
+                )
+            })
             .collect(),
         source_dest_check_off: state.source_dest_check_off,
         age_seconds: Some(state.age().as_secs()),

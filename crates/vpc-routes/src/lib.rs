@@ -57,7 +57,7 @@ pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS, DEFAULT_STATE_MAX_AGE_SECONDS,
 };
 pub use ec2::{
-    ApiError, ApiErrorKind, Ec2, Instance, Operation, Route, RouteOrigin, RouteState, RouteTable,
+    ApiError, ApiErrorKind, Ec2, Family, Instance, Operation, Route, RouteOrigin, RouteState, RouteTable,
     RouteTarget, TableQuery,
 };
 pub use error::{Error, ErrorKind, ROUTE_QUOTA_CODE};

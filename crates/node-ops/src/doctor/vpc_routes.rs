@@ -37,7 +37,7 @@ pub(super) fn check_vpc(
                 .collect();
             let age = s.age_seconds.map(|a| format!(", verified {a} s ago")).unwrap_or_default();
             if let Some(r) = resolved {
-                if s.pod_cidr != r.pool.subnet().to_string() {
+                if !s.pod_cidrs.contains(&r.pool.subnet().to_string()) {
                     return Check::fail(
                         name,
                         format!("registered {} but the bridge serves {}", s.pod_cidr, r.pool.subnet()),
