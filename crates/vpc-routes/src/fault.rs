@@ -2,6 +2,9 @@
 //!
 //! moto 5 has no route quota (`RouteLimitExceeded`), no throttling (`RequestLimitExceeded`),
 //! no blackhole state, no propagated routes, no concurrent writers and answers instantly.
+//! For IPv6 destinations it also never answers `RouteAlreadyExists` (a second CreateRoute
+//! silently repoints the route), so a lost CreateRoute race of an IPv6 route exists only
+//! here ([`FaultInjectingEc2::race_create_route`]). Every fault applies to both families.
 //! This layer adds each of those on top of any [`Ec2`], and counts every request so tests can
 //! show that a warm ADD makes none.
 
