@@ -138,7 +138,7 @@ async fn add_registers_once_then_costs_no_ec2_call_and_passes_prev_result_on() {
     );
     for table in cluster.tagged_tables() {
         assert!(
-            text.contains(&format!("{table}: 2 routes, route in place")),
+            text.contains(&format!("{table} 10.244.7.0/24: 2 IPv4 routes, route in place")),
             "{table}: {text}"
         );
     }
