@@ -143,7 +143,7 @@ impl PeerSync {
             .map_err(|_| Error::EtcdAccess("listing peers timed out".into()))??;
         let peers = self.table.peers_of(&records);
         let c = plane.reconcile(&peers)?;
-        self.table.replaced(&peers);
+        self.table.replaced(&records, &peers);
         self.revision = revision;
         self.need_full = false;
         let took = started.elapsed();
@@ -151,11 +151,12 @@ impl PeerSync {
         self.telemetry
             .full_reconcile_seconds
             .observe(took.as_secs_f64());
-        self.telemetry.peers_programmed.set(peers.len() as i64);
+        self.telemetry.peers_programmed.set(peers.v4.len() as i64);
         self.telemetry.synced();
         log::info!(
-            "full reconcile: {} peers, {} added, {} removed, took {} ms",
-            peers.len(),
+            "full reconcile: {} peers ({} with IPv6), {} added, {} removed, took {} ms",
+            peers.v4.len(),
+            peers.v6.len(),
             c.added,
             c.removed,
             took.as_millis()

@@ -909,7 +909,9 @@ async fn moto_ipv6_routes_what_moto_models_and_where_it_stops() {
     };
     // Modelled: CreateRoute with DestinationIpv6CidrBlock to an ENI, described back with
     // DestinationIpv6CidrBlock, origin CreateRoute, state active.
-    create(w.node.eni_id.clone()).await.expect("CreateRoute IPv6");
+    create(w.node.eni_id.clone())
+        .await
+        .expect("CreateRoute IPv6");
     assert_eq!(w.route(&table, POD_CIDR_V6).await, w.on_node_eni());
     // Not modelled: a second CreateRoute of the same IPv6 destination is no
     // RouteAlreadyExists (EC2 refuses it); moto silently points the route elsewhere.
@@ -933,7 +935,10 @@ async fn moto_ipv6_routes_what_moto_models_and_where_it_stops() {
         )
         .send()
         .await;
-    assert!(filtered.is_err(), "moto now filters by route.destination-ipv6-cidr-block");
+    assert!(
+        filtered.is_err(),
+        "moto now filters by route.destination-ipv6-cidr-block"
+    );
     // Modelled: ReplaceRoute and DeleteRoute of an IPv6 destination, and their NotFound
     // answers (InvalidParameterValue for ReplaceRoute, InvalidRoute.NotFound for DeleteRoute).
     w.sdk
@@ -1000,7 +1005,11 @@ async fn dual_stack_registers_both_ranges_in_both_tables_and_warm_add_makes_no_e
     assert_eq!(created.len(), 4, "{plan}");
     for table in w.cluster.tagged_tables() {
         assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
-        assert_eq!(w.route(table, POD_CIDR_V6).await, w.on_node_eni(), "{table}");
+        assert_eq!(
+            w.route(table, POD_CIDR_V6).await,
+            w.on_node_eni(),
+            "{table}"
+        );
     }
     assert_eq!(w.route(&w.cluster.foreign_table, POD_CIDR_V6).await, None);
 
@@ -1035,7 +1044,12 @@ async fn dual_stack_registers_both_ranges_in_both_tables_and_warm_add_makes_no_e
     let status = vpc_routes::status(&config).expect("status");
     assert!(status.registered, "{status}");
     assert_eq!(status.tables.len(), 4, "{status}");
-    assert!(status.to_string().contains(&format!("{POD_CIDR_V6}: 1 IPv6 routes")), "{status}");
+    assert!(
+        status
+            .to_string()
+            .contains(&format!("{POD_CIDR_V6}: 1 IPv6 routes")),
+        "{status}"
+    );
 
     r.check().await.expect("check");
     // CHECK finds the IPv6 route gone.
@@ -1072,7 +1086,11 @@ async fn ipv6_only_node_registers_its_ipv6_range_alone() {
     let r = w.registrar(config.clone()).await;
     r.ensure().await.expect("ensure");
     for table in w.cluster.tagged_tables() {
-        assert_eq!(w.route(table, POD_CIDR_V6).await, w.on_node_eni(), "{table}");
+        assert_eq!(
+            w.route(table, POD_CIDR_V6).await,
+            w.on_node_eni(),
+            "{table}"
+        );
         assert_eq!(w.route(table, POD_CIDR).await, None, "{table}");
     }
     let text = std::fs::read_to_string(w.data.path().join("node.json")).expect("node.json");
@@ -1096,7 +1114,9 @@ async fn route_quota_counts_each_address_family_on_its_own() {
     for d in ["10.244.8.0/24", "10.244.9.0/24"] {
         common::create_instance_route(&w.sdk, &owned, d, &w.other.instance_id).await;
     }
-    let config = w.config(dual_stack(json!({ "routeQuota": 3, "routeTableIds": [owned] })));
+    let config = w.config(dual_stack(
+        json!({ "routeQuota": 3, "routeTableIds": [owned] }),
+    ));
     let r = w.registrar(config.clone()).await;
     let e = r.ensure().await.expect_err("IPv4 at the quota");
     assert!(
@@ -1118,10 +1138,16 @@ async fn route_quota_counts_each_address_family_on_its_own() {
     );
 
     // legacy: local (1 IPv4) + 3 IPv6 routes of another node.
-    for d in ["fd00:10:244:8::/64", "fd00:10:244:9::/64", "fd00:10:244:a::/64"] {
+    for d in [
+        "fd00:10:244:8::/64",
+        "fd00:10:244:9::/64",
+        "fd00:10:244:a::/64",
+    ] {
         common::create_instance_route(&w.sdk, &legacy, d, &w.other.instance_id).await;
     }
-    let config = w.config(dual_stack(json!({ "routeQuota": 3, "routeTableIds": [legacy] })));
+    let config = w.config(dual_stack(
+        json!({ "routeQuota": 3, "routeTableIds": [legacy] }),
+    ));
     let r = w.registrar(config.clone()).await;
     let e = r.ensure().await.expect_err("IPv6 at the quota");
     assert!(
@@ -1139,7 +1165,9 @@ async fn route_quota_counts_each_address_family_on_its_own() {
     // One more of quota: the IPv6 route goes in as the 4th of 4 IPv6 routes, with the 80 %
     // warning naming the family; the IPv4 side (2 of 4) warns nothing.
     warnings();
-    let config = w.config(dual_stack(json!({ "routeQuota": 4, "routeTableIds": [legacy] })));
+    let config = w.config(dual_stack(
+        json!({ "routeQuota": 4, "routeTableIds": [legacy] }),
+    ));
     let r = w.registrar(config.clone()).await;
     r.ensure().await.expect("under the IPv6 quota");
     assert_eq!(w.route(&legacy, POD_CIDR_V6).await, w.on_node_eni());
@@ -1160,9 +1188,12 @@ async fn route_quota_counts_each_address_family_on_its_own() {
 async fn ipv6_route_limit_exceeded_from_the_fault_layer_is_the_quota_error_for_that_family() {
     // moto has no route quota: RouteLimitExceeded comes from the fault layer.
     let w = world("v6limit").await;
-    let config = w.config(ipv6_only(json!({ "routeTableIds": [w.cluster.owned_table] })));
+    let config = w.config(ipv6_only(
+        json!({ "routeTableIds": [w.cluster.owned_table] }),
+    ));
     let r = w.registrar(config.clone()).await;
-    r.ec2().fail(Operation::CreateRoute, "RouteLimitExceeded", 1);
+    r.ec2()
+        .fail(Operation::CreateRoute, "RouteLimitExceeded", 1);
     let e = r.ensure().await.expect_err("route limit");
     assert!(
         matches!(&e, Error::RouteLimitExceeded { destination, .. }

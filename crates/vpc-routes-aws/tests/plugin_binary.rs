@@ -138,7 +138,9 @@ async fn add_registers_once_then_costs_no_ec2_call_and_passes_prev_result_on() {
     );
     for table in cluster.tagged_tables() {
         assert!(
-            text.contains(&format!("{table} 10.244.7.0/24: 2 IPv4 routes, route in place")),
+            text.contains(&format!(
+                "{table} 10.244.7.0/24: 2 IPv4 routes, route in place"
+            )),
             "{table}: {text}"
         );
     }
@@ -668,7 +670,11 @@ async fn dual_stack_add_registers_both_ranges_once_then_costs_no_ec2_call() {
     let ec2_before = moto.requests();
     let out = run(&[], Some("ADD"), &conf, &[]);
     assert!(out.status.success());
-    assert_eq!(moto.requests(), ec2_before, "a warm dual-stack ADD made EC2 requests");
+    assert_eq!(
+        moto.requests(),
+        ec2_before,
+        "a warm dual-stack ADD made EC2 requests"
+    );
     let mut check = conf.clone();
     check["prevResult"] = json!({"cniVersion": "1.1.0"});
     for (verb, stdin) in [("CHECK", &check), ("STATUS", &conf)] {
@@ -687,8 +693,14 @@ async fn dual_stack_add_registers_both_ranges_once_then_costs_no_ec2_call() {
     let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
     assert_eq!(err["code"], 7, "{err}");
     assert!(
-        err["msg"].as_str().unwrap_or_default().contains("two IPv6 ranges")
-            || err["details"].as_str().unwrap_or_default().contains("two IPv6 ranges"),
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("two IPv6 ranges")
+            || err["details"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("two IPv6 ranges"),
         "{err}"
     );
 }

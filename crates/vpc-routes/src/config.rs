@@ -134,7 +134,11 @@ fn families(
                 return Err(format!(
                     "{list_key}: {list:?} holds two {} ranges; at most one IPv4 and one IPv6 \
                      range",
-                    if matches!(n, IpNet::V4(_)) { "IPv4" } else { "IPv6" }
+                    if matches!(n, IpNet::V4(_)) {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    }
                 ))
             }
         }
@@ -159,8 +163,7 @@ impl TryFrom<RawConfig> for Config {
     type Error = String;
 
     fn try_from(raw: RawConfig) -> Result<Self, String> {
-        let (pod_cidr, pod_cidr_v6) =
-            families("podCIDR", raw.pod_cidr, "podCIDRs", raw.pod_cidrs)?;
+        let (pod_cidr, pod_cidr_v6) = families("podCIDR", raw.pod_cidr, "podCIDRs", raw.pod_cidrs)?;
         if pod_cidr.is_none() && pod_cidr_v6.is_none() {
             return Err("missing field `podCIDR` (or `podCIDRs`)".into());
         }
@@ -238,8 +241,14 @@ impl Config {
             return Err(Error::config("clusterName", "must not be empty"));
         }
         for (pod, cluster) in [
-            (self.pod_cidr.map(IpNet::V4), self.cluster_cidr.map(IpNet::V4)),
-            (self.pod_cidr_v6.map(IpNet::V6), self.cluster_cidr_v6.map(IpNet::V6)),
+            (
+                self.pod_cidr.map(IpNet::V4),
+                self.cluster_cidr.map(IpNet::V4),
+            ),
+            (
+                self.pod_cidr_v6.map(IpNet::V6),
+                self.cluster_cidr_v6.map(IpNet::V6),
+            ),
         ] {
             let Some(pod) = pod else { continue };
             if pod != pod.trunc() {
@@ -330,7 +339,10 @@ mod tests {
             "routeTableIds": ["rtb-1"], "routeQuota": 50, "instanceId": "i-1"
         }))
         .expect("valid config");
-        assert_eq!(c.pod_cidr.map(|n| n.to_string()).as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(
+            c.pod_cidr.map(|n| n.to_string()).as_deref(),
+            Some("10.244.3.0/24")
+        );
         assert_eq!(c.pod_cidr_v6, None);
         assert_eq!(c.route_table_ids, vec!["rtb-1".to_string()]);
         assert_eq!(c.route_quota, Some(50));
@@ -376,7 +388,10 @@ mod tests {
         }))
         .expect("dual-stack");
         assert_eq!(
-            c.pod_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            c.pod_cidrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             ["10.244.3.0/24", "fd00:10:244:3::/64"]
         );
         assert!(c.in_cluster(&"fd00:10:244:9::/64".parse().expect("cidr")));
@@ -399,8 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_two_ranges_of_a_family_a_disagreeing_pod_cidr_and_a_family_without_cluster_range(
-    ) {
+    fn refuses_two_ranges_of_a_family_a_disagreeing_pod_cidr_and_a_family_without_cluster_range() {
         for (config, needle) in [
             (
                 json!({"clusterName": "c1", "podCIDRs": ["10.244.3.0/24", "10.244.4.0/24"],

@@ -61,8 +61,8 @@ pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS, DEFAULT_STATE_MAX_AGE_SECONDS,
 };
 pub use ec2::{
-    ApiError, ApiErrorKind, Ec2, Family, Instance, Operation, Route, RouteOrigin, RouteState, RouteTable,
-    RouteTarget, TableQuery,
+    ApiError, ApiErrorKind, Ec2, Family, Instance, Operation, Route, RouteOrigin, RouteState,
+    RouteTable, RouteTarget, TableQuery,
 };
 pub use error::{Error, ErrorKind, ROUTE_QUOTA_CODE};
 #[cfg(feature = "fault-injection")]

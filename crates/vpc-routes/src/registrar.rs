@@ -250,7 +250,12 @@ impl<E: Ec2> Registrar<E> {
 
     /// `routeQuota`: warn at 80 %, refuse at the quota, before any EC2 write. `count` is the
     /// table's routes of the destination's family: AWS counts each family on its own.
-    fn check_quota(&self, table: &RouteTable, count: usize, destination: IpNet) -> Result<(), Error> {
+    fn check_quota(
+        &self,
+        table: &RouteTable,
+        count: usize,
+        destination: IpNet,
+    ) -> Result<(), Error> {
         let Some(quota) = self.config.route_quota else {
             return Ok(());
         };

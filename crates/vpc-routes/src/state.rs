@@ -124,11 +124,7 @@ pub struct NodeState {
     pub cluster_name: String,
     /// The IPv4 pod range at registration (`podCIDR`, as in the release before IPv6; absent
     /// on an IPv6-only node).
-    #[serde(
-        rename = "podCIDR",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<Ipv4Net>,
     /// The IPv6 pod range at registration, when the node has one.
     #[serde(

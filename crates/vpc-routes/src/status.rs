@@ -68,9 +68,9 @@ pub fn status(config: &Config) -> Result<Status, Error> {
 
 impl Status {
     fn from_state(config: &Config, state: Option<&NodeState>) -> Self {
-        let Some(state) = state.filter(|s| {
-            s.pod_cidr == config.pod_cidr && s.pod_cidr_v6 == config.pod_cidr_v6
-        }) else {
+        let Some(state) =
+            state.filter(|s| s.pod_cidr == config.pod_cidr && s.pod_cidr_v6 == config.pod_cidr_v6)
+        else {
             return Status {
                 node: None,
                 registered: false,
