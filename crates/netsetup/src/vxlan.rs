@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -178,10 +179,24 @@ pub fn ensure_vxlan_with(
     })?;
     let replies = sock.batch(vec![
         link::set_flags(dev.index, true, false),
-        link::add_address(dev.index, address, true),
+        add_vtep_address(dev.index, address),
     ])?;
     first_error(replies, |_, _| false)?;
     Ok((dev, created))
+}
+
+/// A request that puts a VTEP address on device `index` (replacing it if present). An IPv6
+/// one skips duplicate address detection (IFA_F_NODAD): it is unique by its lease, and a
+/// tentative address would neither source nor take packets for the second DAD lasts (on a
+/// VXLAN device without a multicast FDB entry DAD's solicitations go nowhere anyway).
+pub fn add_vtep_address(index: u32, address: IpNet) -> Request {
+    let mut request = link::add_address(index, address, true);
+    if let (IpNet::V6(_), RouteNetlinkMessage::NewAddress(msg)) = (address, &mut request.message) {
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request
 }
 
 /// One peer as programmed on the device.

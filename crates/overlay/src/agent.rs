@@ -16,7 +16,8 @@ use tokio::time::{interval, MissedTickBehavior};
 
 use crate::config::OverlayConfig;
 use crate::dataplane::{
-    self, detect_underlay, detect_underlay6, overlay_mtu, peer_entry, Dataplane, Underlay,
+    self, detect_underlay, detect_underlay6, ipv6_shares_the_device, overlay_mtu, peer_entry,
+    Dataplane, Underlay,
 };
 use crate::etcd_access::{EtcdAccess, CALL_TIMEOUT};
 use crate::lease::{LeaseEvent, LeaseKeeper, LeaseTerms};
@@ -76,17 +77,27 @@ fn node(cfg: &OverlayConfig) -> Result<(Node, NodeState), Error> {
         None => None,
         Some(_) => {
             let underlay6 = detect_underlay6(&underlay)?;
-            let mac6 = state
-                .ipv6_vtep_mac
-                .as_deref()
-                .and_then(dataplane::parse_mac)
-                .unwrap_or_else(link::random_local_mac);
-            log::info!(
-                "IPv6 device {} over {}, vtep mac {}",
-                cfg.device6(),
-                underlay6.ip,
-                link::mac_string(&mac6)
-            );
+            let mac6 = if ipv6_shares_the_device(&underlay, &underlay6) {
+                log::info!(
+                    "IPv6 subnets on {} too (IPv6 over {}: the same underlay family)",
+                    cfg.device(),
+                    underlay6.ip
+                );
+                mac
+            } else {
+                let mac6 = state
+                    .ipv6_vtep_mac
+                    .as_deref()
+                    .and_then(dataplane::parse_mac)
+                    .unwrap_or_else(link::random_local_mac);
+                log::info!(
+                    "IPv6 device {} over {}, vtep mac {}",
+                    cfg.device6(),
+                    underlay6.ip,
+                    link::mac_string(&mac6)
+                );
+                mac6
+            };
             Some((underlay6, mac6))
         }
     };
@@ -156,7 +167,7 @@ fn publish(
 fn dataplane_for(cfg: &OverlayConfig, node: &Node, lease: &Lease) -> Result<Dataplane, Error> {
     let mut dp = Dataplane::setup(cfg, &node.underlay, lease.subnet, node.mac)?;
     if let (Some(s6), Some((u6, mac6))) = (lease.ipv6_subnet, &node.ipv6) {
-        dp.setup_ipv6(cfg, u6, s6, *mac6)?;
+        dp.setup_ipv6(cfg, &node.underlay, u6, s6, *mac6)?;
     }
     Ok(dp)
 }

@@ -73,6 +73,16 @@ pub fn detect_underlay6(underlay: &Underlay) -> Result<Underlay, Error> {
     })
 }
 
+/// Whether the IPv6 subnets ride on the IPv4 device: when both encapsulate in the same
+/// underlay family. The kernel refuses a second VXLAN device with the same VNI and port in
+/// the same family (EEXIST), and flannel never needs one (its `flannel-v6.<vni>` is always
+/// over IPv6, its `flannel.<vni>` over IPv4); one device carries inner IPv4 and IPv6 alike,
+/// so the IPv6 neighbours, routes and VTEP address go on it, and its MAC is the record's
+/// `BackendV6Data.VtepMAC` as well.
+pub fn ipv6_shares_the_device(underlay: &Underlay, underlay6: &Underlay) -> bool {
+    underlay.ip.is_ipv6() == underlay6.ip.is_ipv6()
+}
+
 /// Bytes VXLAN adds over an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner
 /// Ethernet header (14).
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
@@ -131,16 +141,32 @@ impl Dataplane {
         })
     }
 
-    /// Adds (or keeps) the IPv6 device of a dual-stack network, `vxlan-v6.<vni>` (flannel's
-    /// `flannel-v6.<vni>`): its own MAC, the IPv6 subnet's VTEP address as a /128, over
-    /// `underlay6` ([`detect_underlay6`]).
+    /// Adds (or keeps) the IPv6 side of a dual-stack network. When `underlay6` is of another
+    /// family than the IPv4 device's underlay (flannel's case: `flannel.<vni>` over IPv4,
+    /// `flannel-v6.<vni>` over IPv6), a second device `vxlan-v6.<vni>` with its own MAC
+    /// `mac6`; when it is of the same family, the IPv4 device itself carries the IPv6
+    /// subnets too (see [`ipv6_shares_the_device`]). Either way the device gets the IPv6
+    /// subnet's VTEP address as a /128.
     pub fn setup_ipv6(
         &mut self,
         cfg: &OverlayConfig,
+        underlay: &Underlay,
         underlay6: &Underlay,
         subnet6: Ipv6Net,
         mac6: Mac,
     ) -> Result<(), Error> {
+        let vtep =
+            Ipv6Net::new(vtep_ip6(subnet6), 128).map_err(|e| Error::Config(e.to_string()))?;
+        if ipv6_shares_the_device(underlay, underlay6) {
+            let replies = self.sock.batch(vec![vxlan::add_vtep_address(
+                self.device.index,
+                IpNet::V6(vtep),
+            )])?;
+            first_error(replies, |_, _| false)?;
+            log::info!("{} carries {subnet6} too (VTEP {vtep})", self.device.name);
+            self.device6 = Some(self.device.clone());
+            return Ok(());
+        }
         let spec = VxlanSpec {
             name: cfg.device6(),
             vni: cfg.vni,
@@ -150,8 +176,6 @@ impl Dataplane {
             mac: mac6,
             mtu: overlay_mtu(cfg, underlay6),
         };
-        let vtep =
-            Ipv6Net::new(vtep_ip6(subnet6), 128).map_err(|e| Error::Config(e.to_string()))?;
         let (device, created) = vxlan::ensure_vxlan_with(&mut self.sock, &spec, IpNet::V6(vtep))?;
         if created {
             log::info!(
@@ -168,6 +192,13 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether the IPv6 side shares the IPv4 device.
+    fn shared(&self) -> bool {
+        self.device6
+            .as_ref()
+            .is_some_and(|d| d.index == self.device.index)
+    }
+
     /// The IPv6 device, on a dual-stack network.
     pub fn device6(&self) -> Option<&Link> {
         self.device6.as_ref()
@@ -181,9 +212,19 @@ impl Dataplane {
     /// Makes the devices hold exactly `peers`: programs what is missing or different and
     /// removes what no peer accounts for.
     pub fn reconcile(&mut self, peers: &Peers) -> Result<Changes, Error> {
-        let mut c = self.reconcile_v4(&peers.v4)?;
+        // On a shared device the FDB holds the entries of both sides: neither removes the
+        // other's.
+        let (keep4, keep6): (HashSet<(Mac, IpAddr)>, HashSet<(Mac, IpAddr)>) = if self.shared() {
+            (
+                peers.v6.iter().map(|p| (p.vtep_mac, p.underlay)).collect(),
+                peers.v4.iter().map(|p| (p.vtep_mac, p.underlay)).collect(),
+            )
+        } else {
+            Default::default()
+        };
+        let mut c = self.reconcile_v4(&peers.v4, &keep4)?;
         if self.device6.is_some() {
-            let c6 = self.reconcile_v6(&peers.v6)?;
+            let c6 = self.reconcile_v6(&peers.v6, &keep6)?;
             c.added += c6.added;
             c.removed += c6.removed;
         }
@@ -191,7 +232,11 @@ impl Dataplane {
     }
 
     /// The IPv6 device's half of [`Self::reconcile`].
-    fn reconcile_v6(&mut self, peers: &[PeerEntry6]) -> Result<Changes, Error> {
+    fn reconcile_v6(
+        &mut self,
+        peers: &[PeerEntry6],
+        keep_fdb: &HashSet<(Mac, IpAddr)>,
+    ) -> Result<Changes, Error> {
         let Some(device) = &self.device6 else {
             return Ok(Changes::default());
         };
@@ -213,8 +258,11 @@ impl Dataplane {
         }
         let want_neigh: HashSet<(Ipv6Addr, Mac)> =
             peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
-        let want_fdb: HashSet<(Mac, IpAddr)> =
-            peers.iter().map(|p| (p.vtep_mac, p.underlay)).collect();
+        let want_fdb: HashSet<(Mac, IpAddr)> = peers
+            .iter()
+            .map(|p| (p.vtep_mac, p.underlay))
+            .chain(keep_fdb.iter().copied())
+            .collect();
         let want_routes: HashSet<(Ipv6Net, Ipv6Addr)> =
             peers.iter().map(|p| (p.subnet, p.vtep_ip)).collect();
         for (ip, mac) in neigh.difference(&want_neigh) {
@@ -237,7 +285,11 @@ impl Dataplane {
     }
 
     /// The IPv4 device's half of [`Self::reconcile`].
-    fn reconcile_v4(&mut self, peers: &[PeerEntry]) -> Result<Changes, Error> {
+    fn reconcile_v4(
+        &mut self,
+        peers: &[PeerEntry],
+        keep_fdb: &HashSet<(Mac, IpAddr)>,
+    ) -> Result<Changes, Error> {
         let index = self.device.index;
         let st = vxlan::device_state(&mut self.sock, index)?;
         log::debug!("device {} holds {st:?}; want {peers:?}", self.device.name);
@@ -257,8 +309,11 @@ impl Dataplane {
         }
         let want_neigh: HashSet<(Ipv4Addr, Mac)> =
             peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
-        let want_fdb: HashSet<(Mac, IpAddr)> =
-            peers.iter().map(|p| (p.vtep_mac, p.underlay)).collect();
+        let want_fdb: HashSet<(Mac, IpAddr)> = peers
+            .iter()
+            .map(|p| (p.vtep_mac, p.underlay))
+            .chain(keep_fdb.iter().copied())
+            .collect();
         let want_routes: HashSet<(Ipv4Net, Option<Ipv4Addr>)> =
             peers.iter().map(|p| (p.subnet, Some(p.vtep_ip))).collect();
         for (ip, mac) in neigh.difference(&want_neigh) {
@@ -289,19 +344,32 @@ impl Dataplane {
     pub fn apply(&mut self, deltas: &[Delta]) -> Result<Changes, Error> {
         let index = self.device.index;
         let index6 = self.device6.as_ref().map(|d| d.index);
+        let shared = self.shared();
         let mut batch = Vec::new();
         let mut changes = Changes::default();
         for d in deltas {
+            // On a shared device an FDB entry one side drops may be one the other keeps.
+            let kept = |mac: Mac, ip: IpAddr| {
+                shared
+                    && (d.new.is_some_and(|n| (n.vtep_mac, n.underlay) == (mac, ip))
+                        || d.new6
+                            .is_some_and(|n| (n.vtep_mac, n.underlay) == (mac, ip)))
+            };
+            let del_fdb = |batch: &mut Vec<_>, index: u32, mac: Mac, ip: IpAddr| {
+                if !kept(mac, ip) {
+                    batch.push(vxlan::del_fdb(index, mac, ip));
+                }
+            };
             if let Some(index6) = index6 {
                 match (d.old6, d.new6) {
                     (Some(o), None) => {
                         batch.push(vxlan::del_neighbour6(index6, o.vtep_ip, o.vtep_mac));
-                        batch.push(vxlan::del_fdb(index6, o.vtep_mac, o.underlay));
+                        del_fdb(&mut batch, index6, o.vtep_mac, o.underlay);
                         batch.push(vxlan::del_route6(index6, o.subnet, o.vtep_ip));
                     }
                     (Some(o), Some(n)) => {
                         if o.vtep_mac != n.vtep_mac {
-                            batch.push(vxlan::del_fdb(index6, o.vtep_mac, o.underlay));
+                            del_fdb(&mut batch, index6, o.vtep_mac, o.underlay);
                         }
                         // A new IPv6 subnet for the same record: the old route and
                         // neighbour go (they are keyed by the old subnet and address).
@@ -316,14 +384,14 @@ impl Dataplane {
             match (d.old, d.new) {
                 (Some(o), None) => {
                     batch.push(vxlan::del_neighbour(index, o.vtep_ip, o.vtep_mac));
-                    batch.push(vxlan::del_fdb(index, o.vtep_mac, o.underlay));
+                    del_fdb(&mut batch, index, o.vtep_mac, o.underlay);
                     batch.push(vxlan::del_route(index, o.subnet, Some(o.vtep_ip)));
                     changes.removed += 1;
                 }
                 // The FDB entry is keyed by MAC: a new MAC leaves the old entry behind. The
                 // neighbour (keyed by address) and the route (by subnet) are replaced.
                 (Some(o), Some(n)) if o.vtep_mac != n.vtep_mac => {
-                    batch.push(vxlan::del_fdb(index, o.vtep_mac, o.underlay));
+                    del_fdb(&mut batch, index, o.vtep_mac, o.underlay);
                 }
                 _ => {}
             }
