@@ -1175,3 +1175,68 @@ fn dual_stack_node_with_both_underlay_families_gets_a_second_device_as_flannel_d
         );
     }
 }
+
+#[test]
+fn turning_enable_ipv6_on_moves_a_nodes_record_to_a_dual_stack_key_keeping_its_ipv4_subnet() {
+    // An IPv4-only cluster; node 0's agent dies (SIGKILL: its record stays) and comes back
+    // with enableIPv6 in its conflist, as a rolling change of the DaemonSet's config does.
+    require_root();
+    let mut c = OverlayCluster::start_on(Underlay::new(), 3, LEASE_TTL, RESYNC, &json!({}));
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "IPv4 only");
+    let before = record_of(&c, 0).expect("node 0's record");
+    c.nodes[0].take_agent().kill();
+    let path = c.nodes[0].conflist_path();
+    let mut conflist: Value =
+        serde_json::from_str(&fs::read_to_string(&path).expect("conflist")).expect("JSON");
+    conflist["plugins"][0]["enableIPv6"] = json!(true);
+    conflist["plugins"][0]["ipv6Network"] = json!(IPV6_NETWORK);
+    fs::write(&path, conflist.to_string()).expect("write conflist");
+    c.nodes[0].start_agent();
+    c.nodes[0].wait_for_lease();
+
+    // One record for node 0, now under a dual-stack key, with the same IPv4 subnet and MAC;
+    // the IPv4-only key is gone (moved in one transaction, not left to expire).
+    let dual = eventually(LEASE_TIMEOUT, || {
+        records6(&c.etcd, ETCD_PREFIX)
+            .is_some_and(|r| r.iter().any(|p| p.v4_subnet == before.subnet))
+    });
+    assert!(
+        dual,
+        "no dual-stack record for {before:?}: {:?}",
+        records6(&c.etcd, ETCD_PREFIX)
+    );
+    let keys: Vec<String> = c
+        .etcd
+        .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .expect("etcd")
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.contains(&format!("/{}-", before.subnet.network())))
+        .collect();
+    assert_eq!(keys.len(), 1, "one key for {}: {keys:?}", before.subnet);
+    assert!(keys[0].contains('&'), "{keys:?}");
+    assert_eq!(
+        record_of(&c, 0),
+        Some(before.clone()),
+        "IPv4 side unchanged"
+    );
+    let env = c.nodes[0].subnet_env().expect("subnet.env");
+    assert!(
+        env.text
+            .contains(&format!("FLANNEL_IPV6_NETWORK={IPV6_NETWORK}\n")),
+        "{}",
+        env.text
+    );
+    // The IPv4 overlay goes on for everyone; node 0 has no IPv6 peer yet (the others are
+    // IPv4-only), and the others program nothing of IPv6.
+    c.wait_converged(
+        &[0, 1, 2],
+        reconcile_bound(),
+        "after turning IPv6 on at node 0",
+    );
+    assert!(
+        VxlanState6::read(c.nodes[0].netns(), DEVICE).is_some_and(|st| st.routes.is_empty()),
+        "{:?}",
+        VxlanState6::read(c.nodes[0].netns(), DEVICE)
+    );
+}
