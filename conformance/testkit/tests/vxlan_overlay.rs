@@ -1156,17 +1156,11 @@ fn dual_stack_node_with_both_underlay_families_gets_a_second_device_as_flannel_d
     // MAC of its own, published as PublicIPv6 and BackendV6Data.VtepMAC.
     let c = dual_stack_cluster_on(Underlay::new_dual());
     assert_ipv6_overlay(&c, DEVICE6, "both underlay families");
-    for (r, node) in records6(&c.etcd, ETCD_PREFIX)
-        .expect("etcd")
-        .iter()
-        .zip(std::iter::repeat(()))
-        .map(|(r, _)| (r, ()))
-    {
+    for r in records6(&c.etcd, ETCD_PREFIX).expect("etcd") {
         assert!(
             r.underlay.is_ipv6(),
             "PublicIPv6 is the IPv6 device's underlay: {r:?}"
         );
-        let _ = node;
     }
     for r in c.records().expect("etcd") {
         assert!(

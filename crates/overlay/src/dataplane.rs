@@ -16,6 +16,9 @@ use crate::config::{vtep_ip, vtep_ip6, OverlayConfig, UnderlayFamilyConfig};
 use crate::peers::{Delta, Peers};
 use crate::Error;
 
+/// FDB entries: (MAC, underlay address).
+type FdbSet = HashSet<(Mac, IpAddr)>;
+
 /// The VTEP of this node: the IPv4 device, and on a dual-stack network the IPv6 one.
 pub struct Dataplane {
     sock: Socket,
@@ -214,7 +217,7 @@ impl Dataplane {
     pub fn reconcile(&mut self, peers: &Peers) -> Result<Changes, Error> {
         // On a shared device the FDB holds the entries of both sides: neither removes the
         // other's.
-        let (keep4, keep6): (HashSet<(Mac, IpAddr)>, HashSet<(Mac, IpAddr)>) = if self.shared() {
+        let (keep4, keep6): (FdbSet, FdbSet) = if self.shared() {
             (
                 peers.v6.iter().map(|p| (p.vtep_mac, p.underlay)).collect(),
                 peers.v4.iter().map(|p| (p.vtep_mac, p.underlay)).collect(),

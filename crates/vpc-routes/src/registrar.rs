@@ -302,8 +302,8 @@ impl<E: Ec2> Registrar<E> {
                 table_id: table.id.clone(),
                 destination,
                 target: Box::new(route.target.clone()),
-                origin: route.origin.to_string(),
-                state: route.state.to_string(),
+                origin: route.origin.to_string().into(),
+                state: route.state.to_string().into(),
                 eni_id: eni.to_string(),
             });
         };
