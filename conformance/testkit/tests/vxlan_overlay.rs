@@ -863,13 +863,18 @@ const DEVICE6: &str = "vxlan-v6.1";
 /// IPv6 over an IPv6 underlay beside IPv4 over IPv4 (`Underlay::new_dual`), the pods' MTU
 /// is the smaller of the two devices' (1500 − 70): one pod interface carries both families.
 fn dual_stack_cluster_on(underlay: Underlay) -> OverlayCluster {
+    dual_stack_cluster_with(underlay, RESYNC)
+}
+
+/// [`dual_stack_cluster_on`] with `resyncSeconds` = `resync`.
+fn dual_stack_cluster_with(underlay: Underlay, resync: u64) -> OverlayCluster {
     require_root();
     let dual_family = underlay.is_dual();
     let c = OverlayCluster::start_on(
         underlay,
         3,
         LEASE_TTL,
-        RESYNC,
+        resync,
         &json!({"enableIPv6": true, "ipv6Network": IPV6_NETWORK}),
     );
     assert_leases_and_devices_with(&c, |node| {
@@ -1154,7 +1159,8 @@ fn dual_stack_node_with_both_underlay_families_gets_a_second_device_as_flannel_d
     // flannel's own topology: IPv4 underlay (default route) plus an IPv6 address on the same
     // link. vxlan.1 stays over IPv4; vxlan-v6.1 (flannel-v6.1) encapsulates over IPv6 with a
     // MAC of its own, published as PublicIPv6 and BackendV6Data.VtepMAC.
-    let c = dual_stack_cluster_on(Underlay::new_dual());
+    // No periodic resync: what changes after the start is applied from the watch alone.
+    let mut c = dual_stack_cluster_with(Underlay::new_dual(), NO_RESYNC);
     assert_ipv6_overlay(&c, DEVICE6, "both underlay families");
     for r in records6(&c.etcd, ETCD_PREFIX).expect("etcd") {
         assert!(
@@ -1168,6 +1174,29 @@ fn dual_stack_node_with_both_underlay_families_gets_a_second_device_as_flannel_d
             "the node's identity stays PublicIP: {r:?}"
         );
     }
+
+    // Node 2 leaves (SIGTERM revokes its lease): a watch DELETE, applied as a delta, takes
+    // its IPv6 neighbour, FDB entry and route off the others' vxlan-v6.1 (and its IPv4 ones
+    // off vxlan.1), while the two stay programmed for each other.
+    let leaving = ipv6_peers_of(&c, 0)
+        .into_iter()
+        .find(|p| Some(p.v4_subnet) == c.nodes[2].subnet_env().map(|e| e.node_subnet()))
+        .expect("node 2's IPv6 side");
+    let status = c.nodes[2].take_agent().terminate();
+    assert!(status.success(), "agent exit: {status}");
+    let gone = eventually(GRACE * 2, || {
+        [0, 1].iter().all(|&i| {
+            VxlanState6::read(c.nodes[i].netns(), DEVICE6).is_some_and(|st| {
+                !st.mentions(&leaving) && st.programs_exactly(&ipv6_peers_of(&c, i))
+            })
+        })
+    });
+    assert!(
+        gone,
+        "{leaving:?} must leave vxlan-v6.1 of nodes 0 and 1 on the watch's delete:\n{}",
+        c.diagnostics()
+    );
+    assert!(c.converged(&[0, 1]), "the IPv4 side of the survivors");
 }
 
 #[test]

@@ -197,6 +197,30 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_dual_stack_node_state_with_both_ranges_and_either_familys_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = serde_json::json!({"type": "vpc-route", "dataDir": dir.path()});
+        let dual = RELEASE_0_1_0_NODE_JSON
+            .replace(
+                r#""podCIDR": "10.244.3.0/24","#,
+                r#""podCIDR": "10.244.3.0/24", "ipv6PodCIDR": "fd00:10:244:3::/64","#,
+            )
+            .replace(
+                r#""registered": true,"#,
+                r#""registered": true, "ipv6": {"routes": 1, "registered": false, "problem": "v6 conflict"},"#,
+            );
+        std::fs::write(dir.path().join("node.json"), dual).unwrap();
+        let s = node_state(&entry).unwrap().unwrap();
+        assert_eq!(s.pod_cidr, "10.244.3.0/24, fd00:10:244:3::/64");
+        assert_eq!(s.pod_cidrs, ["10.244.3.0/24", "fd00:10:244:3::/64"]);
+        assert_eq!(
+            s.tables[0],
+            ("rtb-1".to_string(), false, Some("v6 conflict".to_string())),
+            "the IPv4 route is there, the IPv6 one is not"
+        );
+    }
+
+    #[test]
     fn default_data_dir_is_the_plugins() {
         let entry = serde_json::json!({"type": "vpc-route"});
         assert_eq!(

@@ -522,4 +522,77 @@ mod tests {
         store.remove().expect("remove");
         store.remove().expect("remove twice");
     }
+
+    /// node.json as vpc-route 0.1.0 decodes it, field for field (its NodeState and
+    /// TableState; serde ignores the fields it does not know).
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)] // decoded to prove it decodes
+    struct Release010NodeState {
+        version: u32,
+        cluster_name: String,
+        #[serde(rename = "podCIDR")]
+        pod_cidr: Ipv4Net,
+        #[serde(default)]
+        route_table_ids: Vec<String>,
+        node: NodeIdentity,
+        tables: Vec<Release010TableState>,
+        source_dest_check_off: bool,
+        verified_at: u64,
+        #[serde(default)]
+        boot_id: String,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Release010TableState {
+        id: String,
+        routes: usize,
+        registered: bool,
+        #[serde(default)]
+        full: bool,
+        #[serde(default)]
+        problem: Option<String>,
+    }
+
+    #[test]
+    fn dual_stack_state_round_trips_and_the_previous_release_reads_its_ipv4_half() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::from_value(json!({
+            "clusterName": "c1", "podCIDRs": ["10.244.3.0/24", "fd00:10:244:3::/64"],
+            "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"], "dataDir": dir.path(),
+            "instanceId": "i-1", "region": "us-east-1", "eniId": "eni-1", "vpcId": "vpc-1"
+        }))
+        .expect("config");
+        let store = StateStore::new(dir.path());
+        let mut state = NodeState::new(&config, node());
+        let mut table = TableState::new("rtb-1", 3);
+        table.set(
+            Family::Ipv6,
+            FamilyState {
+                routes: 7,
+                registered: false,
+                full: true,
+                problem: Some("full".into()),
+            },
+        );
+        state.tables.push(table);
+        state.source_dest_check_off = true;
+        store.save(&state).expect("save");
+        let back = store.load().expect("load").expect("some");
+        assert_eq!(back, state);
+        assert!(!back.is_complete(), "the IPv6 route is missing");
+        assert!(back.tables[0].registered, "the IPv4 route is in place");
+        assert_eq!(back.tables[0].first_problem(), Some("full"));
+        assert_eq!(back.pod_cidrs().len(), 2);
+        let mut v4_only = config.clone();
+        v4_only.pod_cidr_v6 = None;
+        assert!(!back.is_fresh_for(&v4_only), "the ranges differ");
+
+        // A node rolled back to 0.1.0 reads the IPv4 half: its warm ADD stays warm.
+        let text = std::fs::read(store.path()).expect("read");
+        let old: Release010NodeState = serde_json::from_slice(&text).expect("0.1.0 decodes it");
+        assert_eq!(old.pod_cidr.to_string(), "10.244.3.0/24");
+        assert!(old.tables[0].registered && !old.tables[0].full);
+    }
 }
