@@ -1263,3 +1263,36 @@ fn turning_enable_ipv6_on_moves_a_nodes_record_to_a_dual_stack_key_keeping_its_i
         VxlanState6::read(c.nodes[0].netns(), DEVICE)
     );
 }
+
+#[test]
+fn ipv6_subnets_are_distinct_and_running_out_of_them_stops_the_agent_with_a_clear_error() {
+    // ipv6Network /63 split into /64s: room for two nodes. Both take distinct IPv6 subnets;
+    // a third agent finds none left and stops, saying so, with no record written.
+    require_root();
+    let fields = json!({"enableIPv6": true, "ipv6Network": "fd00:10:245::/63"});
+    let mut c = OverlayCluster::start_on(Underlay::new(), 2, LEASE_TTL, RESYNC, &fields);
+    let two = records6(&c.etcd, ETCD_PREFIX).expect("etcd");
+    let subnets: BTreeSet<Ipv6Net> = two.iter().map(|r| r.subnet).collect();
+    assert_eq!(subnets.len(), 2, "{two:?}");
+    let third = c.add_node();
+    let exited = eventually(LEASE_TIMEOUT, || {
+        c.nodes[third]
+            .agent_mut()
+            .is_some_and(|a| a.exited().is_some())
+    });
+    assert!(
+        exited,
+        "the third agent must stop: {}",
+        c.nodes[third].diagnostics()
+    );
+    let logs = c.nodes[third].diagnostics();
+    assert!(
+        logs.contains("no free /64 left in fd00:10:245::/63"),
+        "the error must name the IPv6 range: {logs}"
+    );
+    assert_eq!(
+        c.records().expect("etcd").len(),
+        2,
+        "no record for the third node (its IPv4 subnet is not held either)"
+    );
+}

@@ -453,10 +453,8 @@ impl Registry {
             {
                 // The IPv4 subnet fits, the IPv6 part does not (none yet, or one this
                 // network no longer has): keep the first, take a new second.
-                let Some(subnet6) = self
-                    .free_ipv6(&existing, ranges, preferred.1)
-                    .into_iter()
-                    .next()
+                let Some(subnet6) =
+                    self.free_ipv6(&existing, ranges, preferred.1, &Default::default())
                 else {
                     continue;
                 };
@@ -501,21 +499,9 @@ impl Registry {
             if taken.contains(&subnet) {
                 continue;
             }
-            let subnet6 = match ranges.ipv6 {
-                None => None,
-                Some(_) => {
-                    let free = self
-                        .free_ipv6(&existing, ranges, preferred.1)
-                        .into_iter()
-                        .find(|s| s.is_some_and(|s| !lost6.contains(&s)));
-                    match free {
-                        Some(s) => s,
-                        None => {
-                            no_ipv6_left = true;
-                            break;
-                        }
-                    }
-                }
+            let Some(subnet6) = self.free_ipv6(&existing, ranges, preferred.1, &lost6) else {
+                no_ipv6_left = true;
+                break;
             };
             let key = lease_key(&self.prefix, subnet, subnet6);
             // No key names this IPv4 subnet, alone or with an IPv6 one.
@@ -550,16 +536,18 @@ impl Registry {
         }
     }
 
-    /// The IPv6 subnets no record holds, `preferred` first: `[None]` without IPv6. At most
-    /// a few: the caller takes the first that its claim wins.
+    /// The IPv6 subnet to claim next: `Some(None)` without IPv6; else the first that no
+    /// record holds and `exclude` (lost in a claim) does not name, `preferred` first, and
+    /// `None` when there is none left.
     fn free_ipv6(
         &self,
         existing: &[Stored],
         ranges: &Ranges,
         preferred: Option<Ipv6Net>,
-    ) -> Vec<Option<Ipv6Net>> {
+        exclude: &std::collections::HashSet<Ipv6Net>,
+    ) -> Option<Option<Ipv6Net>> {
         let Some((cluster6, len6)) = ranges.ipv6 else {
-            return vec![None];
+            return Some(None);
         };
         let taken: std::collections::HashSet<Ipv6Net> =
             existing.iter().filter_map(|r| r.subnet6).collect();
@@ -567,10 +555,8 @@ impl Registry {
             .filter(|p| p.prefix_len() == len6 && cluster6.contains(p))
             .into_iter()
             .chain(cluster6.subnets(len6).into_iter().flatten())
-            .filter(|s| !taken.contains(s))
-            .take(8)
+            .find(|s| !taken.contains(s) && !exclude.contains(s))
             .map(Some)
-            .collect()
     }
 
     /// After a claim: whether no other record got the same IPv6 subnet first. If one did
