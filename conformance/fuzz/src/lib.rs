@@ -117,7 +117,7 @@ fn kubenet_config(conf: &NetConf) {
         state.display(),
         net.data_dir.display()
     );
-    check_pool(&net.pool);
+    check_pool(net.pool());
 }
 
 /// `vxlan-overlay`'s config: decode errors are code 7; validation never panics, and what it
@@ -332,7 +332,7 @@ pub fn subnet_env(data: &[u8]) {
         .unwrap_or_else(|e| panic!("rendered subnet.env does not parse: {e}\n{rendered}"));
     assert_eq!(back, env, "subnet.env round trip: {rendered}");
     assert_eq!(env.gateway(), env.subnet.addr());
-    if let Ok(pool) = Pool::new(env.subnet.trunc(), Some(env.gateway())) {
+    if let Ok(pool) = Pool::new(env.subnet.trunc(), Some(env.gateway().into())) {
         check_pool(&pool);
     }
 }

@@ -316,11 +316,19 @@ pub fn delete_link(name: &str) -> Request {
 
 /// A request that adds `address` (with its prefix) to link `index`; with `replace`, an
 /// address already there is not an error.
+///
+/// An IPv6 address is added with `IFA_F_NODAD`: every address we add comes from a lease or a
+/// subnet lease, unique by construction, and duplicate address detection would leave it
+/// tentative (unusable as a source, its prefix route without a usable gateway) for about a
+/// second after the ADD returned.
 pub fn add_address(index: u32, address: IpNet, replace: bool) -> Request {
     let mut msg = AddressMessage::default();
     msg.header.family = family(address.addr());
     msg.header.prefix_len = address.prefix_len();
     msg.header.index = index;
+    if address.addr().is_ipv6() {
+        msg.header.flags = AddressHeaderFlags::Nodad;
+    }
     msg.attributes.push(AddressAttribute::Local(address.addr()));
     msg.attributes
         .push(AddressAttribute::Address(address.addr()));
@@ -344,12 +352,24 @@ pub fn add_address(index: u32, address: IpNet, replace: bool) -> Request {
 
 /// A request that adds an IPv4 route `dst` via `gw` out of link `index` in the main table.
 pub fn add_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>, onlink: bool) -> Request {
-    route_request(index, dst, gw, onlink, NLM_F_CREATE | NLM_F_EXCL, "add")
+    add_route_ip(index, IpNet::V4(dst), gw.map(IpAddr::V4), onlink)
 }
 
 /// A request that installs the IPv4 route `dst` via `gw` out of link `index` in the main table,
 /// replacing one to the same destination (another interface's default route, say).
 pub fn replace_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>) -> Request {
+    replace_route_ip(index, IpNet::V4(dst), gw.map(IpAddr::V4))
+}
+
+/// [`add_route`] for either family (`gw`, when given, of `dst`'s family). With `NLM_F_EXCL`
+/// both families answer `EEXIST` when a route to `dst` of the same metric exists (IPv6 would
+/// otherwise add it beside the other as a multipath route).
+pub fn add_route_ip(index: u32, dst: IpNet, gw: Option<IpAddr>, onlink: bool) -> Request {
+    route_request(index, dst, gw, onlink, NLM_F_CREATE | NLM_F_EXCL, "add")
+}
+
+/// [`replace_route`] for either family.
+pub fn replace_route_ip(index: u32, dst: IpNet, gw: Option<IpAddr>) -> Request {
     route_request(
         index,
         dst,
@@ -360,17 +380,24 @@ pub fn replace_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>) -> Request 
     )
 }
 
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
 fn route_request(
     index: u32,
-    dst: Ipv4Net,
-    gw: Option<Ipv4Addr>,
+    dst: IpNet,
+    gw: Option<IpAddr>,
     onlink: bool,
     flags: u16,
     verb: &str,
 ) -> Request {
     let mut msg = RouteMessage::default();
     msg.header = RouteHeader {
-        address_family: AddressFamily::Inet,
+        address_family: family(dst.addr()),
         destination_prefix_length: dst.prefix_len(),
         table: RouteHeader::RT_TABLE_MAIN,
         protocol: RouteProtocol::Boot,
@@ -387,13 +414,11 @@ fn route_request(
     }
     if dst.prefix_len() > 0 {
         msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(
-                dst.network(),
-            )));
+            .push(RouteAttribute::Destination(route_address(dst.network())));
     }
     if let Some(gw) = gw {
         msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            .push(RouteAttribute::Gateway(route_address(gw)));
     }
     msg.attributes.push(RouteAttribute::Oif(index));
     Request::new(
@@ -406,11 +431,20 @@ fn route_request(
     )
 }
 
-/// The addresses on link `index`.
+/// The IPv4 addresses on link `index`.
 pub fn addresses(sock: &mut Socket, index: u32) -> Result<Vec<IpNet>, Error> {
+    addresses_of(sock, index, false)
+}
+
+/// The addresses of one family (IPv6 when `v6`) on link `index`.
+pub fn addresses_of(sock: &mut Socket, index: u32, v6: bool) -> Result<Vec<IpNet>, Error> {
     let mut msg = AddressMessage::default();
     msg.header.index = index;
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
     let replies = sock.request(Request::new(
         RouteNetlinkMessage::GetAddress(msg),
         NLM_F_DUMP,
@@ -544,6 +578,62 @@ pub fn routes_v4(sock: &mut Socket) -> Result<Vec<RouteEntry>, Error> {
                         Ipv4Net::new(*d, r.header.destination_prefix_length).unwrap_or_default()
                 }
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => entry.gw = Some(*g),
+                RouteAttribute::Oif(i) => entry.oif = Some(*i),
+                _ => {}
+            }
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// A route of the main table, of either family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpRoute {
+    /// Destination.
+    pub dst: IpNet,
+    /// Next hop.
+    pub gw: Option<IpAddr>,
+    /// Output link.
+    pub oif: Option<u32>,
+}
+
+/// The unicast routes of one family (IPv6 when `v6`) in the main table.
+pub fn routes(sock: &mut Socket, v6: bool) -> Result<Vec<IpRoute>, Error> {
+    let (family, what) = if v6 {
+        (AddressFamily::Inet6, "list IPv6 routes")
+    } else {
+        (AddressFamily::Inet, "list IPv4 routes")
+    };
+    let unspecified = if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    let mut out = Vec::new();
+    for m in &dump_routes(sock, family, what)? {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast {
+            continue;
+        }
+        let prefix = r.header.destination_prefix_length;
+        let mut entry = IpRoute {
+            dst: IpNet::new(unspecified, prefix).unwrap_or_default(),
+            gw: None,
+            oif: None,
+        };
+        for attr in &r.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => {
+                    entry.dst = IpNet::new(IpAddr::V4(*d), prefix).unwrap_or_default()
+                }
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+                    entry.dst = IpNet::new(IpAddr::V6(*d), prefix).unwrap_or_default()
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => entry.gw = Some(IpAddr::V4(*g)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => entry.gw = Some(IpAddr::V6(*g)),
                 RouteAttribute::Oif(i) => entry.oif = Some(*i),
                 _ => {}
             }

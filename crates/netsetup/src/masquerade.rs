@@ -1,4 +1,7 @@
-//! Source NAT for pod traffic leaving the cluster: one nftables table per node bridge.
+//! Source NAT for pod traffic leaving the cluster: one nftables table per node bridge and
+//! address family (`table ip <name>` for IPv4, `table ip6 <name>` for IPv6: the IPv4 table is
+//! the one of releases before dual-stack, unchanged, so an upgraded node reprograms nothing,
+//! and an IPv4-only network looks up one table per ADD, as before).
 //!
 //! The table carries a comment that fingerprints its rules. Each ADD asks the kernel for the
 //! table over one netfilter netlink round trip (no fork); only when it is missing or its
@@ -9,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::socket::{Netfilter, RawMessage, Request, Socket};
 use crate::Error;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -18,6 +21,7 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_USERDATA: u16 = 6;
 const NFTNL_UDATA_TABLE_COMMENT: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 
 /// A netlink attribute: (type, payload).
 type Attr = (u16, Vec<u8>);
@@ -25,12 +29,13 @@ type Attr = (u16, Vec<u8>);
 /// What to masquerade.
 #[derive(Clone, Debug)]
 pub struct MasqueradeSpec<'a> {
-    /// The nftables table (family ip) that holds the rule.
+    /// The nftables table that holds the rule (family ip, or ip6 for an IPv6 `pod_cidr`).
     pub table: &'a str,
-    /// Sources to masquerade: the node's pod CIDR.
-    pub pod_cidr: Ipv4Net,
-    /// Destinations not masqueraded (the cluster, kubenet's nonMasqueradeCIDR).
-    pub non_masquerade: Ipv4Net,
+    /// Sources to masquerade: the node's pod range of one family.
+    pub pod_cidr: IpNet,
+    /// Destinations not masqueraded (the cluster, kubenet's nonMasqueradeCIDR), of
+    /// `pod_cidr`'s family; empty masquerades every destination off the bridge.
+    pub non_masquerade: &'a [IpNet],
     /// The bridge: traffic that goes back out of it stays on the node and is not NATed.
     pub bridge: &'a str,
 }
@@ -41,21 +46,50 @@ impl MasqueradeSpec<'_> {
     pub fn fingerprint(&self) -> String {
         format!(
             "cni-suite masquerade v1 src={} keep={} bridge={}",
-            self.pod_cidr, self.non_masquerade, self.bridge
+            self.pod_cidr,
+            self.keep_list(","),
+            self.bridge
         )
     }
 
+    fn keep_list(&self, sep: &str) -> String {
+        self.non_masquerade
+            .iter()
+            .map(IpNet::to_string)
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+
+    /// True for the ip6 table.
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self.pod_cidr, IpNet::V6(_))
+    }
+
     fn script(&self) -> String {
+        let (family, proto) = nft_family(self.is_ipv6());
+        let keep = match self.non_masquerade {
+            [] => String::new(),
+            [one] => format!("{proto} daddr != {one} "),
+            _ => format!("{proto} daddr != {{ {} }} ", self.keep_list(", ")),
+        };
         format!(
-            "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n  comment \"{c}\"\n  \
+            "table {family} {t}\ndelete table {family} {t}\ntable {family} {t} {{\n  comment \"{c}\"\n  \
              chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-             ip saddr {src} ip daddr != {keep} oifname != \"{br}\" masquerade\n  }}\n}}\n",
+             {proto} saddr {src} {keep}oifname != \"{br}\" masquerade\n  }}\n}}\n",
             t = self.table,
             c = self.fingerprint(),
             src = self.pod_cidr,
-            keep = self.non_masquerade,
             br = self.bridge
         )
+    }
+}
+
+/// The nft table family and the match protocol of one address family.
+fn nft_family(v6: bool) -> (&'static str, &'static str) {
+    if v6 {
+        ("ip6", "ip6")
+    } else {
+        ("ip", "ip")
     }
 }
 
@@ -63,20 +97,30 @@ impl MasqueradeSpec<'_> {
 pub fn ensure_masquerade(spec: &MasqueradeSpec) -> Result<(), Error> {
     check_table_name(spec.table)?;
     let want = spec.fingerprint();
-    if table_comment(spec.table)?.as_deref() == Some(want.as_str()) {
+    let v6 = spec.is_ipv6();
+    if table_comment_of(spec.table, v6)?.as_deref() == Some(want.as_str()) {
         return Ok(());
     }
-    log::info!("programming nftables table ip {}: {want}", spec.table);
+    let (family, _) = nft_family(v6);
+    log::info!("programming nftables table {family} {}: {want}", spec.table);
     run_nft(&spec.script())
 }
 
-/// Removes the table if it exists (masquerade turned off, or the node torn down).
+/// Removes the IPv4 table if it exists (masquerade turned off, or the node torn down).
 pub fn remove_masquerade(table: &str) -> Result<bool, Error> {
+    remove_masquerade_of(table, false)
+}
+
+/// Removes the table of one family (ip6 when `v6`) if it exists.
+pub fn remove_masquerade_of(table: &str, v6: bool) -> Result<bool, Error> {
     check_table_name(table)?;
-    if table_comment(table)?.is_none() && !table_exists(table)? {
+    if get_table(table, v6)?.is_none() {
         return Ok(false);
     }
-    run_nft(&format!("table ip {table}\ndelete table ip {table}\n"))?;
+    let (family, _) = nft_family(v6);
+    run_nft(&format!(
+        "table {family} {table}\ndelete table {family} {table}\n"
+    ))?;
     Ok(true)
 }
 
@@ -136,13 +180,15 @@ fn run_nft(script: &str) -> Result<(), Error> {
     }
 }
 
-fn table_exists(table: &str) -> Result<bool, Error> {
-    Ok(get_table(table)?.is_some())
+/// The IPv4 table's comment, or None when the table or its comment is missing.
+pub fn table_comment(table: &str) -> Result<Option<String>, Error> {
+    table_comment_of(table, false)
 }
 
-/// The table's comment, or None when the table or its comment is missing.
-pub fn table_comment(table: &str) -> Result<Option<String>, Error> {
-    let Some(attrs) = get_table(table)? else {
+/// The comment of the table of one family (ip6 when `v6`), or None when the table or its
+/// comment is missing.
+pub fn table_comment_of(table: &str, v6: bool) -> Result<Option<String>, Error> {
+    let Some(attrs) = get_table(table, v6)? else {
         return Ok(None);
     };
     Ok(attrs
@@ -165,15 +211,17 @@ fn parse_comment(mut udata: &[u8]) -> Option<String> {
     None
 }
 
-/// NFT_MSG_GETTABLE for `table` in family ip: its attributes, or None if it does not exist.
-fn get_table(table: &str) -> Result<Option<Vec<Attr>>, Error> {
+/// NFT_MSG_GETTABLE for `table` in family ip (ip6 when `v6`): its attributes, or None if it
+/// does not exist.
+fn get_table(table: &str, v6: bool) -> Result<Option<Vec<Attr>>, Error> {
     let firewall = |e: Error| Error::Firewall(e.to_string());
     let mut sock = Socket::<Netfilter>::open().map_err(firewall)?;
     let mut name = table.as_bytes().to_vec();
     name.push(0);
     let attr_len = 4 + name.len();
     let mut payload = Vec::with_capacity(4 + ((attr_len + 3) & !3));
-    payload.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]); // nfgenmsg: family, version, res_id
+    let family = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
+    payload.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version, res_id
     payload.extend_from_slice(&(attr_len as u16).to_ne_bytes());
     payload.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
     payload.extend_from_slice(&name);
@@ -219,12 +267,14 @@ mod tests {
 
     #[test]
     fn fingerprint_names_the_settings_of_the_rule() {
+        let keep = ["10.0.0.0/8".parse().unwrap_or_default()];
         let spec = MasqueradeSpec {
             table: "cni-suite-cbr0",
             pod_cidr: "10.244.1.0/24".parse().unwrap_or_default(),
-            non_masquerade: "10.0.0.0/8".parse().unwrap_or_default(),
+            non_masquerade: &keep,
             bridge: "cbr0",
         };
+        // The release before dual-stack wrote exactly this: an upgraded node keeps its table.
         assert_eq!(
             spec.fingerprint(),
             "cni-suite masquerade v1 src=10.244.1.0/24 keep=10.0.0.0/8 bridge=cbr0"
@@ -232,6 +282,39 @@ mod tests {
         assert!(spec
             .script()
             .contains(&format!("comment \"{}\"", spec.fingerprint())));
+        assert!(spec
+            .script()
+            .contains("ip saddr 10.244.1.0/24 ip daddr != 10.0.0.0/8 oifname != \"cbr0\""));
+    }
+
+    #[test]
+    fn ipv6_rules_go_to_an_ip6_table_with_every_kept_range() {
+        let keep: Vec<IpNet> = ["fc00::/7", "2001:db8::/32"]
+            .iter()
+            .map(|s| s.parse().unwrap_or_default())
+            .collect();
+        let spec = MasqueradeSpec {
+            table: "cni_suite_cbr0",
+            pod_cidr: "fd00:10:244:1::/64".parse().unwrap_or_default(),
+            non_masquerade: &keep,
+            bridge: "cbr0",
+        };
+        assert!(spec.is_ipv6());
+        assert_eq!(
+            spec.fingerprint(),
+            "cni-suite masquerade v1 src=fd00:10:244:1::/64 keep=fc00::/7,2001:db8::/32 bridge=cbr0"
+        );
+        let script = spec.script();
+        assert!(
+            script.starts_with("table ip6 cni_suite_cbr0\ndelete table ip6 cni_suite_cbr0\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains(
+                "ip6 saddr fd00:10:244:1::/64 ip6 daddr != { fc00::/7, 2001:db8::/32 } oifname != \"cbr0\" masquerade"
+            ),
+            "{script}"
+        );
     }
 
     #[test]

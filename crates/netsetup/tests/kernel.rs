@@ -174,10 +174,11 @@ fn not_a_netns_is_refused() {
 fn masquerade_table_is_created_found_replaced_and_removed() {
     let node = temp_netns("nft");
     let _inside = open(&node).enter().unwrap();
+    let keep = ["10.0.0.0/8".parse().unwrap()];
     let spec = MasqueradeSpec {
         table: "cni_suite_test",
         pod_cidr: "10.124.0.0/24".parse().unwrap(),
-        non_masquerade: "10.0.0.0/8".parse().unwrap(),
+        non_masquerade: &keep,
         bridge: "tbr5",
     };
     assert_eq!(masquerade::table_comment("cni_suite_test").unwrap(), None);
@@ -209,6 +210,111 @@ fn masquerade_table_is_created_found_replaced_and_removed() {
     assert!(masquerade::remove_masquerade("cni_suite_test").unwrap());
     assert!(!masquerade::remove_masquerade("cni_suite_test").unwrap());
     assert_eq!(masquerade::table_comment("cni_suite_test").unwrap(), None);
+}
+
+/// The IPv6 rule lives in an ip6 table of the same name, found and removed apart from the
+/// IPv4 one.
+#[test]
+fn ipv6_masquerade_goes_to_an_ip6_table_beside_the_ip_one() {
+    let node = temp_netns("nft6");
+    let _inside = open(&node).enter().unwrap();
+    let keep4 = ["10.0.0.0/8".parse().unwrap()];
+    let keep6 = ["fd00:10::/32".parse().unwrap()];
+    let v4 = MasqueradeSpec {
+        table: "cni_suite_ds",
+        pod_cidr: "10.124.0.0/24".parse().unwrap(),
+        non_masquerade: &keep4,
+        bridge: "tbr6",
+    };
+    let v6 = MasqueradeSpec {
+        pod_cidr: "fd00:10:124::/64".parse().unwrap(),
+        non_masquerade: &keep6,
+        ..v4.clone()
+    };
+    masquerade::ensure_masquerade(&v4).unwrap();
+    masquerade::ensure_masquerade(&v6).unwrap();
+    assert_eq!(
+        masquerade::table_comment_of("cni_suite_ds", true).unwrap(),
+        Some(v6.fingerprint())
+    );
+    assert_eq!(
+        masquerade::table_comment("cni_suite_ds").unwrap(),
+        Some(v4.fingerprint())
+    );
+    let rules = Command::new("nft")
+        .args(["list", "table", "ip6", "cni_suite_ds"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("ip6 saddr fd00:10:124::/64 ip6 daddr != fd00:10::/32"),
+        "{rules}"
+    );
+    assert!(masquerade::remove_masquerade_of("cni_suite_ds", true).unwrap());
+    assert_eq!(
+        masquerade::table_comment_of("cni_suite_ds", true).unwrap(),
+        None
+    );
+    assert!(
+        masquerade::table_comment("cni_suite_ds").unwrap().is_some(),
+        "the ip table stays"
+    );
+    assert!(masquerade::remove_masquerade("cni_suite_ds").unwrap());
+}
+
+/// IPv6 addresses are added without DAD (usable at once), IPv6 routes via a gateway are
+/// installed and listed, and an exclusive second default route of a family is EEXIST.
+#[test]
+fn ipv6_addresses_skip_dad_and_routes_of_both_families_are_listed() {
+    let node = temp_netns("v6addr");
+    let mut sock = open(&node).socket().unwrap();
+    node.ip_ok(&["link", "add", "v6d0", "type", "dummy"]);
+    node.ip_ok(&["link", "set", "v6d0", "up"]);
+    let dev = link::get_link(&mut sock, "v6d0").unwrap().unwrap();
+    let addr: IpNet = "fd00:10:77::5/64".parse().unwrap();
+    sock.request(link::add_address(dev.index, addr, false))
+        .unwrap();
+    let shown = node
+        .ip_json(&["-6", "addr", "show", "dev", "v6d0"])
+        .unwrap();
+    let entry = shown[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["local"] == "fd00:10:77::5")
+        .cloned()
+        .unwrap();
+    assert!(entry.get("tentative").is_none(), "{entry}");
+    assert_eq!(entry["nodad"], true, "{entry}");
+    assert_eq!(
+        link::addresses_of(&mut sock, dev.index, true).unwrap(),
+        vec![addr]
+    );
+    let gw: std::net::IpAddr = "fd00:10:77::1".parse().unwrap();
+    let any: IpNet = "::/0".parse().unwrap();
+    sock.request(link::add_route_ip(dev.index, any, Some(gw), false))
+        .unwrap();
+    let again = sock.request(link::add_route_ip(
+        dev.index,
+        any,
+        Some("fd00:10:77::2".parse().unwrap()),
+        false,
+    ));
+    assert!(
+        matches!(&again, Err(Error::Netlink { source, .. }) if link::is_exists(source)),
+        "an exclusive second IPv6 default route must be EEXIST, not multipath: {again:?}"
+    );
+    let routes = link::routes(&mut sock, true).unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst == any && r.gw == Some(gw) && r.oif == Some(dev.index)),
+        "{routes:?}"
+    );
+    assert_eq!(
+        link::default_route_oif(&mut sock, true).unwrap(),
+        Some(dev.index)
+    );
 }
 
 #[test]

@@ -1,20 +1,22 @@
-//! IPv4 address leases from a node's pod CIDR, kept on disk in host-local's layout.
+//! Address leases from a node's pod ranges (IPv4, IPv6, or one of each), kept on disk in
+//! host-local's layout.
 //!
-//! [`Pool`] says which addresses may be leased; [`Store`] holds who leased what, locked and
+//! [`Pool`] says which addresses of one range may be leased, [`Ranges`] orders a network's
+//! ranges (one address of each per attachment); [`Store`] holds who leased what, locked and
 //! written atomically, with an index that keeps lookup and release O(1).
 
 pub mod pool;
 pub mod store;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-pub use pool::Pool;
+pub use pool::{Pool, Ranges};
 pub use store::{
-    attachment_busy, attachment_hash, parse_owner, read_leases, AttachmentLock, Owner, Reservation,
-    Store,
+    attachment_busy, attachment_hash, parse_owner, read_leases, AttachmentLock, Lease, Owner,
+    Reservation, Store,
 };
 
 /// What can go wrong with a lease.
@@ -23,33 +25,38 @@ pub enum Error {
     /// Every leasable address of the subnet is taken.
     #[error("no free address in {subnet}: all {capacity} leasable addresses are taken")]
     Exhausted {
-        /// The pod CIDR.
-        subnet: Ipv4Net,
+        /// The pod range.
+        subnet: IpNet,
         /// How many addresses it can lease.
-        capacity: u32,
+        capacity: u128,
     },
     /// The address a runtime asked for cannot be leased: outside the range, reserved, or
     /// held by another attachment.
     #[error("requested address {address} is unavailable: {why}")]
     RequestedUnavailable {
         /// The address asked for.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// Why it cannot be leased.
         why: String,
     },
     /// The subnet leaves no address to lease.
-    #[error("pod CIDR {subnet} is too small: a /30 or shorter prefix is needed")]
+    #[error(
+        "pod CIDR {subnet} is too small: a /30 (IPv4) or /126 (IPv6) or shorter prefix is needed"
+    )]
     SubnetTooSmall {
         /// The pod CIDR.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
+    /// The ranges of one network: none, or two of one address family.
+    #[error("pod ranges {0:?}: one or two are needed, at most one IPv4 and one IPv6")]
+    InvalidRanges(Vec<IpNet>),
     /// The gateway is not a host address of the subnet.
     #[error("gateway {gateway} is not a host address of {subnet}")]
     GatewayOutsideSubnet {
         /// The configured gateway.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// The pod CIDR.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// A name used in a path is not safe there.
     #[error("{0:?} cannot be used in a state file name")]
@@ -75,9 +82,9 @@ impl cni_spec::ErrorCode for Error {
             Error::Io { .. } => Code::IoFailure,
             // The container id or ifname from CNI_* cannot name a state file.
             Error::InvalidName(_) => Code::InvalidEnvironment,
-            Error::SubnetTooSmall { .. } | Error::GatewayOutsideSubnet { .. } => {
-                Code::InvalidNetworkConfig
-            }
+            Error::SubnetTooSmall { .. }
+            | Error::GatewayOutsideSubnet { .. }
+            | Error::InvalidRanges(_) => Code::InvalidNetworkConfig,
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Leases on disk, in host-local's layout, with an attachment index for O(1) lookup.
 //!
 //! Layout of `<dataDir>/<network>/`:
-//! - `<address>`: one file per leased address holding `<container id>\r\n<ifname>`, created
-//!   by `link(2)` from a complete temp file, so it exists only with its content and an address
-//!   can never be held twice (host-local's format: its tools and habits keep working);
-//! - `last_reserved_ip.0`: the last address handed out, for round-robin (a hint only,
-//!   overwritten in place: see `write_last_reserved`);
+//! - `<address>`: one file per leased address, IPv4 or IPv6 (named as Go prints it, which is
+//!   RFC 5952's form, as Rust's), holding `<container id>\r\n<ifname>`, created by `link(2)`
+//!   from a complete temp file, so it exists only with its content and an address can never
+//!   be held twice (host-local's format: its tools and habits keep working);
+//! - `last_reserved_ip.<i>`: the last address handed out from range `i` of the network's
+//!   [`Ranges`], for round-robin (a hint only, overwritten in place: see
+//!   `write_last_reserved`); host-local numbers its range sets the same way, and an IPv4-only
+//!   network has only `last_reserved_ip.0`, as before dual-stack;
 //! - `lock`: flock'd for every operation (the same lock file host-local takes);
-//! - `attachments/<container id>@<ifname>`: the address of that attachment. host-local walks
-//!   the whole directory to find a container's address; this index makes lookup and release
-//!   cost the same at 1 or 250 pods.
+//! - `attachments/<container id>@<ifname>`: the addresses of that attachment, one per line
+//!   (one per range; an IPv4-only network writes the one line earlier releases wrote).
+//!   host-local walks the whole directory to find a container's address; this index makes
+//!   lookup and release cost the same at 1 or 250 pods.
 //!
 //! Allocation looks at the address after the last one handed out (one `stat`, free in the
 //! usual round-robin case); only when that one is taken does it list the directory once (one
@@ -23,9 +27,9 @@
 //! locks and host-local's flock on the same file do not interact, and the kernel drops both
 //! when a killed process's file is closed.
 //!
-//! Crash ordering: the index entry is written before the address file, and the address file
-//! is removed before the index entry, so every address file has an index entry at every
-//! instant. An index entry without its address file is stale and is ignored or cleaned.
+//! Crash ordering: the index entry is written (with every address of the attachment) before
+//! the address files, and the address files are removed before the index entry, so every
+//! address file has an index entry at every instant. An index entry without its address file is stale and is ignored or cleaned.
 //! Writes are not fsync'd: a killed process loses nothing the kernel already has, and a power
 //! loss reboots the node with every pod on it (an empty file then holds its address for no one
 //! until GC).
@@ -34,17 +38,17 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
 
-use crate::pool::Pool;
+use crate::pool::{Pool, Ranges};
 use crate::Error;
 
-const LAST_RESERVED: &str = "last_reserved_ip.0";
+const LAST_RESERVED: &str = "last_reserved_ip.";
 const LOCK: &str = "lock";
 const INDEX_DIR: &str = "attachments";
 const LINE_BREAK: &str = "\r\n";
@@ -59,12 +63,21 @@ pub struct Store {
     lock: File,
 }
 
-/// An attachment's address.
+/// An attachment's address in one range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
     /// The address.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// True when the attachment already held it before this call.
+    pub existing: bool,
+}
+
+/// An attachment's addresses: one per range of the network, in the ranges' order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The addresses, `addresses[i]` from range `i`.
+    pub addresses: Vec<IpAddr>,
+    /// True when the attachment already held every one of them before this call.
     pub existing: bool,
 }
 
@@ -197,107 +210,239 @@ impl Store {
         }
     }
 
-    /// Returns the attachment's address, reserving the next free one round-robin if it has
-    /// none. Fails with [`Error::Exhausted`] when every address is leased.
+    /// Returns the attachment's address in `pool` (a network of one range), reserving the
+    /// next free one round-robin if it has none. Fails with [`Error::Exhausted`] when every
+    /// address is leased.
     pub fn reserve(
         &self,
         pool: &Pool,
         container_id: &str,
         ifname: &str,
     ) -> Result<Reservation, Error> {
+        let lease = self.reserve_ranges(&Ranges::one(*pool), &[], container_id, ifname)?;
+        Ok(Reservation {
+            address: lease.addresses[0],
+            existing: lease.existing,
+        })
+    }
+
+    /// Leases `address` of `pool` (a network of one range) as [`Store::reserve_ranges`]
+    /// leases a requested address.
+    pub fn reserve_requested(
+        &self,
+        pool: &Pool,
+        address: IpAddr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Reservation, Error> {
+        let lease = self.reserve_ranges(&Ranges::one(*pool), &[address], container_id, ifname)?;
+        Ok(Reservation {
+            address: lease.addresses[0],
+            existing: lease.existing,
+        })
+    }
+
+    /// Returns the attachment's addresses, one per range of `ranges`, reserving what it lacks:
+    /// the address of `requested` in that range's family if there is one (`CNI_ARGS` `IP=`,
+    /// the `ips` capability; host-local honours such a request the same way), else the next
+    /// free one round-robin. A range with no free address fails with [`Error::Exhausted`]
+    /// naming it; a requested address outside its range, reserved, held by another
+    /// attachment, or different from the one the attachment holds already fails with
+    /// [`Error::RequestedUnavailable`]. A failed call leases nothing new.
+    ///
+    /// The index entry is written once with every address, before their address files are
+    /// linked; an attachment whose index names an address with no address file (a crash in
+    /// between) gets that address again if nobody took it meanwhile.
+    pub fn reserve_ranges(
+        &self,
+        ranges: &Ranges,
+        requested: &[IpAddr],
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Lease, Error> {
+        for want in requested {
+            let range = ranges.for_family(*want);
+            if !range.is_some_and(|p| p.contains(*want)) {
+                return Err(Error::RequestedUnavailable {
+                    address: *want,
+                    why: match range {
+                        Some(p) => format!(
+                            "not a leasable address of {} (gateway {})",
+                            p.subnet(),
+                            p.gateway()
+                        ),
+                        None => "no pod range of its address family".into(),
+                    },
+                });
+            }
+        }
         let _held = self.lock()?;
         let owner = owner_line(container_id, ifname);
         let index = self.index_path(container_id, ifname)?;
-        if let Some(address) = read_addr(&index)? {
-            if pool.contains(address) {
-                match self.owner_of(address)? {
+        let held = read_addrs(&index)?;
+        // Per range: the address, and whether its file is ours already.
+        let mut plan: Vec<(IpAddr, bool)> = Vec::with_capacity(ranges.pools().len());
+        for (i, pool) in ranges.pools().iter().enumerate() {
+            let want = requested.iter().copied().find(|a| pool.same_family(*a));
+            let unavailable = |why: String| Error::RequestedUnavailable {
+                address: want.unwrap_or(pool.gateway()),
+                why,
+            };
+            if let Some(mine) = held.iter().copied().find(|a| pool.contains(*a)) {
+                match self.owner_of(mine)? {
                     Some(o) if o == owner => {
-                        return Ok(Reservation {
-                            address,
-                            existing: true,
-                        })
+                        if let Some(w) = want.filter(|w| *w != mine) {
+                            return Err(Error::RequestedUnavailable {
+                                address: w,
+                                why: format!(
+                                    "{container_id}/{ifname} holds {mine} already: DEL it first"
+                                ),
+                            });
+                        }
+                        plan.push((mine, true));
+                        continue;
                     }
                     // The index entry was written but its address file not (a crash in
                     // between): finish the job if nobody took the address meanwhile.
-                    None if self.link_address(address, &owner)? => {
-                        return self.commit(address, &index);
+                    None if want.is_none_or(|w| w == mine) => {
+                        plan.push((mine, false));
+                        continue;
                     }
                     _ => {}
                 }
             }
+            let address = match want {
+                Some(w) => match self.owner_of(w)? {
+                    Some(holder) => {
+                        return Err(unavailable(format!(
+                            "leased to {}",
+                            holder.replace(LINE_BREAK, "/")
+                        )))
+                    }
+                    None => w,
+                },
+                None => self.next_free(pool, i, &[])?,
+            };
+            plan.push((address, false));
         }
-        let last = read_addr(&self.dir.join(LAST_RESERVED))?;
-        let mut taken = Taken::Unknown;
-        for address in pool.candidates(last) {
-            if self.is_taken(address, &mut taken)? {
+        let addresses: Vec<IpAddr> = plan.iter().map(|(a, _)| *a).collect();
+        if plan.iter().all(|(_, ours)| *ours) {
+            return Ok(Lease {
+                addresses,
+                existing: true,
+            });
+        }
+        self.link_plan(ranges, requested, &owner, &index, &held, plan)
+    }
+
+    /// Writes the index entry with the planned addresses, then links the address files that
+    /// are not ours yet and records each as its range's last reserved. An address linked
+    /// meanwhile by a writer that does not take the lock is replaced by the next free one.
+    /// On failure, the files linked here and the index entry are put back as they were.
+    fn link_plan(
+        &self,
+        ranges: &Ranges,
+        requested: &[IpAddr],
+        owner: &str,
+        index: &Path,
+        held: &[IpAddr],
+        mut plan: Vec<(IpAddr, bool)>,
+    ) -> Result<Lease, Error> {
+        let mut linked: Vec<IpAddr> = Vec::new();
+        let undo = |linked: &[IpAddr]| {
+            for a in linked {
+                let _ = remove_file(&self.addr_path(*a));
+            }
+            let _ = if held.is_empty() {
+                remove_file(index)
+            } else {
+                write_atomic(index, addrs_text(held).as_bytes())
+            };
+        };
+        let mut lost: Vec<IpAddr> = Vec::new();
+        let mut i = 0;
+        let mut index_written = false;
+        while i < plan.len() {
+            let (address, ours) = plan[i];
+            if ours {
+                i += 1;
                 continue;
             }
-            write_atomic(&index, address.to_string().as_bytes())?;
-            if self.link_address(address, &owner)? {
-                return self.commit(address, &index);
+            if !index_written {
+                let addresses: Vec<IpAddr> = plan.iter().map(|(a, _)| *a).collect();
+                if let Err(e) = write_atomic(index, addrs_text(&addresses).as_bytes()) {
+                    undo(&linked);
+                    return Err(e);
+                }
+                index_written = true;
             }
+            match self.link_address(address, owner) {
+                Ok(true) => {}
+                Ok(false) if !requested.contains(&address) => {
+                    lost.push(address);
+                    match self.next_free(&ranges.pools()[i], i, &lost) {
+                        Ok(next) => {
+                            plan[i].0 = next;
+                            index_written = false;
+                            continue;
+                        }
+                        Err(e) => {
+                            undo(&linked);
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(false) => {
+                    undo(&linked);
+                    return Err(Error::RequestedUnavailable {
+                        address,
+                        why: "leased meanwhile by another attachment".into(),
+                    });
+                }
+                Err(e) => {
+                    undo(&linked);
+                    return Err(e);
+                }
+            }
+            linked.push(address);
+            // A full disk here: the reservation holds nothing (see `write_last_reserved`).
+            if let Err(e) = self.write_last_reserved(i, address) {
+                undo(&linked);
+                return Err(e);
+            }
+            i += 1;
         }
-        remove_file(&index)?;
+        Ok(Lease {
+            addresses: plan.iter().map(|(a, _)| *a).collect(),
+            existing: false,
+        })
+    }
+
+    /// The next free address of range `i` round-robin after its last reserved one, passing
+    /// over `skip`.
+    fn next_free(&self, pool: &Pool, i: usize, skip: &[IpAddr]) -> Result<IpAddr, Error> {
+        let last = read_addr(&self.last_reserved_path(i))?;
+        let mut taken = Taken::Unknown;
+        for address in pool.candidates(last) {
+            if skip.contains(&address) || self.is_taken(address, &mut taken)? {
+                continue;
+            }
+            return Ok(address);
+        }
         Err(Error::Exhausted {
             subnet: pool.subnet(),
             capacity: pool.capacity(),
         })
     }
 
-    /// Leases `address`, an address the runtime asked for (`CNI_ARGS` `IP=`, the `ips`
-    /// capability), as host-local honours such a request: it must be leasable in `pool` and
-    /// free, else [`Error::RequestedUnavailable`]. A retried ADD of the attachment that holds
-    /// it already gets it back (`existing`); an attachment holding another address cannot
-    /// switch to it without a DEL.
-    pub fn reserve_requested(
-        &self,
-        pool: &Pool,
-        address: Ipv4Addr,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<Reservation, Error> {
-        let unavailable = |why: String| Error::RequestedUnavailable { address, why };
-        if !pool.contains(address) {
-            return Err(unavailable(format!(
-                "not a leasable address of {} (gateway {})",
-                pool.subnet(),
-                pool.gateway()
-            )));
-        }
-        let _held = self.lock()?;
-        let owner = owner_line(container_id, ifname);
-        let index = self.index_path(container_id, ifname)?;
-        if let Some(held) = read_addr(&index)? {
-            if self.owner_of(held)?.as_deref() == Some(owner.as_str()) {
-                if held != address {
-                    return Err(unavailable(format!(
-                        "{container_id}/{ifname} holds {held} already: DEL it first"
-                    )));
-                }
-                return Ok(Reservation {
-                    address,
-                    existing: true,
-                });
-            }
-        }
-        if let Some(holder) = self.owner_of(address)? {
-            return Err(unavailable(format!(
-                "leased to {}",
-                holder.replace(LINE_BREAK, "/")
-            )));
-        }
-        write_atomic(&index, address.to_string().as_bytes())?;
-        if self.link_address(address, &owner)? {
-            return self.commit(address, &index);
-        }
-        remove_file(&index)?;
-        Err(unavailable("leased meanwhile by another attachment".into()))
+    fn last_reserved_path(&self, range: usize) -> PathBuf {
+        self.dir.join(format!("{LAST_RESERVED}{range}"))
     }
 
     /// Whether `address` has a lease file. The first question costs one `stat`; once an
     /// address turns out taken, the directory is listed once and the rest are answered from
     /// that list (see the module docs).
-    fn is_taken(&self, address: Ipv4Addr, taken: &mut Taken) -> Result<bool, Error> {
+    fn is_taken(&self, address: IpAddr, taken: &mut Taken) -> Result<bool, Error> {
         match taken {
             Taken::Listed(set) => Ok(set.contains(&address)),
             Taken::Unknown => {
@@ -315,37 +460,41 @@ impl Store {
     }
 
     /// The addresses that have a lease file, from one listing of the directory.
-    fn leased_addresses(&self) -> Result<HashSet<Ipv4Addr>, Error> {
+    fn leased_addresses(&self) -> Result<HashSet<IpAddr>, Error> {
         Ok(read_dir(&self.dir)?
             .iter()
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
             .collect())
     }
 
-    /// The attachment's address, if it holds one.
-    pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
+    /// The attachment's addresses (one per range it holds one in; empty when none).
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
         let _held = self.lock()?;
         self.lookup_locked(container_id, ifname)
     }
 
-    fn lookup_locked(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
+    fn lookup_locked(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
         let index = self.index_path(container_id, ifname)?;
-        let Some(address) = read_addr(&index)? else {
-            return Ok(None);
-        };
         let owner = owner_line(container_id, ifname);
-        Ok((self.owner_of(address)?.as_deref() == Some(owner.as_str())).then_some(address))
+        let mut out = Vec::new();
+        for address in read_addrs(&index)? {
+            if self.owner_of(address)?.as_deref() == Some(owner.as_str()) {
+                out.push(address);
+            }
+        }
+        Ok(out)
     }
 
-    /// Releases the attachment's address; `Ok(None)` when it held none (DEL is idempotent).
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, Error> {
+    /// Releases the attachment's addresses, returning them; empty when it held none (DEL is
+    /// idempotent).
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
         let _held = self.lock()?;
-        let address = self.lookup_locked(container_id, ifname)?;
-        if let Some(address) = address {
-            remove_file(&self.addr_path(address))?;
+        let addresses = self.lookup_locked(container_id, ifname)?;
+        for address in &addresses {
+            remove_file(&self.addr_path(*address))?;
         }
         remove_file(&self.index_path(container_id, ifname)?)?;
-        Ok(address)
+        Ok(addresses)
     }
 
     /// Releases every lease whose (container id, ifname) is not in `valid`, drops stale index
@@ -359,7 +508,7 @@ impl Store {
         &self,
         valid: &HashSet<Owner>,
         mut before_release: impl FnMut(&Owner) -> Result<(), E>,
-    ) -> Result<Vec<Ipv4Addr>, E> {
+    ) -> Result<Vec<IpAddr>, E> {
         let _held = self.lock()?;
         let mut released = Vec::new();
         for (address, owner) in self.leases()? {
@@ -384,8 +533,9 @@ impl Store {
                 remove_file(&entry.path())?;
                 continue;
             };
-            let live = read_addr(&entry.path())?
-                .is_some_and(|a| self.owner_of(a).ok().flatten() == Some(owner_line(id, ifname)));
+            let live = read_addrs(&entry.path())?
+                .into_iter()
+                .any(|a| self.owner_of(a).ok().flatten() == Some(owner_line(id, ifname)));
             if !live {
                 remove_file(&entry.path())?;
             }
@@ -400,7 +550,7 @@ impl Store {
     }
 
     /// Every leased address with its owner (None for an empty or unreadable file).
-    pub fn leases(&self) -> Result<Vec<(Ipv4Addr, Option<Owner>)>, Error> {
+    pub fn leases(&self) -> Result<Vec<(IpAddr, Option<Owner>)>, Error> {
         let mut out = Vec::new();
         for entry in read_dir(&self.dir)? {
             let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -413,21 +563,27 @@ impl Store {
         Ok(out)
     }
 
-    /// True when at least one address is free, looking round-robin from the last reserved
-    /// one (one `stat`, or one listing of the directory when that address is taken).
+    /// True when `pool` (a network of one range) has at least one free address.
     pub fn has_free(&self, pool: &Pool) -> Result<bool, Error> {
-        let _held = self.lock()?;
-        let last = read_addr(&self.dir.join(LAST_RESERVED))?;
-        let mut taken = Taken::Unknown;
-        for address in pool.candidates(last) {
-            if !self.is_taken(address, &mut taken)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(self.exhausted(&Ranges::one(*pool))?.is_empty())
     }
 
-    fn addr_path(&self, address: Ipv4Addr) -> PathBuf {
+    /// The ranges with no free address left, looking in each round-robin from its last
+    /// reserved one (one `stat`, or one listing of the directory when that address is taken).
+    pub fn exhausted(&self, ranges: &Ranges) -> Result<Vec<Pool>, Error> {
+        let _held = self.lock()?;
+        let mut out = Vec::new();
+        for (i, pool) in ranges.pools().iter().enumerate() {
+            match self.next_free(pool, i, &[]) {
+                Ok(_) => {}
+                Err(Error::Exhausted { .. }) => out.push(*pool),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn addr_path(&self, address: IpAddr) -> PathBuf {
         self.dir.join(address.to_string())
     }
 
@@ -447,12 +603,12 @@ impl Store {
     }
 
     /// Content of the address file: `<id>\r\n<ifname>`, or None when there is none.
-    fn owner_of(&self, address: Ipv4Addr) -> Result<Option<String>, Error> {
+    fn owner_of(&self, address: IpAddr) -> Result<Option<String>, Error> {
         read_small(&self.addr_path(address)).map(|o| o.map(|s| s.trim().to_string()))
     }
 
     /// Creates the address file with its content in one step; false if it is taken.
-    fn link_address(&self, address: Ipv4Addr, owner: &str) -> Result<bool, Error> {
+    fn link_address(&self, address: IpAddr, owner: &str) -> Result<bool, Error> {
         let tmp = self.dir.join(format!(".tmp.{}", std::process::id()));
         write_new(&tmp, owner.as_bytes())?;
         let target = self.addr_path(address);
@@ -465,30 +621,17 @@ impl Store {
         }
     }
 
-    /// Records a newly linked `address` as the last one handed out. If that fails (a full
-    /// disk), the address file and then the index entry are removed again, so a failed
-    /// reservation holds nothing.
-    fn commit(&self, address: Ipv4Addr, index: &Path) -> Result<Reservation, Error> {
-        if let Err(e) = self.write_last_reserved(address) {
-            let _ = remove_file(&self.addr_path(address));
-            let _ = remove_file(index);
-            return Err(e);
-        }
-        Ok(Reservation {
-            address,
-            existing: false,
-        })
-    }
-
-    /// Overwrites `last_reserved_ip.0` in place (one `pwrite`, then a shortening `ftruncate`
-    /// only when the old address was longer), in host-local's format. Not temp + rename like
+    /// Overwrites `last_reserved_ip.<range>` in place (one `pwrite`, then a shortening
+    /// `ftruncate` only when the old address was longer), in host-local's format. If it
+    /// fails (a full disk), the caller removes the address file and the index entry again,
+    /// so a failed reservation holds nothing. Not temp + rename like
     /// every other state file: this one is only the round-robin hint, so a torn or stale value
     /// can never hand out an address twice (`link(2)` decides that), while on ext4 a rename
     /// over an existing file makes the kernel allocate the new file's blocks at once
     /// (`auto_da_alloc`): 0.5 ms of a 3 ms ADD here, measured with `strace -T`.
-    fn write_last_reserved(&self, address: Ipv4Addr) -> Result<(), Error> {
+    fn write_last_reserved(&self, range: usize, address: IpAddr) -> Result<(), Error> {
         use std::os::unix::fs::FileExt;
-        let path = self.dir.join(LAST_RESERVED);
+        let path = self.last_reserved_path(range);
         let text = address.to_string();
         let file = OpenOptions::new()
             .write(true)
@@ -512,11 +655,15 @@ impl Store {
     fn build_index(&self) -> Result<(), Error> {
         let index = self.dir.join(INDEX_DIR);
         create_dir(&index)?;
+        let mut by_owner: std::collections::BTreeMap<Owner, Vec<IpAddr>> = Default::default();
         for (address, owner) in self.leases()? {
-            if let Some((id, ifname)) = owner {
-                if let Ok(path) = self.index_path(&id, &ifname) {
-                    write_atomic(&path, address.to_string().as_bytes())?;
-                }
+            if let Some(owner) = owner {
+                by_owner.entry(owner).or_default().push(address);
+            }
+        }
+        for ((id, ifname), addresses) in by_owner {
+            if let Ok(path) = self.index_path(&id, &ifname) {
+                write_atomic(&path, addrs_text(&addresses).as_bytes())?;
             }
         }
         Ok(())
@@ -528,7 +675,7 @@ enum Taken {
     /// Nothing yet: ask the file system about one address.
     Unknown,
     /// Every address with a lease file, from one listing.
-    Listed(HashSet<Ipv4Addr>),
+    Listed(HashSet<IpAddr>),
 }
 
 /// A stable 64-bit hash of an attachment (FNV-1a of container id, NUL, ifname): it places the
@@ -622,7 +769,7 @@ pub fn parse_owner(content: &str) -> Option<Owner> {
 /// owners, sorted by address, read without taking the lock or creating anything: for tools
 /// that inspect or clean a node. A missing directory holds none; a file that cannot be read
 /// has no owner.
-pub fn read_leases(dir: &Path) -> Result<Vec<(Ipv4Addr, Option<Owner>)>, Error> {
+pub fn read_leases(dir: &Path) -> Result<Vec<(IpAddr, Option<Owner>)>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -662,8 +809,26 @@ fn read_small(path: &Path) -> Result<Option<String>, Error> {
     Ok(Some(s))
 }
 
-fn read_addr(path: &Path) -> Result<Option<Ipv4Addr>, Error> {
+fn read_addr(path: &Path) -> Result<Option<IpAddr>, Error> {
     Ok(read_small(path)?.and_then(|s| s.trim().parse().ok()))
+}
+
+/// The addresses of an index entry, one per line (an entry of a release before dual-stack
+/// holds one); none when it does not exist.
+fn read_addrs(path: &Path) -> Result<Vec<IpAddr>, Error> {
+    Ok(read_small(path)?
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default())
+}
+
+/// An index entry's content: the addresses, one per line, with no line break after the last
+/// (so an entry of one address is byte for byte what earlier releases wrote).
+fn addrs_text(addresses: &[IpAddr]) -> String {
+    addresses
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn write_new(path: &Path, content: &[u8]) -> Result<(), Error> {

@@ -5,16 +5,16 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use node_ipam::{Error, Pool, Store};
 
 fn pool(s: &str) -> Pool {
-    Pool::new(s.parse().unwrap(), None).unwrap()
+    Pool::new(s.parse::<ipnet::IpNet>().unwrap(), None).unwrap()
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -65,9 +65,12 @@ fn release_is_idempotent_and_addresses_are_not_reused_at_once() {
     let store = Store::open(tmp.path(), "n").unwrap();
     let p = pool("10.1.0.0/24");
     let a = store.reserve(&p, "a", "eth0").unwrap().address;
-    assert_eq!(store.release("a", "eth0").unwrap(), Some(a));
-    assert_eq!(store.release("a", "eth0").unwrap(), None);
-    assert_eq!(store.release("never", "eth0").unwrap(), None);
+    assert_eq!(store.release("a", "eth0").unwrap(), vec![a]);
+    assert_eq!(store.release("a", "eth0").unwrap(), Vec::<IpAddr>::new());
+    assert_eq!(
+        store.release("never", "eth0").unwrap(),
+        Vec::<IpAddr>::new()
+    );
     let b = store.reserve(&p, "b", "eth0").unwrap().address;
     assert_ne!(a, b, "a freed address must not be handed out again at once");
     assert!(!tmp.path().join("n").join(a.to_string()).exists());
@@ -86,7 +89,7 @@ fn exhaustion_is_a_clear_error_and_wraps_round_robin_after_release() {
     let err = store.reserve(&p, "c5", "eth0").unwrap_err();
     assert!(matches!(err, Error::Exhausted { capacity: 5, .. }), "{err}");
     assert!(err.to_string().contains("10.1.0.0/29"));
-    assert!(store.lookup("c5", "eth0").unwrap().is_none());
+    assert!(store.lookup("c5", "eth0").unwrap().is_empty());
     store.release("c2", "eth0").unwrap();
     assert!(store.has_free(&p).unwrap());
     assert_eq!(store.reserve(&p, "c6", "eth0").unwrap().address, got[2]);
@@ -113,8 +116,8 @@ fn gc_frees_what_is_not_valid_and_cleans_stale_index_entries() {
         .unwrap();
     assert_eq!(released, vec![b]);
     assert_eq!(stale, vec![("b".to_string(), "eth0".to_string())]);
-    assert_eq!(store.lookup("a", "eth0").unwrap(), Some(a));
-    assert_eq!(store.lookup("b", "eth0").unwrap(), None);
+    assert_eq!(store.lookup("a", "eth0").unwrap(), vec![a]);
+    assert_eq!(store.lookup("b", "eth0").unwrap(), Vec::<IpAddr>::new());
     assert!(!dir.join("attachments").join("ghost@eth0").exists());
     assert!(!dir.join("attachments").join("b@eth0").exists());
     assert!(!dir.join(".tmp.4242").exists());
@@ -137,7 +140,7 @@ fn a_crash_after_the_index_write_is_finished_by_the_retry() {
     fs::write(dir.join("attachments").join("b@eth0"), "10.1.0.7").unwrap();
     let r = store.reserve(&p, "b", "eth0").unwrap();
     assert_ne!(r.address, ip("10.1.0.7"));
-    assert_eq!(store.lookup("a", "eth0").unwrap(), Some(ip("10.1.0.7")));
+    assert_eq!(store.lookup("a", "eth0").unwrap(), vec![ip("10.1.0.7")]);
 }
 
 #[test]
@@ -148,10 +151,10 @@ fn adopts_a_host_local_directory() {
     fs::write(dir.join("10.1.0.5"), "old\r\neth0").unwrap();
     fs::write(dir.join("last_reserved_ip.0"), "10.1.0.5").unwrap();
     let store = Store::open(tmp.path(), "n").unwrap();
-    assert_eq!(store.lookup("old", "eth0").unwrap(), Some(ip("10.1.0.5")));
+    assert_eq!(store.lookup("old", "eth0").unwrap(), vec![ip("10.1.0.5")]);
     let next = store.reserve(&pool("10.1.0.0/24"), "new", "eth0").unwrap();
     assert_eq!(next.address, ip("10.1.0.6"));
-    assert_eq!(store.release("old", "eth0").unwrap(), Some(ip("10.1.0.5")));
+    assert_eq!(store.release("old", "eth0").unwrap(), vec![ip("10.1.0.5")]);
 }
 
 #[test]
@@ -251,8 +254,8 @@ fn an_attachment_lock_makes_a_second_holder_wait_and_gc_skip_it() {
     let third = Store::open(tmp.path(), "n").unwrap();
     let released = third.gc(&HashSet::new(), |_| Ok::<(), Error>(())).unwrap();
     assert_eq!(released.len(), 1);
-    assert_eq!(third.lookup("a", "eth0").unwrap(), Some(a));
-    assert_eq!(third.lookup("b", "eth0").unwrap(), None);
+    assert_eq!(third.lookup("a", "eth0").unwrap(), vec![a]);
+    assert_eq!(third.lookup("b", "eth0").unwrap(), Vec::<IpAddr>::new());
 
     // Another attachment's lock is independent.
     let _other = third.lock_attachment("c", "eth0").unwrap();
@@ -342,7 +345,7 @@ fn a_requested_address_is_leased_once_and_refused_when_taken_or_outside() {
         fs::read_to_string(tmp.path().join("n/10.1.0.42")).unwrap(),
         "ctr1\r\neth0"
     );
-    assert_eq!(store.lookup("ctr1", "eth0").unwrap(), Some(ip("10.1.0.42")));
+    assert_eq!(store.lookup("ctr1", "eth0").unwrap(), vec![ip("10.1.0.42")]);
     // A retried ADD of the same attachment gets it back.
     let again = store
         .reserve_requested(&p, ip("10.1.0.42"), "ctr1", "eth0")
@@ -356,7 +359,7 @@ fn a_requested_address_is_leased_once_and_refused_when_taken_or_outside() {
         }
         other => panic!("taken address: {other:?}"),
     }
-    assert_eq!(store.lookup("ctr2", "eth0").unwrap(), None);
+    assert_eq!(store.lookup("ctr2", "eth0").unwrap(), Vec::<IpAddr>::new());
     // The holder cannot switch to another address without a DEL.
     assert!(matches!(
         store.reserve_requested(&p, ip("10.1.0.43"), "ctr1", "eth0"),

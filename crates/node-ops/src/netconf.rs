@@ -213,6 +213,9 @@ mod tests {
         assert_eq!(n.ipam_dir(), PathBuf::from("/x/k"));
         assert_eq!(n.log_file(), Some(PathBuf::from("/l")));
         assert!(n.vpc_route.is_some());
-        assert_eq!(n.resolve().unwrap().pool.gateway().to_string(), "10.1.0.1");
+        assert_eq!(
+            n.resolve().unwrap().pool().gateway().to_string(),
+            "10.1.0.1"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use cni_skel::{AddOutput, Plugin, Request};
 use cni_spec::{Attachment, NetConf};
-use node_ipam::Pool;
+use node_ipam::{Pool, Ranges};
 use pod_bridge::config::{nft_table_for, DEFAULT_DATA_DIR};
 use pod_bridge::{attach, BridgeNetwork};
 
@@ -29,16 +29,16 @@ pub fn bridge_network(cfg: &OverlayConfig, name: &str) -> Result<BridgeNetwork, 
     cfg.validate()?;
     let path = cfg.subnet_file();
     let env = SubnetEnv::read(&path)?.ok_or(Error::NoLease(path))?;
-    let pool =
-        Pool::new(env.subnet.trunc(), Some(env.gateway())).map_err(pod_bridge::Error::from)?;
+    let pool = Pool::new(env.subnet.trunc(), Some(env.gateway().into()))
+        .map_err(pod_bridge::Error::from)?;
     Ok(BridgeNetwork {
         name: name.to_string(),
         bridge: cfg.bridge.clone(),
-        pool,
+        ranges: Ranges::one(pool),
         mtu: if cfg.mtu > 0 { cfg.mtu } else { env.mtu },
         hairpin: true,
         promisc: false,
-        masquerade_outside: (cfg.ip_masq && env.ipmasq).then_some(env.network),
+        masquerade_outside: (cfg.ip_masq && env.ipmasq).then(|| vec![env.network.into()]),
         nft_table: nft_table_for(&cfg.bridge),
         data_dir: ipam_dir(cfg),
         default_route: cfg.default_route,
@@ -55,7 +55,7 @@ fn teardown_network(cfg: &OverlayConfig, name: &str) -> Result<BridgeNetwork, Er
             Ok(BridgeNetwork {
                 name: name.to_string(),
                 bridge: cfg.bridge.clone(),
-                pool,
+                ranges: Ranges::one(pool),
                 mtu: cfg.mtu,
                 hairpin: true,
                 promisc: false,
@@ -81,7 +81,8 @@ impl Plugin for VxlanOverlay {
 
     fn del(&self, req: &Request<OverlayConfig>) -> Result<Option<String>, Error> {
         let net = teardown_network(&req.config, &req.conf.name)?;
-        Ok(attach::del(&net, &req.env)?.map(|a| a.to_string()))
+        let released = attach::del(&net, &req.env)?;
+        Ok((!released.is_empty()).then(|| pod_bridge::addresses_text(&released)))
     }
 
     fn check(&self, req: &Request<OverlayConfig>) -> Result<(), Error> {

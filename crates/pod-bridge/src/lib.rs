@@ -7,12 +7,10 @@
 pub mod attach;
 pub mod config;
 
-use std::net::Ipv4Addr;
-
 use cni_skel::{AddOutput, Plugin, Request};
 use cni_spec::{Attachment, Code, ErrorCode, NetConf};
 
-pub use attach::{BridgeNetwork, DefaultRoute};
+pub use attach::{addresses_text, BridgeNetwork, DefaultRoute};
 pub use config::KubenetConfig;
 
 /// What can go wrong attaching a pod.
@@ -32,15 +30,15 @@ pub enum Error {
     RequestedAddress(String),
     /// A second ADD for an attachment that is fully set up.
     #[error(
-        "{container_id}/{ifname} is already attached with {address}: DEL it before adding it again"
+        "{container_id}/{ifname} is already attached with {addresses}: DEL it before adding it again"
     )]
     AlreadyAttached {
         /// The container.
         container_id: String,
         /// Its interface.
         ifname: String,
-        /// Its address.
-        address: Ipv4Addr,
+        /// Its addresses, as a list.
+        addresses: String,
     },
     /// ADD created the pod's veth end in its namespace, and the kernel then did not show it
     /// there: a setup failure (code 101), not a CHECK mismatch.
@@ -95,7 +93,8 @@ impl Plugin for KubenetBridge {
 
     fn del(&self, req: &Request<KubenetConfig>) -> Result<Option<String>, Error> {
         let net = req.config.resolve(&req.conf.name)?;
-        Ok(attach::del(&net, &req.env)?.map(|a| a.to_string()))
+        let released = attach::del(&net, &req.env)?;
+        Ok((!released.is_empty()).then(|| attach::addresses_text(&released)))
     }
 
     fn check(&self, req: &Request<KubenetConfig>) -> Result<(), Error> {
@@ -108,8 +107,8 @@ impl Plugin for KubenetBridge {
         attach::status(&req.config.resolve(&req.conf.name)?)
     }
 
-    /// What ADD resolves before touching the node: the pod CIDR (a /30 or larger), the
-    /// gateway in it, the bridge name.
+    /// What ADD resolves before touching the node: the pod ranges (a /30 or larger IPv4, a
+    /// /126 or larger IPv6, at most one of each), the gateway in its range, the bridge name.
     fn check_config(&self, conf: &NetConf, config: &KubenetConfig) -> Result<(), Error> {
         config.resolve(&conf.name).map(drop)
     }

@@ -80,7 +80,7 @@ pub(super) fn cluster_checks(opts: &Options, nets: &[SuiteNetwork]) -> Vec<Check
             let bridges: Vec<String> = nets
                 .iter()
                 .filter(|n| matches!(n.kind, Kind::Kubenet(_)))
-                .filter_map(|n| n.resolve().ok().map(|r| r.pool.subnet().to_string()))
+                .filter_map(|n| n.resolve().ok().map(|r| r.pool().subnet().to_string()))
                 .collect();
             let ready = v["status"]["conditions"]
                 .as_array()

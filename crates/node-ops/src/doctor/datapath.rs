@@ -80,9 +80,7 @@ pub(super) fn check_bridge(
             ),
         );
     };
-    let gw = IpNet::V4(
-        Ipv4Net::new(net.pool.gateway(), net.pool.subnet().prefix_len()).unwrap_or_default(),
-    );
+    let gw = net.pool().gateway_net();
     match links.addresses(link.index) {
         Ok(a) if a.contains(&gw) => Check::ok(
             name,
@@ -133,7 +131,7 @@ pub(super) fn check_masquerade(
         Err(e) => return Check::warn(name, format!("cannot read nftables: {e}"), "run as root"),
     };
     let exists = comment.is_some() || tables.as_ref().is_ok_and(|t| t.contains(&table));
-    let Some(keep) = r.masquerade_outside else {
+    let Some(keep) = &r.masquerade_outside else {
         return if exists {
             Check::warn(
                 name,
@@ -144,10 +142,15 @@ pub(super) fn check_masquerade(
             Check::ok(name, "ipMasq off and no table")
         };
     };
+    let keep: Vec<IpNet> = keep
+        .iter()
+        .filter(|c| r.pool().same_family(c.addr()))
+        .copied()
+        .collect();
     let want = netsetup::masquerade::MasqueradeSpec {
         table: &table,
-        pod_cidr: r.pool.subnet(),
-        non_masquerade: keep,
+        pod_cidr: r.pool().subnet(),
+        non_masquerade: &keep,
         bridge: &r.bridge,
     }
     .fingerprint();

@@ -1,7 +1,7 @@
 //! The `ipam:<network>` check: leases whose pod is gone and how full the range is; the
 //! leases are read through node-ipam, once per network, for the other checks too.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use pod_bridge::attach::host_veth_name;
@@ -12,7 +12,7 @@ use crate::kernel::Links;
 use crate::netconf::SuiteNetwork;
 
 /// A lease file: (address, owner (container id, ifname) when the file holds one).
-pub(super) type LeaseFile = (Ipv4Addr, Option<node_ipam::Owner>);
+pub(super) type LeaseFile = (IpAddr, Option<node_ipam::Owner>);
 
 /// The leases of an IPAM directory, read without locking or creating anything.
 pub(super) fn read_leases(dir: &Path) -> Result<Vec<LeaseFile>, String> {
@@ -55,11 +55,11 @@ pub(super) fn check_leases(
         );
     }
     if let Some(r) = resolved {
-        let cap = r.pool.capacity() as usize;
+        let cap = usize::try_from(r.pool().capacity()).unwrap_or(usize::MAX);
         if cap > 0 && leases.len() * 10 >= cap * 9 {
             return Check::warn(
                 name,
-                format!("{} of {cap} addresses of {} leased", leases.len(), r.pool.subnet()),
+                format!("{} of {cap} addresses of {} leased", leases.len(), r.pool().subnet()),
                 "the node runs out of pod addresses soon: fewer pods per node (kubelet --max-pods) or a larger podCIDR",
             );
         }
