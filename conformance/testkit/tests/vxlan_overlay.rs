@@ -1036,15 +1036,10 @@ fn assert_ipv6_overlay(c: &OverlayCluster, device6: &str, ctx: &str) {
         );
         // Traffic over the IPv6 device: this node's VTEP address to every peer's.
         for p in &peers {
-            let out = node.netns().run(
-                "ping",
-                &["-6", "-c1", "-W2", "-n", "-q", &p.vtep_ip().to_string()],
-            );
             assert!(
-                out.status.success(),
-                "{nctx}: ping6 {} over {device6}: {}\n{}",
+                ping6(node.netns(), p.vtep_ip()),
+                "{nctx}: ping6 {} over {device6}\n{}",
                 p.vtep_ip(),
-                String::from_utf8_lossy(&out.stdout),
                 c.diagnostics()
             );
         }
@@ -1295,4 +1290,131 @@ fn ipv6_subnets_are_distinct_and_running_out_of_them_stops_the_agent_with_a_clea
         2,
         "no record for the third node (its IPv4 subnet is not held either)"
     );
+}
+
+/// Whether `from` reaches `to` by ping6: up to three one-second attempts, as the IPv4
+/// `ping` does, so a first packet lost to neighbour discovery is not a failure.
+fn ping6(from: &Netns, to: Ipv6Addr) -> bool {
+    let to = to.to_string();
+    (0..3).any(|_| {
+        from.run("ping", &["-6", "-c1", "-W1", "-n", "-q", &to])
+            .status
+            .success()
+    })
+}
+
+/// A dual-stack pod attached through cnitool on `node`: its namespace and the IPv4 and IPv6
+/// addresses its result lists (checked against the node's subnets).
+fn add_dual_stack_pod(c: &OverlayCluster, node: usize) -> (Netns, Ipv4Addr, Ipv6Addr) {
+    let n = &c.nodes[node];
+    let pod = Netns::new("cnit-vxpod6-");
+    let ctx = format!("node {} cnitool add {}", n.underlay_ip(), pod.name());
+    let out = n.cnitool_add(&pod);
+    assert!(
+        out.status.success(),
+        "{ctx}: {}\n{}",
+        out.describe(),
+        c.diagnostics()
+    );
+    let result: Value = serde_json::from_str(&out.stdout).expect("result JSON");
+    let addrs: Vec<ipnet::IpNet> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.parse().ok())
+        .collect();
+    let env = n.subnet_env().expect("subnet.env");
+    let v4 = addrs.iter().find_map(|a| match a {
+        ipnet::IpNet::V4(a) => Some(a.addr()),
+        _ => None,
+    });
+    let v6 = addrs.iter().find_map(|a| match a {
+        ipnet::IpNet::V6(a) => Some(*a),
+        _ => None,
+    });
+    let (Some(v4), Some(v6)) = (v4, v6) else {
+        panic!("{ctx}: one address per family expected: {result}");
+    };
+    assert!(
+        env.node_subnet().contains(&v4),
+        "{ctx}: {v4} outside {}",
+        env.node_subnet()
+    );
+    let own6 = records6(&c.etcd, ETCD_PREFIX)
+        .expect("etcd")
+        .into_iter()
+        .find(|r| r.v4_subnet == env.node_subnet())
+        .expect("the node's dual-stack record");
+    assert!(
+        own6.subnet.contains(&v6.addr()) && v6.prefix_len() == own6.subnet.prefix_len(),
+        "{ctx}: {v6} must be an address of {}",
+        own6.subnet
+    );
+    assert!(
+        pod.ip_json(&["-6", "addr", "show", "dev", "eth0"])
+            .is_some_and(|a| a.to_string().contains(&v6.addr().to_string())),
+        "{ctx}: {v6} on the pod's eth0"
+    );
+    (pod, v4, v6.addr())
+}
+
+#[test]
+fn dual_stack_pods_ping_and_ping6_across_nodes() {
+    // Pods of the vxlan-overlay plugin on a dual-stack lease: an address of each family (the
+    // IPv6 one from FLANNEL_IPV6_SUBNET), and traffic of both families between nodes, over
+    // the one device of an IPv4 or an IPv6 underlay and over the two devices of a node with
+    // both underlay families (flannel's arrangement).
+    for underlay in [Underlay::new(), Underlay::new_v6(), Underlay::new_dual()] {
+        let what = match (underlay.is_dual(), underlay.is_v6()) {
+            (true, _) => "both underlay families",
+            (false, true) => "IPv6 underlay",
+            (false, false) => "IPv4 underlay",
+        };
+        let c = dual_stack_cluster_on(underlay);
+        let pods: Vec<(usize, Netns, Ipv4Addr, Ipv6Addr)> = (0..c.nodes.len())
+            .map(|i| {
+                let (pod, v4, v6) = add_dual_stack_pod(&c, i);
+                (i, pod, v4, v6)
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (from_node, from, _, from6) in &pods {
+            for (to_node, _, to4, to6) in &pods {
+                if from_node == to_node {
+                    continue;
+                }
+                if !ping(from, *to4) {
+                    failed.push(format!("ping {to4} from node {from_node}"));
+                }
+                if !ping6(from, *to6) {
+                    failed.push(format!(
+                        "ping6 {from6} -> {to6} (node {from_node} -> {to_node})"
+                    ));
+                }
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{what}: {} failed: {failed:#?}\n{}",
+            failed.len(),
+            c.diagnostics()
+        );
+        for (i, pod, _, _) in &pods {
+            let out = c.nodes[*i].cnitool_check(pod);
+            assert!(out.status.success(), "{what}: CHECK: {}", out.describe());
+            let out = c.nodes[*i].cnitool_del(pod);
+            assert!(out.status.success(), "{what}: DEL: {}", out.describe());
+            let held: Vec<String> = fs::read_dir(c.nodes[*i].leases().path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.parse::<IpAddr>().is_ok())
+                .collect();
+            assert!(
+                held.is_empty(),
+                "{what}: DEL must release both addresses: {held:?}"
+            );
+        }
+    }
 }
