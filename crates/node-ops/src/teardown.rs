@@ -255,22 +255,26 @@ fn plan_links(nets: &[SuiteNetwork], links: &Links, plan: &mut Plan) {
         let Kind::Overlay(cfg) = &net.kind else {
             continue;
         };
-        let dev = cfg.device();
-        match links.get(&dev) {
-            Some(l) if l.kind.as_deref() == Some("vxlan") => {
-                if !done.insert(dev.clone()) {
-                    continue;
+        // The IPv6 device of a dual-stack overlay too, when there is one (IPv6 over the
+        // other underlay family than IPv4).
+        let devices = std::iter::once(cfg.device()).chain(cfg.enable_ipv6.then(|| cfg.device6()));
+        for dev in devices {
+            match links.get(&dev) {
+                Some(l) if l.kind.as_deref() == Some("vxlan") => {
+                    if !done.insert(dev.clone()) {
+                        continue;
+                    }
+                    plan.actions.push(Action::DeleteLink {
+                        name: dev,
+                        why: format!("VXLAN device of network {}", net.name),
+                    });
                 }
-                plan.actions.push(Action::DeleteLink {
-                    name: dev,
-                    why: format!("VXLAN device of network {}", net.name),
-                });
+                Some(l) => plan.notes.push(format!(
+                    "{dev} is a {}, not VXLAN: left alone",
+                    l.kind.as_deref().unwrap_or("device")
+                )),
+                None => {}
             }
-            Some(l) => plan.notes.push(format!(
-                "{dev} is a {}, not VXLAN: left alone",
-                l.kind.as_deref().unwrap_or("device")
-            )),
-            None => {}
         }
     }
     if pods > 0 {
