@@ -132,7 +132,13 @@ fn publish(
         subnet: Some(subnet),
         vtep_mac: Some(link::mac_string(&node.mac)),
         ipv6_subnet: subnet6,
-        ipv6_vtep_mac: node.ipv6.as_ref().map(|(_, m)| link::mac_string(m)),
+        // Only a device of its own has a MAC of its own to keep (a shared one is the IPv4
+        // device's).
+        ipv6_vtep_mac: node
+            .ipv6
+            .as_ref()
+            .filter(|(_, m)| *m != node.mac)
+            .map(|(_, m)| link::mac_string(m)),
     }
     .save(&node.state_path)?;
     let cluster = cfg.cluster()?;
