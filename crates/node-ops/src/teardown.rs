@@ -107,7 +107,7 @@ impl fmt::Display for Action {
             } => write!(
                 f,
                 "deregister the VPC routes of {} (network {network}): {} deregister --config {}",
-                entry["podCIDR"].as_str().unwrap_or("the pod CIDR"),
+                pod_ranges_text(entry),
                 binary.display(),
                 conflist.display()
             ),
@@ -281,6 +281,22 @@ fn plan_links(nets: &[SuiteNetwork], links: &Links, plan: &mut Plan) {
         plan.notes.push(format!(
             "{pods} pod(s) still hold leases: they lose their network"
         ));
+    }
+}
+
+/// The pod ranges a `vpc-route` entry names, for the plan: `podCIDRs` (dual-stack) or
+/// `podCIDR`.
+fn pod_ranges_text(entry: &Value) -> String {
+    match entry["podCIDRs"].as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => entry["podCIDR"]
+            .as_str()
+            .unwrap_or("the pod CIDR")
+            .to_string(),
     }
 }
 
@@ -652,5 +668,14 @@ mod tests {
         assert!(!is_suite_veth("veth1a2b3c4d")); // the reference bridge plugin's
         assert!(!is_suite_veth("vethABCDEFGHIJK"));
         assert!(!is_suite_veth("eth0"));
+    }
+
+    #[test]
+    fn the_vpc_route_plan_names_both_ranges_of_a_dual_stack_entry() {
+        let dual = serde_json::json!({"type": "vpc-route",
+            "podCIDRs": ["10.244.3.0/24", "fd00:10:244:3::/64"]});
+        assert_eq!(pod_ranges_text(&dual), "10.244.3.0/24, fd00:10:244:3::/64");
+        let one = serde_json::json!({"type": "vpc-route", "podCIDR": "10.244.3.0/24"});
+        assert_eq!(pod_ranges_text(&one), "10.244.3.0/24");
     }
 }
