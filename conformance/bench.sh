@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 BIN=${CARGO_TARGET_DIR:-/var/tmp/cni-suite-target}/x86_64-unknown-linux-gnu/release
 OUT=${1:-conformance/results}
 mkdir -p "$OUT"
-"$BIN/cni-bench" --rounds "${ROUNDS:-40}" --concurrency "${CONCURRENCY:-50}" --out "$OUT" >/dev/null
+"$BIN/cni-bench" --rounds "${ROUNDS:-40}" --concurrency "${CONCURRENCY:-50}" --dual-stack --out "$OUT" >/dev/null
 "$BIN/vxlan-bench" --vxlan-tx-csum on --out "$OUT" >/dev/null
 {
     echo "## ADD and DEL latency, peak RSS"

@@ -48,6 +48,7 @@ def main():
         out = {
             "state": pb.PodSandboxState.Name(s.state),
             "ip": s.network.ip,
+            "additionalIps": [a.ip for a in s.network.additional_ips],
             "netns": s.linux.namespaces.options.network,
         }
     elif cmd == "stop":

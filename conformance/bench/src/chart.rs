@@ -53,8 +53,10 @@ fn draw(doc: &Value, svg: &mut String) -> Result<(), Box<dyn std::error::Error>>
         panel(area, caption, verbs, &results, &root)?;
     }
     // The legend under both panels: one swatch per plugin.
+    // Up to three plugins at 280 px each; more (the dual-stack rows) share the width.
+    let step = (860 / results.len().max(1) as i32).min(280);
     for (i, r) in results.iter().enumerate() {
-        let x = 60 + 280 * i as i32;
+        let x = 40 + step * i as i32;
         let colour = COLOURS[i % COLOURS.len()];
         legend.draw(&Rectangle::new([(x, 12), (x + 14, 26)], colour.filled()))?;
         legend.draw(&Text::new(

@@ -46,6 +46,26 @@ pub fn addresses(netns: &Netns, ifname: &str) -> Vec<IpNet> {
     found
 }
 
+/// The addresses on `ifname` still in duplicate address detection (`tentative`): not yet
+/// usable as a source.
+pub fn tentative_addresses(netns: &Netns, ifname: &str) -> Vec<IpNet> {
+    let Some(links) = netns.ip_json(&["addr", "show", "dev", ifname]) else {
+        return Vec::new();
+    };
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().into_iter().flatten())
+        .filter(|a| a.get("tentative").and_then(Value::as_bool) == Some(true))
+        .filter_map(|a| {
+            let local: IpAddr = a["local"].as_str()?.parse().ok()?;
+            let prefix = u8::try_from(a["prefixlen"].as_u64()?).ok()?;
+            IpNet::new(local, prefix).ok()
+        })
+        .collect()
+}
+
 /// Whether `netns` has a route to `route.dst` (via `route.gw` when the result names one), in
 /// the main table of either family.
 pub fn has_route(netns: &Netns, route: &ResultRoute) -> bool {

@@ -281,6 +281,16 @@ pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
     })
 }
 
+/// [`ping`] for either family (iputils' `ping` takes IPv6 addresses too).
+pub fn ping_ip(from: &Netns, to: std::net::IpAddr) -> bool {
+    let to = to.to_string();
+    (0..3).any(|_| {
+        from.run("ping", &["-c1", "-W1", "-n", "-q", &to])
+            .status
+            .success()
+    })
+}
+
 /// Moves the calling thread into the network namespace at `path`, for good: setns moves only
 /// the calling thread, and the threads it starts afterwards are born in the namespace too. For
 /// a process that execs plugins as if the namespace were its host.

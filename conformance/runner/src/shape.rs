@@ -178,7 +178,26 @@ pub fn check_add_result(
         });
         if let Some(gateway) = ip.get("gateway") {
             match gateway.as_str().and_then(|g| g.parse::<IpAddr>().ok()) {
-                Some(gw) => facts.gateways.push(gw),
+                Some(gw) => {
+                    // A gateway of the other family cannot be the next hop of this address
+                    // (a dual-stack result pairs each address with its own family's).
+                    if let Some(address) = address {
+                        f.must(address.addr().is_ipv4() == gw.is_ipv4(), || {
+                            format!(
+                                "{at}.gateway {gw} is not of the family of its address {address}"
+                            )
+                        });
+                        f.should(
+                            address.addr().is_ipv4() != gw.is_ipv4() || address.contains(&gw),
+                            || {
+                                format!(
+                                    "{at}.gateway {gw} is outside its address's subnet {address}"
+                                )
+                            },
+                        );
+                    }
+                    facts.gateways.push(gw);
+                }
                 None => {
                     f.must(false, || {
                         format!("{at}.gateway {gateway} is not an IP address")
@@ -257,6 +276,11 @@ pub fn check_add_result(
                 parsed
             }
         };
+        if let (Some(dst), Some(gw)) = (dst, gw) {
+            f.must(dst.addr().is_ipv4() == gw.is_ipv4(), || {
+                format!("{at}.gw {gw} is not of the family of its dst {dst}")
+            });
+        }
         let v1_1_only: &[&str] = if v1_1 { ROUTE_KEYS_1_1 } else { &[] };
         unknown_keys(f, &at, "route", route, ROUTE_KEYS, v1_1_only, version);
         if let Some(dst) = dst {

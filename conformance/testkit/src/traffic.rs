@@ -2,11 +2,11 @@
 //! datagram arrives with, which is what masquerading rewrites.
 
 use std::io::{BufRead, BufReader, Lines};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, ChildStdout, Stdio};
 
-pub use crate::netns::ping;
 use crate::netns::Netns;
+pub use crate::netns::{ping, ping_ip};
 
 /// Debian's interpreter, which install-test-deps.sh guarantees (a pyenv shim on PATH might not
 /// behave the same inside `ip netns exec`).
@@ -19,13 +19,13 @@ const LISTEN_TIMEOUT_SECS: &str = "5";
 /// "timeout").
 const LISTENER_PY: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
 print("ready", flush=True)
 s.settimeout(float(sys.argv[3]))
 try:
-    _, (src, _) = s.recvfrom(64)
-    print(src, flush=True)
+    _, src = s.recvfrom(64)
+    print(src[0], flush=True)
 except socket.timeout:
     print("timeout", flush=True)
 "#;
@@ -33,7 +33,7 @@ except socket.timeout:
 /// Sends five datagrams, 200 ms apart: the first can be lost while ARP resolves.
 const SENDER_PY: &str = r#"
 import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(5):
     try:
         s.sendto(b"probe", (sys.argv[1], int(sys.argv[2])))
@@ -52,7 +52,8 @@ pub struct UdpSourceListener {
 
 impl UdpSourceListener {
     /// Starts a listener on `addr:port` inside `netns` and waits until it is bound.
-    pub fn start(netns: &Netns, addr: Ipv4Addr, port: u16) -> UdpSourceListener {
+    pub fn start(netns: &Netns, addr: impl Into<IpAddr>, port: u16) -> UdpSourceListener {
+        let addr: IpAddr = addr.into();
         let mut child = netns
             .command(PYTHON)
             .args(["-c", LISTENER_PY, &addr.to_string(), &port.to_string()])
@@ -76,8 +77,18 @@ impl UdpSourceListener {
         listener
     }
 
-    /// The source address of the first datagram received, or `None` if none arrived in time.
-    pub fn source(mut self) -> Option<Ipv4Addr> {
+    /// The IPv4 source address of the first datagram received, or `None` if none arrived in
+    /// time.
+    pub fn source(self) -> Option<Ipv4Addr> {
+        match self.source_ip()? {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => panic!("an IPv4 listener saw IPv6 source {a}"),
+        }
+    }
+
+    /// The source address of the first datagram received (either family), or `None` if none
+    /// arrived in time.
+    pub fn source_ip(mut self) -> Option<IpAddr> {
         let line = self.next_line()?;
         if line == "timeout" {
             return None;
@@ -104,7 +115,8 @@ impl Drop for UdpSourceListener {
 }
 
 /// Sends a few UDP datagrams from inside `from` to `to:port`; panics if the sender fails.
-pub fn send_udp(from: &Netns, to: Ipv4Addr, port: u16) {
+pub fn send_udp(from: &Netns, to: impl Into<IpAddr>, port: u16) {
+    let to: IpAddr = to.into();
     let out = from.run(
         PYTHON,
         &["-c", SENDER_PY, &to.to_string(), &port.to_string()],
@@ -124,4 +136,13 @@ pub fn observed_source(from: &Netns, listener_netns: &Netns, to: Ipv4Addr) -> Op
     let listener = UdpSourceListener::start(listener_netns, to, PORT);
     send_udp(from, to, PORT);
     listener.source()
+}
+
+/// [`observed_source`] for either family: the source address with which a datagram from
+/// `from` arrives at `to`, or `None` if nothing arrives.
+pub fn observed_source_ip(from: &Netns, listener_netns: &Netns, to: IpAddr) -> Option<IpAddr> {
+    const PORT: u16 = 5598;
+    let listener = UdpSourceListener::start(listener_netns, to, PORT);
+    send_udp(from, to, PORT);
+    listener.source_ip()
 }

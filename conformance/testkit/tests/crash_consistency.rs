@@ -24,6 +24,11 @@
 //! alone would never kill an ADD while it configures the pod, or a DEL after the veth is gone
 //! and before the lease is released. The test prints which step each killed run had reached.
 //!
+//! The same runs on a dual-stack network (`podCIDRs`, an IPv4 and an IPv6 range): each attachment
+//! holds one address per family, whose files are linked after one index entry naming both, so a
+//! kill between them must still never leave an address with two owners, nor an owner with two
+//! addresses of one family.
+//!
 //! Randomness is a seeded splitmix64: the default seed gives the same schedule every run; set
 //! `CNI_CRASH_SEED` to try another (a failure prints the seed to rerun it). Kill instants
 //! still depend on timing, so a run is repeatable in schedule, not instant by instant.
@@ -37,7 +42,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -50,7 +55,7 @@ use cni_testkit::netns::{Netns, Node};
 use cni_testkit::plugin::plugin_binary;
 use cni_testkit::result::host_veth_name;
 use cni_testkit::{eventually, require_root, unique_link_name, unique_name};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -81,6 +86,10 @@ const DEFAULT_SEED: u64 = 0x6b75_6265_6e65_7407;
 const PLUGIN: &str = "kubenet-bridge";
 const VERSION: &str = "1.1.0";
 const POD_CIDR: &str = "10.244.7.0/24";
+/// The IPv6 range of the dual-stack runs.
+const POD_CIDR_V6: &str = "fd00:10:244:7::/64";
+/// Cycles of the dual-stack run (each exec also sets up IPv6: fewer, for the same time).
+const DUAL_CYCLES: usize = 400;
 const IFNAME: &str = "eth0";
 /// The spec's "container already has this interface" code: what a retried ADD may get when
 /// the killed one had created the veth already.
@@ -158,7 +167,8 @@ struct Slot {
 #[derive(Debug, Clone)]
 struct Attached {
     id: String,
-    address: Ipv4Addr,
+    /// One per range, sorted.
+    addresses: Vec<IpAddr>,
     host_veth: String,
 }
 
@@ -172,6 +182,8 @@ struct Harness {
     name: String,
     bridge: String,
     leases: LeaseDir,
+    /// `podCIDRs` with an IPv6 range beside the IPv4 one.
+    dual: bool,
     slots: Vec<Slot>,
     rng: Rng,
     seed: u64,
@@ -182,6 +194,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_ranges(false)
+    }
+
+    /// A harness on a dual-stack network when `dual`.
+    fn with_ranges(dual: bool) -> Harness {
         require_root();
         let seed = std::env::var("CNI_CRASH_SEED")
             .ok()
@@ -213,6 +230,7 @@ impl Harness {
             data_dir,
             name,
             leases,
+            dual,
             slots,
             rng: Rng(seed),
             seed,
@@ -228,6 +246,11 @@ impl Harness {
             "hairpinMode": true, "dataDir": self.data_dir.path(),
             "logFile": self.data_dir.path().join("kubenet-bridge.log"),
         });
+        if self.dual {
+            let o = conf.as_object_mut().expect("config is an object");
+            o.remove("podCIDR");
+            o.insert("podCIDRs".into(), json!([POD_CIDR, POD_CIDR_V6]));
+        }
         if let Some((key, value)) = extra {
             conf[key] = value;
         }
@@ -380,24 +403,40 @@ impl Harness {
     fn record_attached(&mut self, slot: usize, id: &str, stdout: &str, ctx: &str) {
         let result: Value = serde_json::from_str(stdout)
             .unwrap_or_else(|e| panic!("{ctx}: result is not JSON ({e}): {stdout}"));
-        let address: Ipv4Net = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{ctx}: result has no IPv4 address: {result}"));
+        let mut addresses: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.parse::<IpNet>().ok())
+            .map(|n| n.addr())
+            .collect();
+        addresses.sort();
+        let families: Vec<bool> = addresses.iter().map(IpAddr::is_ipv6).collect();
+        let want_families = if self.dual {
+            vec![false, true]
+        } else {
+            vec![false]
+        };
+        assert_eq!(
+            families, want_families,
+            "{ctx}: one address per range: {result}"
+        );
         let host_veth = host_veth_name(&result, &self.bridge)
             .unwrap_or_else(|| panic!("{ctx}: result names no host veth: {result}"));
-        let owner = read_owner(&self.leases.lease_file(address.addr()));
-        assert_eq!(
-            owner.as_ref().map(|(i, f)| (i.as_str(), f.as_str())),
-            Some((id, IFNAME)),
-            "{ctx}: the lease file of {address} does not name the container just attached"
-        );
-        if let Some(other) = self.attached().find(|a| a.address == address.addr()) {
-            panic!("{ctx}: {address} handed out while {} holds it", other.id);
+        for address in &addresses {
+            let owner = read_owner(&self.lease_path(*address));
+            assert_eq!(
+                owner.as_ref().map(|(i, f)| (i.as_str(), f.as_str())),
+                Some((id, IFNAME)),
+                "{ctx}: the lease file of {address} does not name the container just attached"
+            );
+            if let Some(other) = self.attached().find(|a| a.addresses.contains(address)) {
+                panic!("{ctx}: {address} handed out while {} holds it", other.id);
+            }
         }
         self.slots[slot].attached = Some(Attached {
             id: id.to_owned(),
-            address: address.addr(),
+            addresses,
             host_veth,
         });
     }
@@ -433,11 +472,7 @@ impl Harness {
     fn add_phase(&self, slot: usize, id: &str) -> &'static str {
         let leased = self.is_leased(id);
         let pod = &self.slots[slot].netns;
-        match (
-            leased,
-            pod.has_link(IFNAME),
-            !pod.ipv4_addresses(IFNAME).is_empty(),
-        ) {
+        match (leased, pod.has_link(IFNAME), !pod_addresses(pod).is_empty()) {
             (false, false, _) => "before the lease",
             (true, false, _) => "leased, no veth yet",
             (true, true, false) => "veth created, pod not configured",
@@ -518,17 +553,18 @@ impl Harness {
     /// attached pod carries exactly its leased address.
     fn check_no_double_use(&self, ctx: &str) {
         let owners = self.lease_owners(ctx);
-        let mut by_owner: BTreeMap<&(String, String), Ipv4Addr> = BTreeMap::new();
+        // Per family: no owner holds two addresses of one family.
+        let mut by_owner: BTreeMap<(&(String, String), bool), IpAddr> = BTreeMap::new();
         for (addr, owner) in &owners {
-            if let Some(first) = by_owner.insert(owner, *addr) {
+            if let Some(first) = by_owner.insert((owner, addr.is_ipv6()), *addr) {
                 panic!("{ctx}: {owner:?} holds two addresses, {first} and {addr}");
             }
         }
-        let mut carried: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        let mut carried: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for (i, slot) in self.slots.iter().enumerate() {
-            let addrs = slot.netns.ipv4_addresses(IFNAME);
+            let addrs = pod_addresses(&slot.netns);
             for a in &addrs {
-                if let Some(j) = carried.insert(a.addr(), i) {
+                if let Some(j) = carried.insert(*a, i) {
                     panic!("{ctx}: pods in slots {j} and {i} both carry {a}");
                 }
             }
@@ -536,18 +572,18 @@ impl Harness {
                 Some(att) => {
                     let want = (att.id.clone(), IFNAME.to_owned());
                     assert_eq!(
-                        addrs.iter().map(|a| a.addr()).collect::<Vec<_>>(),
-                        vec![att.address],
-                        "{ctx}: slot {i} ({}) must carry exactly its address",
+                        addrs, att.addresses,
+                        "{ctx}: slot {i} ({}) must carry exactly its addresses",
                         att.id
                     );
-                    assert_eq!(
-                        owners.get(&att.address),
-                        Some(&want),
-                        "{ctx}: slot {i}: lease of {} must name {}",
-                        att.address,
-                        att.id
-                    );
+                    for address in &att.addresses {
+                        assert_eq!(
+                            owners.get(address),
+                            Some(&want),
+                            "{ctx}: slot {i}: lease of {address} must name {}",
+                            att.id
+                        );
+                    }
                 }
                 None => assert!(
                     !slot.netns.has_link(IFNAME),
@@ -582,9 +618,13 @@ impl Harness {
         self.gc(None).expect_ok(&format!("{ctx}: GC"));
         let owners = self.lease_owners(ctx);
         self.stats.leases_reclaimed_by_gc += before.saturating_sub(owners.len());
-        let want: BTreeMap<Ipv4Addr, (String, String)> = self
+        let want: BTreeMap<IpAddr, (String, String)> = self
             .attached()
-            .map(|a| (a.address, (a.id.clone(), IFNAME.to_owned())))
+            .flat_map(|a| {
+                a.addresses
+                    .iter()
+                    .map(|addr| (*addr, (a.id.clone(), IFNAME.to_owned())))
+            })
             .collect();
         assert_eq!(
             owners, want,
@@ -605,12 +645,18 @@ impl Harness {
 
     /// Every address file: address → (container id, ifname); panics on one that is empty or
     /// not `id\r\nifname`.
-    fn lease_owners(&self, ctx: &str) -> BTreeMap<Ipv4Addr, (String, String)> {
-        self.leases
-            .reserved_addresses()
+    fn lease_owners(&self, ctx: &str) -> BTreeMap<IpAddr, (String, String)> {
+        let addresses: Vec<IpAddr> = fs::read_dir(self.leases.path())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        addresses
             .into_iter()
             .filter_map(|addr| {
-                let file = self.leases.lease_file(addr);
+                let file = self.lease_path(addr);
                 // Released between the listing and now: only possible with a plugin running.
                 let owner = read_owner(&file)?;
                 assert!(
@@ -621,6 +667,11 @@ impl Harness {
                 Some((addr, owner))
             })
             .collect()
+    }
+
+    /// The lease file of `addr` (either family).
+    fn lease_path(&self, addr: IpAddr) -> PathBuf {
+        self.leases.path().join(addr.to_string())
     }
 
     /// The node's veths: name → bridge it is a port of.
@@ -656,6 +707,21 @@ impl Drop for Harness {
     }
 }
 
+/// The addresses of the pod's interface, both families, link-local ones left out; sorted.
+fn pod_addresses(pod: &Netns) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = pod
+        .ip_json(&["addr", "show", "dev", IFNAME])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["scope"] != "link")
+        .filter_map(|a| a["local"].as_str()?.parse().ok())
+        .collect();
+    out.sort();
+    out
+}
+
 /// The owner a lease file names, `None` if there is no file; panics if it is not
 /// `id\r\nifname` (an empty file included).
 fn read_owner(file: &Path) -> Option<(String, String)> {
@@ -677,7 +743,7 @@ fn non_lease_entries(dir: &Path) -> BTreeSet<String> {
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.parse::<Ipv4Addr>().is_ok() {
+        if name.parse::<IpAddr>().is_ok() {
             continue;
         }
         if entry.path().is_dir() {
@@ -745,9 +811,12 @@ impl Harness {
         let owners = self.lease_owners(ctx);
         assert!(owners.is_empty(), "{ctx}: lease files left: {owners:?}");
         let rest = non_lease_entries(self.leases.path());
-        let expected: BTreeSet<String> = ["attachments/", "last_reserved_ip.0", "lock"]
+        let mut expected: BTreeSet<String> = ["attachments/", "last_reserved_ip.0", "lock"]
             .map(String::from)
             .into();
+        if self.dual {
+            expected.insert("last_reserved_ip.1".into());
+        }
         assert_eq!(
             rest, expected,
             "{ctx}: the state directory must hold only the lock, the round-robin hint and an \
@@ -777,9 +846,17 @@ impl Harness {
 
 #[test]
 fn kill_anywhere_in_1000_add_del_cycles_never_double_assigns_and_gc_reclaims_all() {
-    let mut h = Harness::new();
+    kill_anywhere_in_cycles(Harness::new(), CYCLES);
+}
+
+#[test]
+fn dual_stack_kill_anywhere_in_400_add_del_cycles_never_double_assigns_and_gc_reclaims_all() {
+    kill_anywhere_in_cycles(Harness::with_ranges(true), DUAL_CYCLES);
+}
+
+fn kill_anywhere_in_cycles(mut h: Harness, cycles: usize) {
     let started = Instant::now();
-    for n in 0..CYCLES {
+    for n in 0..cycles {
         h.cycle(n);
         if (n + 1) % CHECK_EVERY == 0 {
             let ctx = format!("after cycle {n} (seed {:#x})", h.seed);
@@ -787,13 +864,13 @@ fn kill_anywhere_in_1000_add_del_cycles_never_double_assigns_and_gc_reclaims_all
             h.gc_and_check(&ctx);
         }
     }
-    h.report(&format!("{CYCLES} cycles"), started.elapsed());
+    h.report(&format!("{cycles} cycles"), started.elapsed());
     h.drain_and_check(&format!("teardown (seed {:#x})", h.seed));
 
     let s = &h.stats;
     // Enough kills really landed inside the plugin for the run to mean something.
     assert!(
-        s.adds_killed >= CYCLES / 10 && s.dels_killed >= CYCLES / 20,
+        s.adds_killed >= cycles / 10 && s.dels_killed >= cycles / 20,
         "too few runs were killed mid-way to test anything: {s:?}"
     );
     let past_the_veth: usize = s
@@ -816,7 +893,17 @@ fn kill_anywhere_in_1000_add_del_cycles_never_double_assigns_and_gc_reclaims_all
 
 #[test]
 fn an_add_killed_at_any_step_then_deleted_leaves_nothing_behind() {
-    let mut h = Harness::new();
+    add_killed_then_deleted(Harness::new());
+}
+
+/// The sweep on a dual-stack network: kills land between the index entry and the two address
+/// files too.
+#[test]
+fn a_dual_stack_add_killed_at_any_step_then_deleted_leaves_nothing_behind() {
+    add_killed_then_deleted(Harness::with_ranges(true));
+}
+
+fn add_killed_then_deleted(mut h: Harness) {
     let started = Instant::now();
     for (n, kill) in kill_sweep().enumerate() {
         let id = Harness::container_id("addkill", n);
@@ -847,7 +934,15 @@ fn an_add_killed_at_any_step_then_deleted_leaves_nothing_behind() {
 
 #[test]
 fn a_killed_add_retried_succeeds_or_answers_already_attached() {
-    let mut h = Harness::new();
+    killed_add_retried(Harness::new());
+}
+
+#[test]
+fn a_killed_dual_stack_add_retried_succeeds_or_answers_already_attached() {
+    killed_add_retried(Harness::with_ranges(true));
+}
+
+fn killed_add_retried(mut h: Harness) {
     let started = Instant::now();
     for (n, kill) in kill_sweep().enumerate() {
         let id = Harness::container_id("retry", n);

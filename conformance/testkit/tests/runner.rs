@@ -403,6 +403,82 @@ fn reference_bridge_falls_short_only_where_known_and_skips_1_1_0() {
     run.assert_no_namespace_left();
 }
 
+/// The runner's per-family cases on a dual-stack and an IPv6-only kubenet-bridge: every
+/// MUST passes, the per-family case and the gateway pings (ping and ping6) pass, no warning.
+#[test]
+fn kubenet_bridge_dual_stack_and_ipv6_only_pass_every_must_at_every_version() {
+    for ranges in [
+        json!(["10.244.1.0/24", "fd00:10:244:1::/64"]),
+        json!(["fd00:10:244:2::/64"]),
+    ] {
+        let ws = Workspace::new();
+        plugin_binary("kubenet-bridge");
+        let mut plugin = ws.kubenet_plugin("kubenet-bridge");
+        let o = plugin.as_object_mut().expect("object");
+        o.remove("podCIDR");
+        o.insert("podCIDRs".into(), ranges.clone());
+        let list = ws.conflist(&conflist("kubenet-ds", &[plugin]));
+        let run = ws.run(&list, &[&bin_dir()], &[]);
+        run.assert_every_must_passed(&format!("kubenet-bridge {ranges}"));
+        for case in [
+            "add: result shape",
+            "add: addresses and default routes per family match the kernel",
+            "add: pod reaches its gateway",
+            "parallel: ADDs get distinct addresses",
+        ] {
+            for version in ["0.3.1", "1.0.0", "1.1.0"] {
+                assert_eq!(
+                    run.outcome(case, version),
+                    "pass",
+                    "[{version}] {case} {ranges}"
+                );
+            }
+        }
+        run.assert_no_warning(&format!("kubenet-bridge {ranges}"));
+        run.assert_no_namespace_left();
+    }
+}
+
+/// The reference bridge + host-local with an IPv4 and an IPv6 range set: the same shortfalls
+/// as with one range, and the per-family cases pass (it waits for DAD before returning).
+#[test]
+fn reference_bridge_with_two_ranges_passes_the_per_family_cases() {
+    let ws = Workspace::new();
+    reference_plugin("bridge");
+    let plugin = json!({
+        "type": "bridge", "bridge": "cni1", "isGateway": true, "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [
+                [{"subnet": "10.244.9.0/24", "gateway": "10.244.9.1"}],
+                [{"subnet": "fd00:10:244:9::/64", "gateway": "fd00:10:244:9::1"}]
+            ],
+            "dataDir": ws.path("ipam"),
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+        },
+    });
+    let list = ws.conflist(&conflist("reference-ds", &[plugin]));
+    let run = ws.run(&list, &[Path::new(REFERENCE_PLUGIN_DIR)], &[]);
+    let expected = REFERENCE_BRIDGE_SHORTFALLS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .chain(
+            REFERENCE_UNNAMED_VARIABLES
+                .iter()
+                .map(|c| format!("bad input: {c}")),
+        )
+        .collect();
+    run.assert_fails_exactly("reference bridge, two ranges", &expected);
+    for case in [
+        "add: result shape",
+        "add: addresses and default routes per family match the kernel",
+        "add: pod reaches its gateway",
+    ] {
+        assert_eq!(run.outcome(case, "1.0.0"), "pass", "[1.0.0] {case}");
+    }
+    run.assert_no_namespace_left();
+}
+
 #[test]
 fn kubenet_bridge_chained_with_reference_tuning_fails_only_tunings_unnamed_variables() {
     let ws = Workspace::new();

@@ -5,9 +5,14 @@
 //!   RunPodSandbox gets an address from kubenet-bridge, PodSandboxStatus shows it, StopPodSandbox
 //!   releases it (the lease file is gone); `cni-suite doctor` judges the node in between;
 //! - podman 4 with its CNI backend running a container on a kubenet-bridge network (our
-//!   podman examples), with a plugin dir holding our binary beside the reference ones.
+//!   podman examples), with a plugin dir holding our binary beside the reference ones;
+//! - both again with a dual-stack network (`podCIDRs`, an IPv4 and a unique-local IPv6 range):
+//!   containerd renders our dual-stack template from kubelet's two ranges and reports both pod
+//!   addresses, podman's container holds both, reaches both gateways (ping, ping6) and has a
+//!   default route per family.
 //!
-//! Each test snapshots the host's firewall (`nft list ruleset`), links and ip_forward first and
+//! Each test snapshots the host's firewall (`nft list ruleset`), links, ip_forward, IPv6
+//! forwarding and every link's `accept_ra` first and
 //! restores them after (also when it fails, from a Drop guard); the two run one at a time. Every
 //! name and range is unique to the run: bridges `crt…`/`pmt…`, pod CIDRs 10.251.x.0/24 and
 //! 10.252.x.0/24, private containerd/podman roots under /var/tmp.
@@ -20,7 +25,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -105,6 +110,15 @@ struct HostState {
     links: BTreeSet<String>,
     ruleset: String,
     ip_forward: String,
+    ip6_forward: String,
+    /// `accept_ra` of every link (a dual-stack ADD raises the uplink's to 2).
+    accept_ra: Vec<(String, String)>,
+}
+
+fn read_sysctl(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 impl HostState {
@@ -116,6 +130,14 @@ impl HostState {
                 .expect("read ip_forward")
                 .trim()
                 .to_string(),
+            ip6_forward: read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding"),
+            accept_ra: links()
+                .into_iter()
+                .map(|(name, _)| {
+                    let v = read_sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"));
+                    (name, v)
+                })
+                .collect(),
         }
     }
 }
@@ -175,10 +197,16 @@ impl HostGuard {
             self.bridge
                 .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
         );
-        if !self.before.ruleset.contains(&format!("table ip {table} ")) {
-            let _ = Command::new("nft")
-                .args(["delete", "table", "ip", &table])
-                .output();
+        for family in ["ip", "ip6"] {
+            if !self
+                .before
+                .ruleset
+                .contains(&format!("table {family} {table} "))
+            {
+                let _ = Command::new("nft")
+                    .args(["delete", "table", family, &table])
+                    .output();
+            }
         }
         let ruleset = Command::new("nft").args(["list", "ruleset"]).output();
         if ruleset
@@ -204,6 +232,18 @@ impl HostGuard {
             }
         }
         let _ = fs::write("/proc/sys/net/ipv4/ip_forward", &self.before.ip_forward);
+        if !self.before.ip6_forward.is_empty() {
+            let _ = fs::write(
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                &self.before.ip6_forward,
+            );
+        }
+        for (name, value) in &self.before.accept_ra {
+            let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
+            if !value.is_empty() && read_sysctl(&path) != *value {
+                let _ = fs::write(&path, value);
+            }
+        }
         let after = HostState::take();
         let new_links: Vec<&String> = after.links.difference(&self.before.links).collect();
         if !new_links.is_empty() {
@@ -211,6 +251,25 @@ impl HostGuard {
         }
         if after.ruleset != self.before.ruleset {
             problems.push("the ruleset still differs from the snapshot".into());
+        }
+        if after.ip6_forward != self.before.ip6_forward {
+            problems.push(format!(
+                "IPv6 forwarding is {}, was {}",
+                after.ip6_forward, self.before.ip6_forward
+            ));
+        }
+        let ra_changed: Vec<_> = after
+            .accept_ra
+            .iter()
+            .filter(|(n, v)| {
+                self.before
+                    .accept_ra
+                    .iter()
+                    .any(|(bn, bv)| bn == n && bv != v)
+            })
+            .collect();
+        if !ra_changed.is_empty() {
+            problems.push(format!("accept_ra differs: {ra_changed:?}"));
         }
         if after.ip_forward != self.before.ip_forward {
             problems.push(format!(
@@ -337,6 +396,26 @@ impl Drop for Containerd {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn lease_files_any(dir: &Path) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A unique-local IPv6 /64 for a run: fd00:10:<second>:<pid-derived>::/64.
+fn unique_cidr_v6(second: u8) -> ipnet::Ipv6Net {
+    let v4 = unique_cidr(second);
+    let third = v4.network().octets()[2];
+    format!("fd00:10:{second}:{third}::/64")
+        .parse()
+        .expect("a valid IPv6 range")
 }
 
 fn lease_files(dir: &Path) -> Vec<Ipv4Addr> {
@@ -660,6 +739,286 @@ fn podman_runs_a_container_on_a_kubenet_bridge_network() {
         "{logged}"
     );
 
+    let _ = podman(&["rm", "-af"]);
+    let _ = podman(&["rmi", "-af"]);
+    let problems = host.restore();
+    assert!(problems.is_empty(), "host not restored: {problems:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Dual-stack
+
+#[test]
+fn containerd_cri_gives_a_dual_stack_sandbox_both_addresses_from_kubenet_bridge() {
+    require_root();
+    let _one_at_a_time = HOST.lock().unwrap_or_else(|p| p.into_inner());
+    let bridge = unique_link_name("crd");
+    let (cidr, cidr6) = (unique_cidr(249), unique_cidr_v6(249));
+    let mut host = HostGuard::new(&bridge);
+    let dir = RuntimeDir::new("cnirt-ctd6-");
+    let d = dir.path();
+    let bin = plugin_dir(d);
+    let conf = d.join("net.d");
+    let ipam = d.join("ipam");
+    let log = d.join("kubenet-bridge.log");
+
+    // Our dual-stack template: podCIDRs rendered with `range` over {{.PodCIDRRanges}}. It is
+    // text, not JSON, until rendered: only its node-wide names are changed here.
+    let example =
+        repo_root().join("packaging/examples/kubenet-bridge-dual-stack.conflist.template");
+    let text = fs::read_to_string(&example).expect("dual-stack template example");
+    assert!(
+        text.contains("{{range $i, $r := .PodCIDRRanges}}"),
+        "{text}"
+    );
+    let text = text
+        .replace("\"cbr0\"", &format!("\"{bridge}\""))
+        .replace(
+            "\"/var/log/kubenet-bridge.log\"",
+            &format!("\"{}\", \"dataDir\": \"{}\"", log.display(), ipam.display()),
+        )
+        // No portmap in the test's bin dir needs: the list ends with our plugin.
+        .replace(
+            ",\n    { \"type\": \"portmap\", \"capabilities\": { \"portMappings\": true } }",
+            "",
+        );
+    let template_path = d.join("kubenet-bridge-dual-stack.conflist.template");
+    fs::write(&template_path, &text).expect("write");
+
+    let ctd = Containerd::start(d, &bin, &conf, &template_path);
+    // kubelet's UpdateRuntimeConfig with the node's two ranges, comma-separated.
+    ctd.cri(&["update-pod-cidr", &format!("{cidr},{cidr6}")]);
+    assert!(
+        eventually(Duration::from_secs(20), || ctd.cri(&["status"])
+            ["networkReady"]
+            == true),
+        "containerd's network never became ready: {}\ntemplate:\n{text}",
+        ctd.cri(&["status"])
+    );
+    let rendered: Value = serde_json::from_slice(
+        &fs::read(conf.join("10-containerd-net.conflist")).expect("rendered conflist"),
+    )
+    .unwrap_or_else(|e| panic!("rendered conflist is not JSON ({e}):\n{text}"));
+    assert_eq!(
+        rendered["plugins"][0]["podCIDRs"],
+        json!([cidr.to_string(), cidr6.to_string()]),
+        "{rendered}"
+    );
+    let network = rendered["name"].as_str().expect("name").to_string();
+
+    let uid = unique_name("cri-uid-");
+    let id = ctd.cri(&[
+        "run",
+        "cnisuite-pod6",
+        &uid,
+        &d.join("logs").to_string_lossy(),
+    ])["id"]
+        .as_str()
+        .expect("sandbox id")
+        .to_string();
+    let status = ctd.cri(&["pod-status", &id]);
+    assert_eq!(status["state"], "SANDBOX_READY", "{status}");
+    let ip: IpAddr = status["ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pod IP: {status}"));
+    let extra: Vec<IpAddr> = status["additionalIps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect();
+    assert!(
+        matches!(ip, IpAddr::V4(v4) if cidr.contains(&v4)),
+        "primary {ip} not from {cidr}: {status}"
+    );
+    assert!(
+        matches!(extra[..], [IpAddr::V6(v6)] if cidr6.contains(&v6)),
+        "additional IPs {extra:?} must be one address of {cidr6}: {status}"
+    );
+    let leases = ipam.join(&network);
+    let mut want = vec![ip, extra[0]];
+    want.sort();
+    assert_eq!(lease_files_any(&leases), want, "the pod's two leases");
+    assert_eq!(
+        read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding"),
+        "1",
+        "IPv6 forwarding on for the pods"
+    );
+
+    ctd.cri(&["stop", &id]);
+    assert!(
+        lease_files_any(&leases).is_empty(),
+        "leases left after StopPodSandbox: {:?}",
+        lease_files_any(&leases)
+    );
+    ctd.cri(&["remove", &id]);
+    drop(ctd);
+    let problems = host.restore();
+    assert!(problems.is_empty(), "host not restored: {problems:?}");
+}
+
+#[test]
+fn podman_runs_a_container_on_a_dual_stack_kubenet_bridge_network() {
+    require_root();
+    let _one_at_a_time = HOST.lock().unwrap_or_else(|p| p.into_inner());
+    let bridge = unique_link_name("pmd");
+    let (cidr, cidr6) = (unique_cidr(250), unique_cidr_v6(250));
+    let gateway = cidr.hosts().next().expect("gateway");
+    let gateway6 = IpAddr::from(std::net::Ipv6Addr::from(u128::from(cidr6.network()) + 1));
+    let mut host = HostGuard::new(&bridge);
+    let dir = RuntimeDir::new("cnirt-pm6-");
+    let d = dir.path();
+    let bin = plugin_dir(d);
+    let conf = d.join("net.d");
+    fs::create_dir_all(&conf).expect("mkdir");
+    let ipam = d.join("ipam");
+    let log = d.join("kubenet-bridge.log");
+
+    let network = unique_name("cnisuite6-");
+    let mut net: Value = serde_json::from_slice(
+        &fs::read(repo_root().join("packaging/examples/podman-kubenet.conflist")).expect("example"),
+    )
+    .expect("the podman conflist example is JSON");
+    net = without_portmap(net);
+    net["name"] = json!(network);
+    let p = &mut net["plugins"][0];
+    let o = p.as_object_mut().expect("plugin object");
+    o.remove("podCIDR");
+    o.remove("nonMasqueradeCIDR");
+    p["bridge"] = json!(bridge);
+    p["podCIDRs"] = json!([cidr.to_string(), cidr6.to_string()]);
+    p["nonMasqueradeCIDRs"] = json!([cidr.to_string(), cidr6.to_string()]);
+    p["dataDir"] = json!(ipam);
+    p["logFile"] = json!(log);
+    fs::write(
+        conf.join(format!("{network}.conflist")),
+        serde_json::to_string_pretty(&net).expect("json"),
+    )
+    .expect("write");
+    let example = fs::read_to_string(repo_root().join("packaging/examples/podman-containers.conf"))
+        .expect("example");
+    let containers_conf = example
+        .lines()
+        .map(|l| {
+            if l.starts_with("cni_plugin_dirs") {
+                format!("cni_plugin_dirs = [\"{}\"]", bin.display())
+            } else if l.starts_with("network_config_dir") {
+                format!("network_config_dir = \"{}\"", conf.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+           [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
+    let conf_file = d.join("containers.conf");
+    fs::write(&conf_file, containers_conf).expect("write");
+    let podman = |args: &[&str]| -> Output {
+        run(Command::new("timeout")
+            .args(["120", "podman", "--root"])
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args(["--storage-driver", "vfs", "--tmpdir"])
+            .arg(d.join("tmp"))
+            .args(args)
+            .env("CONTAINERS_CONF", &conf_file))
+    };
+    let rootfs = d.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+    for sub in ["etc", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("busybox-static: run install-test-deps.sh");
+    for applet in ["sh", "ip", "ping", "ping6", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
+    }
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("write");
+    fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("write");
+    let tar = d.join("rootfs.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
+    let image = "localhost/cnisuite-bb6:latest";
+    let o = podman(&[
+        "import",
+        "-q",
+        "--change",
+        "CMD [\"/bin/sh\"]",
+        &tar.to_string_lossy(),
+        image,
+    ]);
+    assert!(o.status.success(), "podman import: {}", text(&o));
+
+    let script = format!(
+        "ip -o addr show eth0; ip route; ip -6 route; \
+         cat /proc/sys/net/ipv6/conf/eth0/accept_ra | sed 's/^/accept_ra=/'; \
+         ping -c 1 -W 2 {gateway} >/dev/null && echo gateway4-reachable; \
+         ping6 -c 1 -W 2 {gateway6} >/dev/null && echo gateway6-reachable"
+    );
+    let o = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        &network,
+        image,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        o.status.success(),
+        "podman run on {network}: {}\nplugin log:\n{}",
+        text(&o),
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let addrs: Vec<ipnet::IpNet> = out
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "inet" || w[0] == "inet6")
+        .filter_map(|w| w[1].parse().ok())
+        .filter(|n: &ipnet::IpNet| !matches!(n.addr(), IpAddr::V6(a) if a.segments()[0] == 0xfe80))
+        .collect();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| matches!(a.addr(), IpAddr::V4(v4) if cidr.contains(&v4))),
+        "no IPv4 address of {cidr}: {out}"
+    );
+    assert!(
+        addrs.iter().any(
+            |a| matches!(a.addr(), IpAddr::V6(v6) if cidr6.contains(&v6)) && a.prefix_len() == 64
+        ),
+        "no IPv6 address of {cidr6}: {out}"
+    );
+    for want in [
+        format!("default via {gateway}"),
+        format!("default via {gateway6}"),
+        "accept_ra=0".into(),
+        "gateway4-reachable".into(),
+        "gateway6-reachable".into(),
+    ] {
+        assert!(
+            out.contains(&want),
+            "{want:?} missing from the container's view: {out}"
+        );
+    }
+    let leases = ipam.join(&network);
+    assert!(
+        lease_files_any(&leases).is_empty(),
+        "leases left after the container exited: {:?}",
+        lease_files_any(&leases)
+    );
     let _ = podman(&["rm", "-af"]);
     let _ = podman(&["rmi", "-af"]);
     let problems = host.restore();

@@ -106,6 +106,62 @@ pub fn ensure_masquerade(spec: &MasqueradeSpec) -> Result<(), Error> {
     run_nft(&spec.script())
 }
 
+/// What one network wants of its masquerade tables, one per family of its ranges.
+#[derive(Clone, Debug)]
+pub enum Want<'a> {
+    /// The table with exactly this rule.
+    Rule(MasqueradeSpec<'a>),
+    /// No table `table` of this family (IPv6 when `v6`): masquerade off.
+    Absent {
+        /// The table's name.
+        table: &'a str,
+        /// Its family.
+        v6: bool,
+    },
+}
+
+/// Makes every table of `wants` as it says: all of them looked up in one batch on one
+/// netfilter socket (a dual-stack ADD costs one round trip, as an IPv4-only one), and `nft`
+/// run only for those that differ.
+pub fn ensure_all(wants: &[Want]) -> Result<(), Error> {
+    let lookups: Vec<(&str, bool)> = wants
+        .iter()
+        .map(|w| match w {
+            Want::Rule(spec) => (spec.table, spec.is_ipv6()),
+            Want::Absent { table, v6 } => (*table, *v6),
+        })
+        .collect();
+    for (table, _) in &lookups {
+        check_table_name(table)?;
+    }
+    let found = get_tables(&lookups)?;
+    for (want, attrs) in wants.iter().zip(found) {
+        match want {
+            Want::Rule(spec) => {
+                let fingerprint = spec.fingerprint();
+                if attrs.as_deref().and_then(comment_of).as_deref() == Some(fingerprint.as_str()) {
+                    continue;
+                }
+                let (family, _) = nft_family(spec.is_ipv6());
+                log::info!(
+                    "programming nftables table {family} {}: {fingerprint}",
+                    spec.table
+                );
+                run_nft(&spec.script())?;
+            }
+            Want::Absent { table, v6 } => {
+                if attrs.is_some() {
+                    let (family, _) = nft_family(*v6);
+                    run_nft(&format!(
+                        "table {family} {table}\ndelete table {family} {table}\n"
+                    ))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes the IPv4 table if it exists (masquerade turned off, or the node torn down).
 pub fn remove_masquerade(table: &str) -> Result<bool, Error> {
     remove_masquerade_of(table, false)
@@ -188,13 +244,15 @@ pub fn table_comment(table: &str) -> Result<Option<String>, Error> {
 /// The comment of the table of one family (ip6 when `v6`), or None when the table or its
 /// comment is missing.
 pub fn table_comment_of(table: &str, v6: bool) -> Result<Option<String>, Error> {
-    let Some(attrs) = get_table(table, v6)? else {
-        return Ok(None);
-    };
-    Ok(attrs
+    Ok(get_table(table, v6)?.as_deref().and_then(comment_of))
+}
+
+/// The comment among a table's attributes.
+fn comment_of(attrs: &[Attr]) -> Option<String> {
+    attrs
         .iter()
         .find(|(kind, _)| *kind == NFTA_TABLE_USERDATA)
-        .and_then(|(_, udata)| parse_comment(udata)))
+        .and_then(|(_, udata)| parse_comment(udata))
 }
 
 /// Userdata is a list of (type u8, len u8, value) records; the comment is NUL-terminated.
@@ -214,37 +272,52 @@ fn parse_comment(mut udata: &[u8]) -> Option<String> {
 /// NFT_MSG_GETTABLE for `table` in family ip (ip6 when `v6`): its attributes, or None if it
 /// does not exist.
 fn get_table(table: &str, v6: bool) -> Result<Option<Vec<Attr>>, Error> {
+    Ok(get_tables(&[(table, v6)])?.pop().flatten())
+}
+
+/// NFT_MSG_GETTABLE for each (table, IPv6?) in one batch on one socket: each one's attributes,
+/// or None where it does not exist.
+fn get_tables(tables: &[(&str, bool)]) -> Result<Vec<Option<Vec<Attr>>>, Error> {
     let firewall = |e: Error| Error::Firewall(e.to_string());
     let mut sock = Socket::<Netfilter>::open().map_err(firewall)?;
-    let mut name = table.as_bytes().to_vec();
-    name.push(0);
-    let attr_len = 4 + name.len();
-    let mut payload = Vec::with_capacity(4 + ((attr_len + 3) & !3));
-    let family = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
-    payload.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version, res_id
-    payload.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    payload.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-    payload.extend_from_slice(&name);
-    payload.resize(4 + ((attr_len + 3) & !3), 0);
-    let request = Request::new(
-        RawMessage {
-            kind: (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
-            payload,
-        },
-        0,
-        format!("netfilter GETTABLE {table}"),
-    );
-    match sock.request(request) {
-        Ok(replies) => Ok(replies
-            .iter()
-            .find(|m| m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE)
-            // After the nfgenmsg (4 bytes) come the table's attributes.
-            .map(|m| parse_attrs(m.payload.get(4..).unwrap_or_default()))),
-        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(None)
+    let requests = tables
+        .iter()
+        .map(|(table, v6)| {
+            let mut name = table.as_bytes().to_vec();
+            name.push(0);
+            let attr_len = 4 + name.len();
+            let mut payload = Vec::with_capacity(4 + ((attr_len + 3) & !3));
+            let family = if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
+            payload.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version, res_id
+            payload.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+            payload.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
+            payload.extend_from_slice(&name);
+            payload.resize(4 + ((attr_len + 3) & !3), 0);
+            Request::new(
+                RawMessage {
+                    kind: (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+                    payload,
+                },
+                0,
+                format!("netfilter GETTABLE {table}"),
+            )
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tables.len());
+    for (what, reply) in sock.batch(requests).map_err(firewall)? {
+        match reply {
+            Ok(replies) => out.push(
+                replies
+                    .iter()
+                    .find(|m| m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE)
+                    // After the nfgenmsg (4 bytes) come the table's attributes.
+                    .map(|m| parse_attrs(m.payload.get(4..).unwrap_or_default())),
+            ),
+            Err(source) if source.raw_os_error() == Some(libc::ENOENT) => out.push(None),
+            Err(source) => return Err(firewall(Error::Netlink { what, source })),
         }
-        Err(e) => Err(firewall(e)),
     }
+    Ok(out)
 }
 
 fn parse_attrs(mut b: &[u8]) -> Vec<Attr> {

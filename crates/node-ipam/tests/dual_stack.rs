@@ -34,6 +34,13 @@ fn one_address_per_range_in_host_local_layout() {
     for name in ["10.1.0.2", "fd00:10:1::2"] {
         assert_eq!(fs::read_to_string(dir.join(name)).unwrap(), "ctr1\r\neth0");
     }
+    // One file creation for both: the two names share the owner file's inode.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(dir.join("10.1.0.2")).unwrap().nlink(), 2);
+    assert!(!fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp")));
     assert_eq!(
         fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
         "10.1.0.2"

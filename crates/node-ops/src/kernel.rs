@@ -145,24 +145,34 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Names of the nftables tables of family `ip`.
 pub fn nft_tables() -> Result<Vec<String>, Error> {
+    nft_tables_of("ip")
+}
+
+/// The nftables tables of family ip6 (the IPv6 masquerade tables of dual-stack networks).
+pub fn nft_tables_ip6() -> Result<Vec<String>, Error> {
+    nft_tables_of("ip6")
+}
+
+fn nft_tables_of(family: &str) -> Result<Vec<String>, Error> {
     let nft = nft_binary().ok_or_else(|| Error::Command {
         program: "nft".into(),
         detail: "not found (Debian: apt-get install nftables)".into(),
     })?;
     let out = run(
-        Command::new(&nft).args(["list", "tables", "ip"]),
+        Command::new(&nft).args(["list", "tables", family]),
         Duration::from_secs(10),
     )?;
     if !out.0 {
         return Err(Error::Command {
-            program: "nft list tables ip".into(),
+            program: format!("nft list tables {family}"),
             detail: out.2.trim().to_string(),
         });
     }
+    let prefix = format!("table {family} ");
     Ok(out
         .1
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("table ip "))
+        .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
         .map(|t| t.trim().to_string())
         .collect())
 }

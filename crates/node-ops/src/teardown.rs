@@ -43,7 +43,7 @@ pub enum Action {
         /// Why it is ours.
         why: String,
     },
-    /// Delete an nftables table of family ip.
+    /// Delete an nftables table of family ip, and its ip6 twin of a dual-stack or IPv6 network.
     DeleteNftTable {
         /// Its name.
         table: String,
@@ -301,7 +301,14 @@ fn pod_ranges_text(entry: &Value) -> String {
 }
 
 fn plan_nft(plan: &mut Plan) -> Result<(), Error> {
-    for table in kernel::nft_tables()? {
+    let mut tables = kernel::nft_tables()?;
+    // An IPv6-only network's table exists in family ip6 alone.
+    for table in kernel::nft_tables_ip6().unwrap_or_default() {
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
+    for table in tables {
         if table.starts_with("cni_suite_") {
             plan.actions.push(Action::DeleteNftTable { table });
         }
@@ -454,6 +461,7 @@ fn apply(
         }
         Action::DeleteNftTable { table } => {
             netsetup::masquerade::remove_masquerade(table)?;
+            netsetup::masquerade::remove_masquerade_of(table, true)?;
             Ok(())
         }
         Action::RemoveDir { path, .. } => ignore_missing(path, std::fs::remove_dir_all(path)),

@@ -453,26 +453,38 @@ fn configure_pod(
 /// masquerade is off. A family the network has no range of is not looked at (an IPv4-only
 /// ADD asks for one table, as before dual-stack).
 fn ensure_masquerade(net: &BridgeNetwork) -> Result<(), Error> {
-    for pool in net.ranges.pools() {
-        match &net.masquerade_outside {
-            Some(outside) => {
-                let keep: Vec<IpNet> = outside
-                    .iter()
-                    .filter(|c| pool.same_family(c.addr()))
-                    .copied()
-                    .collect();
-                masquerade::ensure_masquerade(&MasqueradeSpec {
-                    table: &net.nft_table,
-                    pod_cidr: pool.subnet(),
-                    non_masquerade: &keep,
-                    bridge: &net.bridge,
-                })?
-            }
-            None => {
-                masquerade::remove_masquerade_of(&net.nft_table, pool.is_ipv6())?;
-            }
-        }
-    }
+    let keeps: Vec<Vec<IpNet>> = net
+        .ranges
+        .pools()
+        .iter()
+        .map(|pool| {
+            net.masquerade_outside
+                .iter()
+                .flatten()
+                .filter(|c| pool.same_family(c.addr()))
+                .copied()
+                .collect()
+        })
+        .collect();
+    let wants: Vec<masquerade::Want> = net
+        .ranges
+        .pools()
+        .iter()
+        .zip(&keeps)
+        .map(|(pool, keep)| match net.masquerade_outside {
+            Some(_) => masquerade::Want::Rule(MasqueradeSpec {
+                table: &net.nft_table,
+                pod_cidr: pool.subnet(),
+                non_masquerade: keep,
+                bridge: &net.bridge,
+            }),
+            None => masquerade::Want::Absent {
+                table: &net.nft_table,
+                v6: pool.is_ipv6(),
+            },
+        })
+        .collect();
+    masquerade::ensure_all(&wants)?;
     Ok(())
 }
 

@@ -60,6 +60,11 @@ struct Args {
     /// run nothing: draw bench.svg again from the bench.json in --out
     #[arg(long)]
     redraw: bool,
+    /// also measure dual-stack pods (an IPv4 and an IPv6 range): kubenet-bridge's `podCIDRs`
+    /// and the reference bridge + host-local with the same two ranges (off for a build of
+    /// ours that predates dual-stack, as bench-compare.sh runs)
+    #[arg(long)]
+    dual_stack: bool,
     /// version and the CNI spec version it runs the plugins at
     #[arg(short = 'V', long)]
     version: bool,
@@ -256,8 +261,37 @@ fn real_main() -> Result<(), String> {
             "ipamDir": data.path().join("overlay"), "dataDir": data.path().join("overlay-agent")}),
         parts: vec![ours_dir.join("vxlan-overlay")],
     };
-    let subjects = [&ours, &reference, &overlay];
-    for s in subjects {
+    // The same two ranges on both sides: 10.97.3.0/24 and 10.97.4.0/24 with a ULA /64 each.
+    let ours_dual = Subject {
+        label: "kubenet-bridge dual-stack",
+        binary: ours_dir.join("kubenet-bridge"),
+        cni_path: ours_dir.display().to_string(),
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ours-ds", "type": "kubenet-bridge",
+            "bridge": "benchbr3", "podCIDRs": ["10.97.3.0/24", "fd00:97:3::/64"], "ipMasq": false,
+            "mtu": 1500, "dataDir": data.path().join("ours-ds")}),
+        parts: vec![ours_dir.join("kubenet-bridge")],
+    };
+    let reference_dual = Subject {
+        label: "reference dual-stack",
+        binary: args.reference.join("bridge"),
+        cni_path: args.reference.display().to_string(),
+        config: json!({"cniVersion": SPEC_VERSION, "name": "bench-ref-ds", "type": "bridge",
+            "bridge": "benchbr4", "isGateway": true, "ipMasq": false, "hairpinMode": true, "mtu": 1500,
+            "ipam": {"type": "host-local", "dataDir": data.path().join("ref-ds"),
+                     "ranges": [[{"subnet": "10.97.4.0/24", "gateway": "10.97.4.1"}],
+                                [{"subnet": "fd00:97:4::/64", "gateway": "fd00:97:4::1"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}),
+        parts: vec![
+            args.reference.join("bridge"),
+            args.reference.join("host-local"),
+        ],
+    };
+    let mut subjects = vec![&ours, &reference, &overlay];
+    if args.dual_stack {
+        subjects.extend([&ours_dual, &reference_dual]);
+    }
+    let subjects = subjects;
+    for s in subjects.iter().copied() {
         if !s.binary.exists() {
             return Err(format!("{} not found", s.binary.display()));
         }
@@ -274,13 +308,13 @@ fn real_main() -> Result<(), String> {
     let seq_pods = &pods[..args.rounds];
     let conc_pods = &pods[..args.concurrency];
     // Warm-up: creates each bridge, so both sides are measured on a node already set up.
-    for s in subjects {
+    for s in subjects.iter().copied() {
         sequential(s, &seq_pods[..1], "warm")?;
     }
     // Interleaved in rounds of 5 so that machine noise hits both sides alike.
     let mut results: BTreeMap<&str, [Vec<Sample>; 4]> = BTreeMap::new();
     for chunk in seq_pods.chunks(5) {
-        for s in subjects {
+        for s in subjects.iter().copied() {
             interrupt::check();
             let (a, d) = sequential(s, chunk, "seq")?;
             let e = results.entry(s.label).or_default();
@@ -288,7 +322,7 @@ fn real_main() -> Result<(), String> {
             e[1].extend(d);
         }
     }
-    for s in subjects {
+    for s in subjects.iter().copied() {
         interrupt::check();
         let (a, d) = concurrent(s, conc_pods, "conc")?;
         let e = results.entry(s.label).or_default();
@@ -296,7 +330,7 @@ fn real_main() -> Result<(), String> {
         e[3].extend(d);
     }
     let mut rows = Vec::new();
-    for s in subjects {
+    for s in subjects.iter().copied() {
         let r = &results[s.label];
         let size: u64 = s
             .parts
@@ -315,12 +349,31 @@ fn real_main() -> Result<(), String> {
         rows[0][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
             / rows[1][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
     };
-    let doc = json!({
+    let mut doc = json!({
         "rounds": args.rounds, "concurrency": args.concurrency,
         "results": rows,
         "ratio_median": {"add": ratio("add"), "del": ratio("del"),
                          "add_concurrent": ratio("add_concurrent"), "del_concurrent": ratio("del_concurrent")},
     });
+    if args.dual_stack {
+        // Rows 3 and 4: dual-stack ours and reference. The goal is on ours' dual-stack ADD
+        // against ours' IPv4-only ADD; the reference's ratio is reported (it waits for DAD).
+        let rows = &doc["results"];
+        let per = |a: usize, b: usize, key: &str| {
+            rows[a][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
+                / rows[b][key]["median_ms"].as_f64().unwrap_or(f64::NAN)
+        };
+        let mut dual = serde_json::Map::new();
+        for key in ["add", "del", "add_concurrent", "del_concurrent"] {
+            dual.insert(
+                key.into(),
+                json!({"ours_dual_vs_ours_ipv4": per(3, 0, key),
+                       "reference_dual_vs_reference_ipv4": per(4, 1, key),
+                       "ours_dual_vs_reference_dual": per(3, 4, key)}),
+            );
+        }
+        doc["dual_stack_ratio_median"] = Value::Object(dual);
+    }
     let md = markdown(&doc);
     report::write(
         &args.out,
@@ -370,6 +423,18 @@ fn markdown(doc: &Value) -> String {
         doc["rounds"],
         doc["concurrency"]
     );
+    if let Some(d) = doc.get("dual_stack_ratio_median") {
+        let r = |k: &str, w: &str| d[k][w].as_f64().unwrap_or(f64::NAN);
+        s += &format!(
+            "\nDual-stack (medians): ours dual-stack ÷ ours IPv4-only ADD {:.2}× (goal ≤ 1.25×), DEL {:.2}×, concurrent ADD {:.2}×; reference dual-stack ÷ reference IPv4-only ADD {:.2}×; ours ÷ reference, both dual-stack: ADD {:.2}×, DEL {:.2}×.\n",
+            r("add", "ours_dual_vs_ours_ipv4"),
+            r("del", "ours_dual_vs_ours_ipv4"),
+            r("add_concurrent", "ours_dual_vs_ours_ipv4"),
+            r("add", "reference_dual_vs_reference_ipv4"),
+            r("add", "ours_dual_vs_reference_dual"),
+            r("del", "ours_dual_vs_reference_dual"),
+        );
+    }
     s
 }
 

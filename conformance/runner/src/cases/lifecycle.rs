@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::{Case, CaseCtx};
 use crate::judge::{self, Refusal};
 use crate::kernel;
-use crate::netns::ping;
+use crate::netns::ping_ip;
 use crate::runtime::Pod;
 use crate::shape::{check_add_result, check_version_result, VersionEcho};
 use crate::verdict::{skip, CaseLevel, Findings, Level, Step};
@@ -44,6 +44,11 @@ pub fn cases(list: &crate::network::NetworkList) -> Vec<Case> {
             "add: result matches the pod",
             CaseLevel::Must,
             add_matches_pod,
+        ),
+        Case::new(
+            "add: addresses and default routes per family match the kernel",
+            CaseLevel::Must,
+            families_match_kernel,
         ),
         Case::new(
             "add: pod reaches its gateway",
@@ -158,7 +163,8 @@ fn add_matches_pod(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
     Ok(())
 }
 
-/// "Interface" plugins "ensure it has connectivity": the pod pings each IPv4 gateway.
+/// "Interface" plugins "ensure it has connectivity": the pod pings each gateway of either
+/// family (ping6 for IPv6) as soon as ADD returned.
 fn pod_reaches_gateway(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
     let pod = Pod::new();
     let result = ctx.add_ok(f, &pod)?;
@@ -168,22 +174,63 @@ fn pod_reaches_gateway(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
             pod.id.ifname
         ));
     }
-    let gateways: Vec<_> = ctx
-        .facts(&result, &pod)
-        .gateways
-        .into_iter()
-        .filter_map(|g| match g {
-            std::net::IpAddr::V4(v4) => Some(v4),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
+    let gateways = ctx.facts(&result, &pod).gateways;
     if gateways.is_empty() {
-        return skip("the result names no IPv4 gateway");
+        return skip("the result names no gateway");
     }
     for gateway in gateways {
-        f.should(ping(&pod.netns, gateway), || {
+        f.should(ping_ip(&pod.netns, gateway), || {
             format!("the pod cannot ping its gateway {gateway}")
         });
+    }
+    Ok(())
+}
+
+/// Per address family of the pod's addresses: the address is usable (not tentative: an
+/// IPv6 address still in duplicate address detection cannot source packets yet), and when
+/// the result has a gateway of that family on the pod, the kernel's default route or a route
+/// the result lists goes through a gateway of that family; a route of the result never
+/// points through the other family. Skipped for a result with no pod address.
+fn families_match_kernel(ctx: &CaseCtx, f: &mut Findings) -> Step<()> {
+    let pod = Pod::new();
+    let result = ctx.add_ok(f, &pod)?;
+    let facts = ctx.facts(&result, &pod);
+    if facts.pod_addresses.is_empty() {
+        return skip("the result puts no address on the pod's interface");
+    }
+    let tentative = kernel::tentative_addresses(&pod.netns, &pod.id.ifname);
+    for address in &facts.pod_addresses {
+        f.should(!tentative.contains(address), || {
+            format!("{address} is still tentative (duplicate address detection) after ADD returned")
+        });
+    }
+    for v6 in [false, true] {
+        let of_family = |a: &IpNet| a.addr().is_ipv6() == v6;
+        if !facts.pod_addresses.iter().any(of_family) {
+            continue;
+        }
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let gateways: Vec<_> = facts
+            .gateways
+            .iter()
+            .filter(|g| g.is_ipv6() == v6)
+            .collect();
+        let listed_default = facts
+            .routes
+            .iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv6() == v6);
+        if let Some(route) = listed_default {
+            f.must(kernel::has_route(&pod.netns, route), || {
+                format!(
+                    "the result lists the {family} default route {route:?}, which the pod lacks"
+                )
+            });
+            if let Some(gw) = route.gw {
+                f.should(gateways.is_empty() || gateways.contains(&&gw), || {
+                    format!("the {family} default route goes via {gw}, not a gateway of the result ({gateways:?})")
+                });
+            }
+        }
     }
     Ok(())
 }
