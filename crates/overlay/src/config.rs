@@ -459,4 +459,18 @@ mod tests {
             "fd00:10:244:3::".parse::<Ipv6Addr>().unwrap()
         );
     }
+
+    #[test]
+    fn the_dual_stack_example_is_valid() {
+        let list: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../packaging/examples/vxlan-overlay-dual-stack.conflist"
+        ))
+        .unwrap();
+        let c: OverlayConfig = serde_json::from_value(list["plugins"][0].clone()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.cluster6().unwrap(),
+            Some("fd00:10:244::/56".parse().unwrap())
+        );
+    }
 }

@@ -454,4 +454,20 @@ mod tests {
             assert!(e.to_string().contains(needle), "{config}: {e}");
         }
     }
+
+    #[test]
+    fn the_dual_stack_example_renders_to_a_valid_config() {
+        // packaging/examples' template as containerd renders it for a node with both ranges.
+        let template = include_str!(
+            "../../../packaging/examples/kubenet-vpc-route-dual-stack.conflist.template"
+        );
+        let rendered = template.replace(
+            r#"[{{range $i, $r := .PodCIDRRanges}}{{if $i}}, {{end}}"{{$r}}"{{end}}]"#,
+            r#"["100.96.3.0/24", "fd00:10:96:3::/64"]"#,
+        );
+        let list: serde_json::Value = serde_json::from_str(&rendered).expect("JSON");
+        let c = Config::from_value(list["plugins"][1].clone()).expect("valid");
+        assert_eq!(c.pod_cidrs().len(), 2);
+        assert!(c.in_cluster(&"fd00:10:96:3::/64".parse().expect("cidr")));
+    }
 }
