@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -93,6 +93,8 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
 pub struct Underlay {
     netns: Netns,
     v6: bool,
+    /// An IPv4 underlay whose hosts have an IPv6 address on the same link too.
+    dual: bool,
 }
 
 impl Underlay {
@@ -110,9 +112,22 @@ impl Underlay {
         Underlay::create(true)
     }
 
+    /// An IPv4 underlay (default route, node identities) whose hosts also hold
+    /// [`underlay_addr_v6`] on the same link, without an IPv6 default route: flannel's
+    /// dual-stack node, whose `flannel-v6.<vni>` encapsulates over that IPv6 address.
+    pub fn new_dual() -> Underlay {
+        let mut underlay = Underlay::create(false);
+        underlay.dual = true;
+        underlay
+    }
+
     fn create(v6: bool) -> Underlay {
         let netns = Netns::new("cnit-ul-");
-        let underlay = Underlay { netns, v6 };
+        let underlay = Underlay {
+            netns,
+            v6,
+            dual: false,
+        };
         underlay
             .netns
             .ip_ok(&["link", "add", Self::BRIDGE, "type", "bridge"]);
@@ -125,6 +140,12 @@ impl Underlay {
     /// Whether this is the IPv6-only underlay.
     pub fn is_v6(&self) -> bool {
         self.v6
+    }
+
+    /// Whether this is an IPv4 underlay whose hosts have IPv6 addresses too
+    /// ([`Underlay::new_dual`]).
+    pub fn is_dual(&self) -> bool {
+        self.dual
     }
 
     /// The gateway (the bridge's address) of this underlay's family.
@@ -205,6 +226,9 @@ impl Underlay {
         self.netns
             .ip_ok(&["link", "set", &port, "master", Self::BRIDGE, "up"]);
         self.add_address(host, ifname, addr);
+        if self.dual {
+            self.add_address(host, ifname, underlay_addr_v6(last).into());
+        }
         host.ip_ok(&["link", "set", ifname, "up"]);
         if default_route {
             let family = if self.v6 { "-6" } else { "-4" };
@@ -413,8 +437,11 @@ pub fn records(etcd: &impl Etcdctl, prefix: &str) -> Option<Vec<Peer>> {
     Some(
         kvs.iter()
             .map(|(key, value)| {
+                // A dual-stack key, `<v4>-<len>&<v6>-<len>`: the IPv4 part here, the rest
+                // in `records6`.
                 let subnet = key
                     .strip_prefix(&subnets)
+                    .map(|rest| rest.split_once('&').map_or(rest, |(v4, _)| v4))
                     .and_then(|rest| rest.split_once('-'))
                     .and_then(|(ip, len)| Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok())
                     .unwrap_or_else(|| {
@@ -426,18 +453,16 @@ pub fn records(etcd: &impl Etcdctl, prefix: &str) -> Option<Vec<Peer>> {
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or_else(|| panic!("record {key} has no PublicIP: {value}"));
+                // The node's identity: PublicIP, or PublicIPv6 on an IPv6 underlay (PublicIP
+                // 0.0.0.0). A dual-stack node on an IPv4 underlay may publish both.
                 let underlay = match rec.get("PublicIPv6").filter(|v| !v.is_null()) {
+                    Some(_) if !public_ip.is_unspecified() => IpAddr::V4(public_ip),
                     None => IpAddr::V4(public_ip),
-                    Some(v6) => {
-                        assert!(
-                            public_ip.is_unspecified(),
-                            "record {key}: an IPv6-underlay record has PublicIP 0.0.0.0: {value}"
-                        );
-                        v6.as_str()
-                            .and_then(|s| s.parse::<Ipv6Addr>().ok())
-                            .map(IpAddr::V6)
-                            .unwrap_or_else(|| panic!("record {key}: bad PublicIPv6: {value}"))
-                    }
+                    Some(v6) => v6
+                        .as_str()
+                        .and_then(|s| s.parse::<Ipv6Addr>().ok())
+                        .map(IpAddr::V6)
+                        .unwrap_or_else(|| panic!("record {key}: bad PublicIPv6: {value}")),
                 };
                 let vtep_mac = rec["BackendData"]["VtepMAC"]
                     .as_str()
@@ -456,6 +481,160 @@ pub fn records(etcd: &impl Etcdctl, prefix: &str) -> Option<Vec<Peer>> {
             })
             .collect(),
     )
+}
+
+/// The IPv6 side of a dual-stack peer: its IPv6 subnet (from the key), the underlay address
+/// its IPv6 device is reached at (`PublicIPv6`, else `PublicIP`) and that device's MAC
+/// (`BackendV6Data.VtepMAC`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Peer6 {
+    /// The record's IPv4 subnet (the key's first part).
+    pub v4_subnet: Ipv4Net,
+    /// The peer's IPv6 pod subnet.
+    pub subnet: Ipv6Net,
+    /// Where the peer's IPv6 device is reached.
+    pub underlay: IpAddr,
+    /// The peer's IPv6 device's MAC.
+    pub vtep_mac: String,
+}
+
+impl Peer6 {
+    /// The peer's IPv6 VTEP address: its IPv6 subnet's network address.
+    pub fn vtep_ip(&self) -> Ipv6Addr {
+        self.subnet.network()
+    }
+}
+
+/// The dual-stack records under `prefix` (keys `<v4>-<len>&<v6>-<len>` with
+/// `BackendV6Data`), as IPv6 peers; `None` when etcd does not answer. Panics on a dual-stack
+/// record that is not in flannel's format.
+pub fn records6(etcd: &impl Etcdctl, prefix: &str) -> Option<Vec<Peer6>> {
+    let subnets = format!("{}/subnets/", prefix.trim_end_matches('/'));
+    let kvs = etcd.get_prefix(&subnets)?;
+    Some(
+        kvs.iter()
+            .filter_map(|(key, value)| {
+                let (v4, v6) = key.strip_prefix(&subnets)?.split_once('&')?;
+                let parse_net = |text: &str| -> Option<(String, u8)> {
+                    let (ip, len) = text.rsplit_once('-')?;
+                    Some((ip.to_string(), len.parse().ok()?))
+                };
+                let (ip4, len4) = parse_net(v4)?;
+                let (ip6, len6) =
+                    parse_net(v6).unwrap_or_else(|| panic!("etcd key {key:?}: bad IPv6 part"));
+                let v4_subnet = Ipv4Net::new(ip4.parse().ok()?, len4).ok()?;
+                let subnet = ip6
+                    .parse()
+                    .ok()
+                    .and_then(|ip| Ipv6Net::new(ip, len6).ok())
+                    .unwrap_or_else(|| panic!("etcd key {key:?}: bad IPv6 subnet"));
+                let rec: Value = serde_json::from_str(value)
+                    .unwrap_or_else(|e| panic!("record {key} is not JSON ({e}): {value}"));
+                let underlay = rec
+                    .get("PublicIPv6")
+                    .and_then(Value::as_str)
+                    .or(rec["PublicIP"].as_str())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("record {key}: no underlay address: {value}"));
+                let vtep_mac = rec["BackendV6Data"]["VtepMAC"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("record {key} has no BackendV6Data.VtepMAC: {value}"))
+                    .to_ascii_lowercase();
+                Some(Peer6 {
+                    v4_subnet,
+                    subnet,
+                    underlay,
+                    vtep_mac,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The per-peer state of the IPv6 VXLAN device of a dual-stack overlay (`ip -6 -j neigh`,
+/// `bridge -j fdb`, `ip -6 -j route`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VxlanState6 {
+    /// Permanent IPv6 neighbours: (VTEP address, MAC).
+    pub neighbours: BTreeSet<(Ipv6Addr, String)>,
+    /// FDB entries with a remote: (MAC, underlay address).
+    pub fdb: BTreeSet<(String, IpAddr)>,
+    /// IPv6 routes through the device with a gateway: (destination, gateway).
+    pub routes: BTreeSet<(Ipv6Net, Ipv6Addr)>,
+}
+
+impl VxlanState6 {
+    /// Reads the state of `device` in `netns`; `None` if the device does not exist.
+    pub fn read(netns: &Netns, device: &str) -> Option<VxlanState6> {
+        if !netns.has_link(device) {
+            return None;
+        }
+        let mut st = VxlanState6::default();
+        let neigh = netns.ip_json(&["-6", "neigh", "show", "dev", device])?;
+        for n in neigh.as_array().into_iter().flatten() {
+            let permanent = n["state"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|v| v == "PERMANENT"));
+            let dst = n["dst"].as_str().and_then(|d| d.parse().ok());
+            let mac = n["lladdr"].as_str().map(str::to_ascii_lowercase);
+            if let (true, Some(dst), Some(mac)) = (permanent, dst, mac) {
+                st.neighbours.insert((dst, mac));
+            }
+        }
+        let out = netns.run("bridge", &["-j", "fdb", "show", "dev", device]);
+        if !out.status.success() {
+            return None;
+        }
+        if !out.stdout.iter().all(u8::is_ascii_whitespace) {
+            let fdb: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "bridge -j fdb printed invalid JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            });
+            for f in fdb.as_array().into_iter().flatten() {
+                let dst = f["dst"].as_str().and_then(|d| d.parse().ok());
+                let mac = f["mac"].as_str().map(str::to_ascii_lowercase);
+                if let (Some(dst), Some(mac)) = (dst, mac) {
+                    st.fdb.insert((mac, dst));
+                }
+            }
+        }
+        let routes = netns.ip_json(&["-6", "route", "show", "dev", device])?;
+        for r in routes.as_array().into_iter().flatten() {
+            let dst = r["dst"].as_str().and_then(|d| d.parse().ok());
+            let gw = r["gateway"].as_str().and_then(|g| g.parse().ok());
+            if let (Some(dst), Some(gw)) = (dst, gw) {
+                st.routes.insert((dst, gw));
+            }
+        }
+        Some(st)
+    }
+
+    /// Whether `peer` is fully programmed: its IPv6 neighbour, FDB entry and onlink route.
+    pub fn programs(&self, peer: &Peer6) -> bool {
+        self.neighbours
+            .contains(&(peer.vtep_ip(), peer.vtep_mac.clone()))
+            && self.fdb.contains(&(peer.vtep_mac.clone(), peer.underlay))
+            && self.routes.contains(&(peer.subnet, peer.vtep_ip()))
+    }
+
+    /// Whether anything of `peer` is left on the device.
+    pub fn mentions(&self, peer: &Peer6) -> bool {
+        self.neighbours
+            .iter()
+            .any(|(ip, mac)| *ip == peer.vtep_ip() || *mac == peer.vtep_mac)
+            || self.fdb.iter().any(|(mac, _)| *mac == peer.vtep_mac)
+            || self.routes.iter().any(|(dst, _)| *dst == peer.subnet)
+    }
+
+    /// Whether the device holds exactly `peers`: each fully programmed and nothing else.
+    pub fn programs_exactly(&self, peers: &[Peer6]) -> bool {
+        peers.iter().all(|p| self.programs(p))
+            && self.neighbours.len() == peers.len()
+            && self.fdb.len() == peers.len()
+            && self.routes.len() == peers.len()
+    }
 }
 
 /// The per-peer state of a VXLAN device as the kernel holds it (`ip -j neigh`,

@@ -18,20 +18,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use cni_testkit::etcd::Etcdctl;
 use cni_testkit::netns::Netns;
 use cni_testkit::overlay::{
-    link_mac, subnet_key, OverlayCluster, OverlayNode, Peer, Underlay, CLUSTER_CIDR, DEVICE,
-    ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
+    link_mac, records6, subnet_key, OverlayCluster, OverlayNode, Peer, Peer6, Underlay,
+    VxlanState6, CLUSTER_CIDR, DEVICE, ETCD_PREFIX, LEASE_TIMEOUT, SUBNET_LEN,
 };
 use cni_testkit::ping_stream::{assert_streams_lost_nothing, PingStream};
 use cni_testkit::plugin::Expect;
 use cni_testkit::traffic::ping;
 use cni_testkit::{eventually, require_root};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
 /// `leaseTTL` of every agent: short, so a dead node disappears quickly.
@@ -112,6 +112,11 @@ fn three_node_cluster_on(underlay: Underlay, resync: u64, pods_per_node: usize) 
 /// Every node's subnet.env, agent.json, etcd record and VXLAN device agree, and the subnets
 /// are distinct /24s of the cluster CIDR.
 fn assert_leases_and_devices(c: &OverlayCluster) {
+    assert_leases_and_devices_with(c, |node| overlay_mtu(node.underlay_ip()))
+}
+
+/// [`assert_leases_and_devices`] with the pods' MTU (`FLANNEL_MTU`) of each node given.
+fn assert_leases_and_devices_with(c: &OverlayCluster, pod_mtu: impl Fn(&OverlayNode) -> u32) {
     let cluster: Ipv4Net = CLUSTER_CIDR.parse().expect("valid cluster CIDR");
     let records = c.records().expect("etcd answers");
     assert_eq!(
@@ -136,11 +141,7 @@ fn assert_leases_and_devices(c: &OverlayCluster) {
             Ipv4Addr::from(u32::from(subnet.network()) + 1),
             "{ctx}: FLANNEL_SUBNET must name the gateway .1"
         );
-        assert_eq!(
-            env.mtu,
-            overlay_mtu(node.underlay_ip()),
-            "{ctx}: FLANNEL_MTU"
-        );
+        assert_eq!(env.mtu, pod_mtu(node), "{ctx}: FLANNEL_MTU");
         assert!(
             env.ipmasq,
             "{ctx}: FLANNEL_IPMASQ should default to true:\n{}",
@@ -850,5 +851,570 @@ impl NodeIdentity {
             Some(&self.vtep_mac),
             "VTEP MAC changed"
         );
+    }
+}
+
+/// The cluster's IPv6 pod range of the dual-stack tests (ULA).
+const IPV6_NETWORK: &str = "fd00:10:244::/56";
+/// The IPv6 VXLAN device (flannel's `flannel-v6.<vni>` is ours `vxlan-v6.<vni>`).
+const DEVICE6: &str = "vxlan-v6.1";
+
+/// Three dual-stack nodes (`enableIPv6`) on `underlay`, converged on both devices. With
+/// IPv6 over an IPv6 underlay beside IPv4 over IPv4 (`Underlay::new_dual`), the pods' MTU
+/// is the smaller of the two devices' (1500 − 70): one pod interface carries both families.
+fn dual_stack_cluster_on(underlay: Underlay) -> OverlayCluster {
+    dual_stack_cluster_with(underlay, RESYNC)
+}
+
+/// [`dual_stack_cluster_on`] with `resyncSeconds` = `resync`.
+fn dual_stack_cluster_with(underlay: Underlay, resync: u64) -> OverlayCluster {
+    require_root();
+    let dual_family = underlay.is_dual();
+    let c = OverlayCluster::start_on(
+        underlay,
+        3,
+        LEASE_TTL,
+        resync,
+        &json!({"enableIPv6": true, "ipv6Network": IPV6_NETWORK}),
+    );
+    assert_leases_and_devices_with(&c, |node| {
+        if dual_family {
+            OVERLAY_MTU_V6
+        } else {
+            overlay_mtu(node.underlay_ip())
+        }
+    });
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after start (IPv4 device)");
+    c
+}
+
+/// The IPv6 peers of node `i` as etcd says: every other node's dual-stack record.
+fn ipv6_peers_of(c: &OverlayCluster, i: usize) -> Vec<Peer6> {
+    let own = c.nodes[i].subnet_env().expect("subnet.env").node_subnet();
+    records6(&c.etcd, ETCD_PREFIX)
+        .expect("etcd answers")
+        .into_iter()
+        .filter(|p| p.v4_subnet != own)
+        .collect()
+}
+
+/// Every node: a dual-stack key and record, FLANNEL_IPV6_* in subnet.env, the device that
+/// carries IPv6 with its /128 VTEP address over the expected underlay, and exactly its peers'
+/// IPv6 neighbours, FDB entries and routes on it; VTEP-to-VTEP ping6 across nodes over it.
+/// `device6`: [`DEVICE6`] when the IPv6 side has a device of its own (its underlay is of the
+/// other family, flannel's case), [`DEVICE`] when it shares the IPv4 one (same family).
+fn assert_ipv6_overlay(c: &OverlayCluster, device6: &str, ctx: &str) {
+    let shared = device6 == DEVICE;
+    let network: Ipv6Net = IPV6_NETWORK.parse().expect("valid IPv6 network");
+    let records = records6(&c.etcd, ETCD_PREFIX).expect("etcd answers");
+    assert_eq!(
+        records.len(),
+        c.nodes.len(),
+        "{ctx}: one dual-stack record per node: {records:?}"
+    );
+    let subnets: BTreeSet<Ipv6Net> = records.iter().map(|r| r.subnet).collect();
+    assert_eq!(subnets.len(), records.len(), "{ctx}: distinct IPv6 subnets");
+    for (i, node) in c.nodes.iter().enumerate() {
+        let nctx = format!("{ctx}: node {}", node.underlay_ip());
+        let env = node.subnet_env().expect("subnet.env");
+        let own = records
+            .iter()
+            .find(|r| r.v4_subnet == env.node_subnet())
+            .unwrap_or_else(|| panic!("{nctx}: no dual-stack record for {}", env.node_subnet()));
+        assert!(
+            network.contains(&own.subnet) && own.subnet.prefix_len() == 64,
+            "{nctx}: {} must be a /64 of {network}",
+            own.subnet
+        );
+        let gateway6 = Ipv6Addr::from(u128::from(own.subnet.network()) + 1);
+        for line in [
+            format!("FLANNEL_IPV6_NETWORK={network}"),
+            format!("FLANNEL_IPV6_SUBNET={gateway6}/64"),
+        ] {
+            assert!(
+                env.text.lines().any(|l| l == line),
+                "{nctx}: subnet.env lacks {line}:\n{}",
+                env.text
+            );
+        }
+        let state = node.agent_state().expect("agent.json");
+        assert_eq!(
+            state["ipv6Subnet"].as_str(),
+            Some(own.subnet.to_string().as_str()),
+            "{nctx}: agent.json {state}"
+        );
+        // The IPv6 device: VXLAN, the record's MAC, the VTEP address, over the underlay the
+        // record names (PublicIPv6 on an IPv6 underlay, PublicIP over IPv4).
+        let link = node
+            .netns()
+            .link_details(device6)
+            .unwrap_or_else(|| panic!("{nctx}: {device6} missing"));
+        let data = &link["linkinfo"]["info_data"];
+        assert_eq!(
+            link["linkinfo"]["info_kind"].as_str(),
+            Some("vxlan"),
+            "{nctx}: {link}"
+        );
+        assert_eq!(data["id"].as_u64(), Some(1), "{nctx}: {link}");
+        assert_eq!(data["learning"].as_bool(), Some(false), "{nctx}: {link}");
+        let local = if own.underlay.is_ipv6() {
+            "local6"
+        } else {
+            "local"
+        };
+        assert_eq!(
+            data[local].as_str(),
+            Some(own.underlay.to_string().as_str()),
+            "{nctx}: {local} must be the record's underlay {}: {link}",
+            own.underlay
+        );
+        if shared {
+            assert_eq!(own.underlay, node.underlay_ip(), "{nctx}: record underlay");
+            assert!(
+                !node.netns().has_link(DEVICE6),
+                "{nctx}: same underlay family: no second device"
+            );
+        } else {
+            assert_ne!(
+                own.underlay.is_ipv6(),
+                node.underlay_ip().is_ipv6(),
+                "{nctx}: the IPv6 device's underlay is of the other family"
+            );
+        }
+        assert_eq!(
+            link_mac(node.netns(), device6).as_deref(),
+            Some(own.vtep_mac.as_str()),
+            "{nctx}: BackendV6Data.VtepMAC must be {device6}'s MAC"
+        );
+        if !shared {
+            assert_ne!(
+                link_mac(node.netns(), DEVICE),
+                link_mac(node.netns(), device6),
+                "{nctx}: the two devices have MACs of their own"
+            );
+        }
+        assert_eq!(
+            link["mtu"].as_u64(),
+            Some(u64::from(overlay_mtu(own.underlay))),
+            "{nctx}: MTU: {link}"
+        );
+        let addrs = node
+            .netns()
+            .ip_json(&["-6", "addr", "show", "dev", device6]);
+        let vtep = format!("{}", own.vtep_ip());
+        let has_vtep =
+            addrs.as_ref().is_some_and(|a| {
+                a.as_array().into_iter().flatten().any(|l| {
+                    l["addr_info"].as_array().into_iter().flatten().any(|ai| {
+                        ai["local"].as_str() == Some(vtep.as_str()) && ai["prefixlen"] == 128
+                    })
+                })
+            });
+        assert!(
+            has_vtep,
+            "{nctx}: {device6} must hold {vtep}/128: {addrs:?}"
+        );
+
+        let peers = ipv6_peers_of(c, i);
+        assert_eq!(peers.len(), c.nodes.len() - 1, "{nctx}: {peers:?}");
+        let programmed = eventually(reconcile_bound(), || {
+            VxlanState6::read(node.netns(), device6).is_some_and(|st| st.programs_exactly(&peers))
+        });
+        assert!(
+            programmed,
+            "{nctx}: {device6} must hold exactly the IPv6 neighbour, FDB entry and onlink route \
+             of {peers:?}; holds {:?}\n{}",
+            VxlanState6::read(node.netns(), device6),
+            c.diagnostics()
+        );
+        let st = VxlanState6::read(node.netns(), device6).expect("device");
+        assert!(
+            st.fdb
+                .iter()
+                .all(|(_, dst)| dst.is_ipv6() == own.underlay.is_ipv6()),
+            "{nctx}: FDB entries in the underlay's family: {st:?}"
+        );
+        // Traffic over the IPv6 device: this node's VTEP address to every peer's.
+        for p in &peers {
+            assert!(
+                ping6(node.netns(), p.vtep_ip()),
+                "{nctx}: ping6 {} over {device6}\n{}",
+                p.vtep_ip(),
+                c.diagnostics()
+            );
+        }
+    }
+}
+
+#[test]
+fn dual_stack_agents_lease_ipv6_subnets_and_program_ipv6_peers_over_an_ipv4_underlay() {
+    // IPv4-only underlay: IPv6 pod traffic encapsulates over IPv4 on the one device (the
+    // kernel allows one VXLAN device per VNI, port and underlay family), and the records
+    // carry no PublicIPv6 (the nodes have no IPv6 address).
+    let mut c = dual_stack_cluster_on(Underlay::new());
+    assert_ipv6_overlay(&c, DEVICE, "IPv4 underlay");
+    for r in c.records().expect("etcd") {
+        assert!(r.underlay.is_ipv4(), "{r:?}");
+    }
+
+    // The network config in etcd carries flannel's IPv6 fields.
+    let config = c
+        .etcd
+        .get_prefix(&format!("{ETCD_PREFIX}/config"))
+        .expect("etcd answers");
+    let config: Value =
+        serde_json::from_str(&config.first().expect("a config record").1).expect("config JSON");
+    assert_eq!(config["EnableIPv6"], true, "{config}");
+    assert_eq!(config["IPv6Network"], IPV6_NETWORK, "{config}");
+    assert_eq!(config["IPv6SubnetLen"], 64, "{config}");
+
+    // A restarted agent keeps its IPv6 subnet and its IPv6 device's MAC (agent.json).
+    let before = records6(&c.etcd, ETCD_PREFIX).expect("etcd");
+    let own_v4 = c.nodes[1].subnet_env().expect("subnet.env").node_subnet();
+    let mine = before
+        .iter()
+        .find(|r| r.v4_subnet == own_v4)
+        .cloned()
+        .expect("node 1's record");
+    let status = c.nodes[1].take_agent().terminate();
+    assert!(status.success(), "agent exit: {status:?}");
+    let gone = eventually(reconcile_bound(), || {
+        [0, 2].iter().all(|&i| {
+            VxlanState6::read(c.nodes[i].netns(), DEVICE).is_some_and(|st| !st.mentions(&mine))
+        })
+    });
+    assert!(
+        gone,
+        "a node that left (lease revoked) must leave its peers' {DEVICE}:\n{}",
+        c.diagnostics()
+    );
+    c.nodes[1].start_agent();
+    c.nodes[1].wait_for_lease();
+    let back = eventually(LEASE_TIMEOUT, || {
+        records6(&c.etcd, ETCD_PREFIX).is_some_and(|r| r.contains(&mine))
+    });
+    assert!(
+        back,
+        "node 1 must come back with the same IPv6 subnet and MAC {mine:?}; etcd: {:?}",
+        records6(&c.etcd, ETCD_PREFIX)
+    );
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "after the restart");
+    assert_ipv6_overlay(&c, DEVICE, "after the restart");
+}
+
+#[test]
+fn dual_stack_agents_program_ipv6_peers_over_an_ipv6_underlay_with_public_ipv6() {
+    // IPv6-only underlay: one device encapsulates both families over IPv6, and the records
+    // carry the node's address as PublicIPv6 (where flannel's IPv6 FDB entries point).
+    let c = dual_stack_cluster_on(Underlay::new_v6());
+    assert_ipv6_overlay(&c, DEVICE, "IPv6 underlay");
+    for p in records6(&c.etcd, ETCD_PREFIX).expect("etcd") {
+        assert!(p.underlay.is_ipv6(), "{p:?}");
+    }
+}
+
+#[test]
+fn a_flanneld_dual_stack_record_becomes_an_ipv6_peer() {
+    // A record exactly as a dual-stack flanneld writes it (key from its MakeSubnetKey, value
+    // from json.Marshal of its LeaseAttrs, see overlay's registry tests), on the IPv6
+    // underlay where flannel's FDB entries point at PublicIPv6.
+    let c = dual_stack_cluster_on(Underlay::new_v6());
+    let key = format!("{ETCD_PREFIX}/subnets/10.244.200.0-24&fd00:10:244:c8::-64");
+    let value = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:30::c8","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:c8"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:c9"}}"#;
+    c.etcd.put(&key, value, None);
+    let flanneld = Peer6 {
+        v4_subnet: "10.244.200.0/24".parse().expect("cidr"),
+        subnet: "fd00:10:244:c8::/64".parse().expect("cidr"),
+        underlay: "fd00:30::c8".parse().expect("addr"),
+        vtep_mac: "aa:bb:cc:dd:ee:c9".into(),
+    };
+    let ipv4 = Peer {
+        subnet: flanneld.v4_subnet,
+        underlay: flanneld.underlay,
+        vtep_mac: "aa:bb:cc:dd:ee:c8".into(),
+    };
+    for node in &c.nodes {
+        let ok = eventually(reconcile_bound(), || {
+            VxlanState6::read(node.netns(), DEVICE).is_some_and(|st| st.programs(&flanneld))
+                && node.vxlan_state().is_some_and(|st| st.programs(&ipv4))
+        });
+        assert!(
+            ok,
+            "node {}: the flanneld record must be programmed on both devices: {:?} {:?}\n{}",
+            node.underlay_ip(),
+            VxlanState6::read(node.netns(), DEVICE),
+            node.vxlan_state(),
+            c.diagnostics()
+        );
+    }
+}
+
+#[test]
+fn dual_stack_node_with_both_underlay_families_gets_a_second_device_as_flannel_does() {
+    // flannel's own topology: IPv4 underlay (default route) plus an IPv6 address on the same
+    // link. vxlan.1 stays over IPv4; vxlan-v6.1 (flannel-v6.1) encapsulates over IPv6 with a
+    // MAC of its own, published as PublicIPv6 and BackendV6Data.VtepMAC.
+    // No periodic resync: what changes after the start is applied from the watch alone.
+    let mut c = dual_stack_cluster_with(Underlay::new_dual(), NO_RESYNC);
+    assert_ipv6_overlay(&c, DEVICE6, "both underlay families");
+    for r in records6(&c.etcd, ETCD_PREFIX).expect("etcd") {
+        assert!(
+            r.underlay.is_ipv6(),
+            "PublicIPv6 is the IPv6 device's underlay: {r:?}"
+        );
+    }
+    for r in c.records().expect("etcd") {
+        assert!(
+            r.underlay.is_ipv4(),
+            "the node's identity stays PublicIP: {r:?}"
+        );
+    }
+
+    // Node 2 leaves (SIGTERM revokes its lease): a watch DELETE, applied as a delta, takes
+    // its IPv6 neighbour, FDB entry and route off the others' vxlan-v6.1 (and its IPv4 ones
+    // off vxlan.1), while the two stay programmed for each other.
+    let leaving = ipv6_peers_of(&c, 0)
+        .into_iter()
+        .find(|p| Some(p.v4_subnet) == c.nodes[2].subnet_env().map(|e| e.node_subnet()))
+        .expect("node 2's IPv6 side");
+    let status = c.nodes[2].take_agent().terminate();
+    assert!(status.success(), "agent exit: {status}");
+    let gone = eventually(GRACE * 2, || {
+        [0, 1].iter().all(|&i| {
+            VxlanState6::read(c.nodes[i].netns(), DEVICE6).is_some_and(|st| {
+                !st.mentions(&leaving) && st.programs_exactly(&ipv6_peers_of(&c, i))
+            })
+        })
+    });
+    assert!(
+        gone,
+        "{leaving:?} must leave vxlan-v6.1 of nodes 0 and 1 on the watch's delete:\n{}",
+        c.diagnostics()
+    );
+    assert!(c.converged(&[0, 1]), "the IPv4 side of the survivors");
+}
+
+#[test]
+fn turning_enable_ipv6_on_moves_a_nodes_record_to_a_dual_stack_key_keeping_its_ipv4_subnet() {
+    // An IPv4-only cluster; node 0's agent dies (SIGKILL: its record stays) and comes back
+    // with enableIPv6 in its conflist, as a rolling change of the DaemonSet's config does.
+    require_root();
+    let mut c = OverlayCluster::start_on(Underlay::new(), 3, LEASE_TTL, RESYNC, &json!({}));
+    c.wait_converged(&[0, 1, 2], reconcile_bound(), "IPv4 only");
+    let before = record_of(&c, 0).expect("node 0's record");
+    c.nodes[0].take_agent().kill();
+    let path = c.nodes[0].conflist_path();
+    let mut conflist: Value =
+        serde_json::from_str(&fs::read_to_string(&path).expect("conflist")).expect("JSON");
+    conflist["plugins"][0]["enableIPv6"] = json!(true);
+    conflist["plugins"][0]["ipv6Network"] = json!(IPV6_NETWORK);
+    fs::write(&path, conflist.to_string()).expect("write conflist");
+    c.nodes[0].start_agent();
+    c.nodes[0].wait_for_lease();
+
+    // One record for node 0, now under a dual-stack key, with the same IPv4 subnet and MAC;
+    // the IPv4-only key is gone (moved in one transaction, not left to expire).
+    let dual = eventually(LEASE_TIMEOUT, || {
+        records6(&c.etcd, ETCD_PREFIX)
+            .is_some_and(|r| r.iter().any(|p| p.v4_subnet == before.subnet))
+    });
+    assert!(
+        dual,
+        "no dual-stack record for {before:?}: {:?}",
+        records6(&c.etcd, ETCD_PREFIX)
+    );
+    let keys: Vec<String> = c
+        .etcd
+        .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .expect("etcd")
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.contains(&format!("/{}-", before.subnet.network())))
+        .collect();
+    assert_eq!(keys.len(), 1, "one key for {}: {keys:?}", before.subnet);
+    assert!(keys[0].contains('&'), "{keys:?}");
+    assert_eq!(
+        record_of(&c, 0),
+        Some(before.clone()),
+        "IPv4 side unchanged"
+    );
+    let env = c.nodes[0].subnet_env().expect("subnet.env");
+    assert!(
+        env.text
+            .contains(&format!("FLANNEL_IPV6_NETWORK={IPV6_NETWORK}\n")),
+        "{}",
+        env.text
+    );
+    // The IPv4 overlay goes on for everyone; node 0 has no IPv6 peer yet (the others are
+    // IPv4-only), and the others program nothing of IPv6.
+    c.wait_converged(
+        &[0, 1, 2],
+        reconcile_bound(),
+        "after turning IPv6 on at node 0",
+    );
+    assert!(
+        VxlanState6::read(c.nodes[0].netns(), DEVICE).is_some_and(|st| st.routes.is_empty()),
+        "{:?}",
+        VxlanState6::read(c.nodes[0].netns(), DEVICE)
+    );
+}
+
+#[test]
+fn ipv6_subnets_are_distinct_and_running_out_of_them_stops_the_agent_with_a_clear_error() {
+    // ipv6Network /63 split into /64s: room for two nodes. Both take distinct IPv6 subnets;
+    // a third agent finds none left and stops, saying so, with no record written.
+    require_root();
+    let fields = json!({"enableIPv6": true, "ipv6Network": "fd00:10:245::/63"});
+    let mut c = OverlayCluster::start_on(Underlay::new(), 2, LEASE_TTL, RESYNC, &fields);
+    let two = records6(&c.etcd, ETCD_PREFIX).expect("etcd");
+    let subnets: BTreeSet<Ipv6Net> = two.iter().map(|r| r.subnet).collect();
+    assert_eq!(subnets.len(), 2, "{two:?}");
+    let third = c.add_node();
+    let exited = eventually(LEASE_TIMEOUT, || {
+        c.nodes[third]
+            .agent_mut()
+            .is_some_and(|a| a.exited().is_some())
+    });
+    assert!(
+        exited,
+        "the third agent must stop: {}",
+        c.nodes[third].diagnostics()
+    );
+    let logs = c.nodes[third].diagnostics();
+    assert!(
+        logs.contains("no free /64 left in fd00:10:245::/63"),
+        "the error must name the IPv6 range: {logs}"
+    );
+    assert_eq!(
+        c.records().expect("etcd").len(),
+        2,
+        "no record for the third node (its IPv4 subnet is not held either)"
+    );
+}
+
+/// Whether `from` reaches `to` by ping6: up to three one-second attempts, as the IPv4
+/// `ping` does, so a first packet lost to neighbour discovery is not a failure.
+fn ping6(from: &Netns, to: Ipv6Addr) -> bool {
+    let to = to.to_string();
+    (0..3).any(|_| {
+        from.run("ping", &["-6", "-c1", "-W1", "-n", "-q", &to])
+            .status
+            .success()
+    })
+}
+
+/// A dual-stack pod attached through cnitool on `node`: its namespace and the IPv4 and IPv6
+/// addresses its result lists (checked against the node's subnets).
+fn add_dual_stack_pod(c: &OverlayCluster, node: usize) -> (Netns, Ipv4Addr, Ipv6Addr) {
+    let n = &c.nodes[node];
+    let pod = Netns::new("cnit-vxpod6-");
+    let ctx = format!("node {} cnitool add {}", n.underlay_ip(), pod.name());
+    let out = n.cnitool_add(&pod);
+    assert!(
+        out.status.success(),
+        "{ctx}: {}\n{}",
+        out.describe(),
+        c.diagnostics()
+    );
+    let result: Value = serde_json::from_str(&out.stdout).expect("result JSON");
+    let addrs: Vec<ipnet::IpNet> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.parse().ok())
+        .collect();
+    let env = n.subnet_env().expect("subnet.env");
+    let v4 = addrs.iter().find_map(|a| match a {
+        ipnet::IpNet::V4(a) => Some(a.addr()),
+        _ => None,
+    });
+    let v6 = addrs.iter().find_map(|a| match a {
+        ipnet::IpNet::V6(a) => Some(*a),
+        _ => None,
+    });
+    let (Some(v4), Some(v6)) = (v4, v6) else {
+        panic!("{ctx}: one address per family expected: {result}");
+    };
+    assert!(
+        env.node_subnet().contains(&v4),
+        "{ctx}: {v4} outside {}",
+        env.node_subnet()
+    );
+    let own6 = records6(&c.etcd, ETCD_PREFIX)
+        .expect("etcd")
+        .into_iter()
+        .find(|r| r.v4_subnet == env.node_subnet())
+        .expect("the node's dual-stack record");
+    assert!(
+        own6.subnet.contains(&v6.addr()) && v6.prefix_len() == own6.subnet.prefix_len(),
+        "{ctx}: {v6} must be an address of {}",
+        own6.subnet
+    );
+    assert!(
+        pod.ip_json(&["-6", "addr", "show", "dev", "eth0"])
+            .is_some_and(|a| a.to_string().contains(&v6.addr().to_string())),
+        "{ctx}: {v6} on the pod's eth0"
+    );
+    (pod, v4, v6.addr())
+}
+
+#[test]
+fn dual_stack_pods_ping_and_ping6_across_nodes() {
+    // Pods of the vxlan-overlay plugin on a dual-stack lease: an address of each family (the
+    // IPv6 one from FLANNEL_IPV6_SUBNET), and traffic of both families between nodes, over
+    // the one device of an IPv4 or an IPv6 underlay and over the two devices of a node with
+    // both underlay families (flannel's arrangement).
+    for underlay in [Underlay::new(), Underlay::new_v6(), Underlay::new_dual()] {
+        let what = match (underlay.is_dual(), underlay.is_v6()) {
+            (true, _) => "both underlay families",
+            (false, true) => "IPv6 underlay",
+            (false, false) => "IPv4 underlay",
+        };
+        let c = dual_stack_cluster_on(underlay);
+        let pods: Vec<(usize, Netns, Ipv4Addr, Ipv6Addr)> = (0..c.nodes.len())
+            .map(|i| {
+                let (pod, v4, v6) = add_dual_stack_pod(&c, i);
+                (i, pod, v4, v6)
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (from_node, from, _, from6) in &pods {
+            for (to_node, _, to4, to6) in &pods {
+                if from_node == to_node {
+                    continue;
+                }
+                if !ping(from, *to4) {
+                    failed.push(format!("ping {to4} from node {from_node}"));
+                }
+                if !ping6(from, *to6) {
+                    failed.push(format!(
+                        "ping6 {from6} -> {to6} (node {from_node} -> {to_node})"
+                    ));
+                }
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{what}: {} failed: {failed:#?}\n{}",
+            failed.len(),
+            c.diagnostics()
+        );
+        for (i, pod, _, _) in &pods {
+            let out = c.nodes[*i].cnitool_check(pod);
+            assert!(out.status.success(), "{what}: CHECK: {}", out.describe());
+            let out = c.nodes[*i].cnitool_del(pod);
+            assert!(out.status.success(), "{what}: DEL: {}", out.describe());
+            let held: Vec<String> = fs::read_dir(c.nodes[*i].leases().path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.parse::<IpAddr>().is_ok())
+                .collect();
+            assert!(
+                held.is_empty(),
+                "{what}: DEL must release both addresses: {held:?}"
+            );
+        }
     }
 }

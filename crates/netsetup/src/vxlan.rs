@@ -1,17 +1,21 @@
 //! The VXLAN device of an overlay and its per-peer state: neighbour (VTEP address → MAC),
 //! FDB (MAC → remote underlay address) and route (remote subnet via VTEP address, onlink).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::link::{self, Link, Mac};
@@ -99,6 +103,16 @@ pub fn ensure_vxlan(
     spec: &VxlanSpec,
     address: Ipv4Net,
 ) -> Result<(Link, bool), Error> {
+    ensure_vxlan_with(sock, spec, IpNet::V4(address))
+}
+
+/// [`ensure_vxlan`] with an address of either family: the IPv6 device of a dual-stack
+/// overlay carries its subnet's IPv6 VTEP address (a /128, as flannel's `flannel-v6.<vni>`).
+pub fn ensure_vxlan_with(
+    sock: &mut Socket,
+    spec: &VxlanSpec,
+    address: IpNet,
+) -> Result<(Link, bool), Error> {
     let mut created = false;
     let existing = get_link_message(sock, &spec.name)?;
     let reuse = match &existing {
@@ -165,10 +179,24 @@ pub fn ensure_vxlan(
     })?;
     let replies = sock.batch(vec![
         link::set_flags(dev.index, true, false),
-        link::add_address(dev.index, IpNet::V4(address), true),
+        add_vtep_address(dev.index, address),
     ])?;
     first_error(replies, |_, _| false)?;
     Ok((dev, created))
+}
+
+/// A request that puts a VTEP address on device `index` (replacing it if present). An IPv6
+/// one skips duplicate address detection (IFA_F_NODAD): it is unique by its lease, and a
+/// tentative address would neither source nor take packets for the second DAD lasts (on a
+/// VXLAN device without a multicast FDB entry DAD's solicitations go nowhere anyway).
+pub fn add_vtep_address(index: u32, address: IpNet) -> Request {
+    let mut request = link::add_address(index, address, true);
+    if let (IpNet::V6(_), RouteNetlinkMessage::NewAddress(msg)) = (address, &mut request.message) {
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request
 }
 
 /// One peer as programmed on the device.
@@ -360,6 +388,224 @@ pub fn del_route(index: u32, dst: Ipv4Net, gw: Option<Ipv4Addr>) -> Request {
         .retain(|a| !matches!(a, RouteAttribute::Gateway(_)) || gw.is_some());
     Request::new(
         RouteNetlinkMessage::DelRoute(msg),
+        0,
+        format!("delete route {dst}"),
+    )
+}
+
+/// One IPv6 peer as programmed on the IPv6 device of a dual-stack overlay (flannel's
+/// `flannel-v6.<vni>`): the peer's IPv6 pod subnet via its IPv6 VTEP address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerEntry6 {
+    /// The peer's IPv6 pod subnet.
+    pub subnet: Ipv6Net,
+    /// The peer's IPv6 VTEP address (its subnet's network address, as flannel does).
+    pub vtep_ip: Ipv6Addr,
+    /// The MAC of the peer's IPv6 device (flannel's `BackendV6Data.VtepMAC`).
+    pub vtep_mac: Mac,
+    /// The peer's underlay address (of the IPv6 device's underlay family).
+    pub underlay: IpAddr,
+}
+
+/// What the kernel holds for an IPv6 device: IPv6 neighbours, FDB entries, IPv6 routes.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceState6 {
+    /// (VTEP address, MAC) of permanent IPv6 neighbours.
+    pub neighbours: Vec<(Ipv6Addr, Mac)>,
+    /// (MAC, underlay address) of FDB entries with a remote.
+    pub fdb: Vec<(Mac, IpAddr)>,
+    /// (subnet, gateway) of IPv6 routes out of the device with a gateway.
+    pub routes: Vec<(Ipv6Net, Ipv6Addr)>,
+}
+
+/// Reads the IPv6 neighbours, FDB entries and IPv6 routes of device `index`.
+pub fn device_state6(sock: &mut Socket, index: u32) -> Result<DeviceState6, Error> {
+    let mut st = DeviceState6::default();
+    let dump = |family| {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family;
+        if family == AddressFamily::Bridge {
+            m.header.ifindex = index;
+        } else {
+            m.attributes.push(NeighbourAttribute::IfIndex(index));
+        }
+        Request::new(
+            RouteNetlinkMessage::GetNeighbour(m),
+            NLM_F_DUMP,
+            "list neighbours",
+        )
+    };
+    let replies = sock.batch(vec![
+        dump(AddressFamily::Inet6),
+        dump(AddressFamily::Bridge),
+    ])?;
+    for list in first_error(replies, |_, _| false)? {
+        for m in list {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index {
+                continue;
+            }
+            let mut dst: Option<IpAddr> = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                        dst = Some(IpAddr::V6(*ip))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        dst = Some(IpAddr::V4(*ip))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = match b.len() {
+                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        let mut m = [0u8; 6];
+                        m.copy_from_slice(l);
+                        mac = Some(m);
+                    }
+                    _ => {}
+                }
+            }
+            match (n.header.family, dst, mac) {
+                (AddressFamily::Inet6, Some(IpAddr::V6(ip)), Some(mac))
+                    if n.header.state == NeighbourState::Permanent =>
+                {
+                    st.neighbours.push((ip, mac))
+                }
+                (AddressFamily::Bridge, Some(ip), Some(mac)) => st.fdb.push((mac, ip)),
+                _ => {}
+            }
+        }
+    }
+    let mut dump = RouteMessage::default();
+    dump.header.address_family = AddressFamily::Inet6;
+    let replies = match sock.request(Request::new(
+        RouteNetlinkMessage::GetRoute(dump),
+        NLM_F_DUMP,
+        "list IPv6 routes",
+    )) {
+        Ok(r) => r,
+        // A namespace without IPv6 routes yet (see link::dump_routes).
+        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    for m in &replies {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        if r.header.table != RouteHeader::RT_TABLE_MAIN {
+            continue;
+        }
+        let (mut dst, mut gw, mut oif) = (None, None, None);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(*d),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        let dst = Ipv6Net::new(
+            dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            r.header.destination_prefix_length,
+        );
+        if let (Ok(dst), Some(gw), Some(i)) = (dst, gw, oif) {
+            if i == index {
+                st.routes.push((dst, gw));
+            }
+        }
+    }
+    Ok(st)
+}
+
+/// The IPv6 route `dst` via `gw`, onlink, out of device `index`, in the main table.
+fn route6(index: u32, dst: Ipv6Net, gw: Ipv6Addr) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header = RouteHeader {
+        address_family: AddressFamily::Inet6,
+        destination_prefix_length: dst.prefix_len(),
+        table: RouteHeader::RT_TABLE_MAIN,
+        protocol: RouteProtocol::Boot,
+        scope: RouteScope::Universe,
+        kind: RouteType::Unicast,
+        flags: RouteFlags::Onlink,
+        ..RouteHeader::default()
+    };
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet6(
+            dst.network(),
+        )));
+    msg.attributes
+        .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg
+}
+
+/// Requests that program one IPv6 peer: IPv6 neighbour, FDB entry and IPv6 route (replacing
+/// what differs), as flannel's AddV6ARP, AddV6FDB and its onlink route on `flannel-v6.<vni>`.
+pub fn add_peer6(index: u32, p: &PeerEntry6) -> Vec<Request> {
+    vec![
+        Request::new(
+            RouteNetlinkMessage::NewNeighbour(neigh(
+                index,
+                AddressFamily::Inet6,
+                IpAddr::V6(p.vtep_ip),
+                p.vtep_mac,
+                false,
+            )),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!(
+                "neighbour {} -> {}",
+                p.vtep_ip,
+                link::mac_string(&p.vtep_mac)
+            ),
+        ),
+        Request::new(
+            RouteNetlinkMessage::NewNeighbour(neigh(
+                index,
+                AddressFamily::Bridge,
+                p.underlay,
+                p.vtep_mac,
+                true,
+            )),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("fdb {} -> {}", link::mac_string(&p.vtep_mac), p.underlay),
+        ),
+        Request::new(
+            RouteNetlinkMessage::NewRoute(route6(index, p.subnet, p.vtep_ip)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("route {} via {} onlink", p.subnet, p.vtep_ip),
+        ),
+    ]
+}
+
+/// A request that removes an IPv6 neighbour.
+pub fn del_neighbour6(index: u32, ip: Ipv6Addr, mac: Mac) -> Request {
+    Request::new(
+        RouteNetlinkMessage::DelNeighbour(neigh(
+            index,
+            AddressFamily::Inet6,
+            IpAddr::V6(ip),
+            mac,
+            false,
+        )),
+        0,
+        format!("delete neighbour {ip}"),
+    )
+}
+
+/// A request that removes an IPv6 route out of device `index`.
+pub fn del_route6(index: u32, dst: Ipv6Net, gw: Ipv6Addr) -> Request {
+    Request::new(
+        RouteNetlinkMessage::DelRoute(route6(index, dst, gw)),
         0,
         format!("delete route {dst}"),
     )

@@ -107,7 +107,7 @@ impl fmt::Display for Action {
             } => write!(
                 f,
                 "deregister the VPC routes of {} (network {network}): {} deregister --config {}",
-                entry["podCIDR"].as_str().unwrap_or("the pod CIDR"),
+                pod_ranges_text(entry),
                 binary.display(),
                 conflist.display()
             ),
@@ -255,28 +255,48 @@ fn plan_links(nets: &[SuiteNetwork], links: &Links, plan: &mut Plan) {
         let Kind::Overlay(cfg) = &net.kind else {
             continue;
         };
-        let dev = cfg.device();
-        match links.get(&dev) {
-            Some(l) if l.kind.as_deref() == Some("vxlan") => {
-                if !done.insert(dev.clone()) {
-                    continue;
+        // The IPv6 device of a dual-stack overlay too, when there is one (IPv6 over the
+        // other underlay family than IPv4).
+        let devices = std::iter::once(cfg.device()).chain(cfg.enable_ipv6.then(|| cfg.device6()));
+        for dev in devices {
+            match links.get(&dev) {
+                Some(l) if l.kind.as_deref() == Some("vxlan") => {
+                    if !done.insert(dev.clone()) {
+                        continue;
+                    }
+                    plan.actions.push(Action::DeleteLink {
+                        name: dev,
+                        why: format!("VXLAN device of network {}", net.name),
+                    });
                 }
-                plan.actions.push(Action::DeleteLink {
-                    name: dev,
-                    why: format!("VXLAN device of network {}", net.name),
-                });
+                Some(l) => plan.notes.push(format!(
+                    "{dev} is a {}, not VXLAN: left alone",
+                    l.kind.as_deref().unwrap_or("device")
+                )),
+                None => {}
             }
-            Some(l) => plan.notes.push(format!(
-                "{dev} is a {}, not VXLAN: left alone",
-                l.kind.as_deref().unwrap_or("device")
-            )),
-            None => {}
         }
     }
     if pods > 0 {
         plan.notes.push(format!(
             "{pods} pod(s) still hold leases: they lose their network"
         ));
+    }
+}
+
+/// The pod ranges a `vpc-route` entry names, for the plan: `podCIDRs` (dual-stack) or
+/// `podCIDR`.
+fn pod_ranges_text(entry: &Value) -> String {
+    match entry["podCIDRs"].as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => entry["podCIDR"]
+            .as_str()
+            .unwrap_or("the pod CIDR")
+            .to_string(),
     }
 }
 
@@ -656,5 +676,14 @@ mod tests {
         assert!(!is_suite_veth("veth1a2b3c4d")); // the reference bridge plugin's
         assert!(!is_suite_veth("vethABCDEFGHIJK"));
         assert!(!is_suite_veth("eth0"));
+    }
+
+    #[test]
+    fn the_vpc_route_plan_names_both_ranges_of_a_dual_stack_entry() {
+        let dual = serde_json::json!({"type": "vpc-route",
+            "podCIDRs": ["10.244.3.0/24", "fd00:10:244:3::/64"]});
+        assert_eq!(pod_ranges_text(&dual), "10.244.3.0/24, fd00:10:244:3::/64");
+        let one = serde_json::json!({"type": "vpc-route", "podCIDR": "10.244.3.0/24"});
+        assert_eq!(pod_ranges_text(&one), "10.244.3.0/24");
     }
 }

@@ -23,8 +23,10 @@ const EXEC_MARGIN: Duration = Duration::from_secs(15);
 pub struct VpcState {
     /// The file read.
     pub path: PathBuf,
-    /// `podCIDR` registered.
+    /// The pod ranges registered, for a report (`10.244.3.0/24, fd00:10:244:3::/64`).
     pub pod_cidr: String,
+    /// The pod ranges registered, one per family.
+    pub pod_cidrs: Vec<String>,
     /// (table id, route in place, problem).
     pub tables: Vec<(String, bool, Option<String>)>,
     /// Source/destination check seen off on the ENI.
@@ -62,11 +64,23 @@ pub fn node_state(entry: &Value) -> Result<Option<VpcState>, String> {
     };
     Ok(Some(VpcState {
         path: state_path(entry),
-        pod_cidr: state.pod_cidr.to_string(),
+        pod_cidr: state
+            .pod_cidrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        pod_cidrs: state.pod_cidrs().iter().map(ToString::to_string).collect(),
         tables: state
             .tables
             .iter()
-            .map(|t| (t.id.clone(), t.registered, t.problem.clone()))
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    t.is_registered(),
+                    t.first_problem().map(str::to_string),
+                )
+            })
             .collect(),
         source_dest_check_off: state.source_dest_check_off,
         age_seconds: Some(state.age().as_secs()),
@@ -180,6 +194,30 @@ mod tests {
         assert!(e.contains("format version 2"), "{e}");
         std::fs::write(dir.path().join("node.json"), r#"{"version":1,"podCIDR":7}"#).unwrap();
         assert!(node_state(&entry).is_err());
+    }
+
+    #[test]
+    fn reads_a_dual_stack_node_state_with_both_ranges_and_either_familys_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = serde_json::json!({"type": "vpc-route", "dataDir": dir.path()});
+        let dual = RELEASE_0_1_0_NODE_JSON
+            .replace(
+                r#""podCIDR": "10.244.3.0/24","#,
+                r#""podCIDR": "10.244.3.0/24", "ipv6PodCIDR": "fd00:10:244:3::/64","#,
+            )
+            .replace(
+                r#""registered": true,"#,
+                r#""registered": true, "ipv6": {"routes": 1, "registered": false, "problem": "v6 conflict"},"#,
+            );
+        std::fs::write(dir.path().join("node.json"), dual).unwrap();
+        let s = node_state(&entry).unwrap().unwrap();
+        assert_eq!(s.pod_cidr, "10.244.3.0/24, fd00:10:244:3::/64");
+        assert_eq!(s.pod_cidrs, ["10.244.3.0/24", "fd00:10:244:3::/64"]);
+        assert_eq!(
+            s.tables[0],
+            ("rtb-1".to_string(), false, Some("v6 conflict".to_string())),
+            "the IPv4 route is there, the IPv6 one is not"
+        );
     }
 
     #[test]

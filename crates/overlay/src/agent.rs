@@ -4,24 +4,27 @@
 //! event never leaves stale state. When etcd is unreachable the dataplane stays as it is and
 //! the agent reconnects; metrics and `/healthz` are served when `metricsAddress` is set.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netsetup::link::{self, Mac};
 use netsetup::vxlan::PeerEntry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval, MissedTickBehavior};
 
 use crate::config::OverlayConfig;
-use crate::dataplane::{self, detect_underlay, overlay_mtu, peer_entry, Dataplane, Underlay};
+use crate::dataplane::{
+    self, detect_underlay, detect_underlay6, ipv6_shares_the_device, overlay_mtu, peer_entry,
+    Dataplane, Underlay,
+};
 use crate::etcd_access::{EtcdAccess, CALL_TIMEOUT};
 use crate::lease::{LeaseEvent, LeaseKeeper, LeaseTerms};
 use crate::metrics_server;
 use crate::peer_sync::PeerSync;
-use crate::peers::PeerTable;
-use crate::registry::{NodeRecord, Registry};
+use crate::peers::{PeerTable, Peers};
+use crate::registry::{Lease, NodeRecord, Ranges, Registry};
 use crate::state::NodeState;
 use crate::subnet_file::SubnetEnv;
 use crate::telemetry::Telemetry;
@@ -49,6 +52,8 @@ pub fn run(cfg: OverlayConfig) -> Result<(), Error> {
 struct Node {
     underlay: Underlay,
     mac: Mac,
+    /// The IPv6 device's underlay and MAC, on a dual-stack network.
+    ipv6: Option<(Underlay, Mac)>,
     state_path: std::path::PathBuf,
 }
 
@@ -68,34 +73,109 @@ fn node(cfg: &OverlayConfig) -> Result<(Node, NodeState), Error> {
         underlay.link.mtu,
         link::mac_string(&mac)
     );
+    let ipv6 = match cfg.cluster6()? {
+        None => None,
+        Some(_) => {
+            let underlay6 = detect_underlay6(&underlay)?;
+            let mac6 = if ipv6_shares_the_device(&underlay, &underlay6) {
+                log::info!(
+                    "IPv6 subnets on {} too (IPv6 over {}: the same underlay family)",
+                    cfg.device(),
+                    underlay6.ip
+                );
+                mac
+            } else {
+                let mac6 = state
+                    .ipv6_vtep_mac
+                    .as_deref()
+                    .and_then(dataplane::parse_mac)
+                    .unwrap_or_else(link::random_local_mac);
+                log::info!(
+                    "IPv6 device {} over {}, vtep mac {}",
+                    cfg.device6(),
+                    underlay6.ip,
+                    link::mac_string(&mac6)
+                );
+                mac6
+            };
+            Some((underlay6, mac6))
+        }
+    };
     Ok((
         Node {
             underlay,
             mac,
+            ipv6,
             state_path,
         },
         state,
     ))
 }
 
-fn publish(cfg: &OverlayConfig, node: &Node, subnet: Ipv4Net) -> Result<(), Error> {
+/// The pods' MTU: the IPv4 device's, or the smaller of both devices' on a dual-stack network
+/// (one pod interface carries both families).
+fn pod_mtu(cfg: &OverlayConfig, node: &Node) -> u32 {
+    let v4 = overlay_mtu(cfg, &node.underlay);
+    match &node.ipv6 {
+        Some((u6, _)) => v4.min(overlay_mtu(cfg, u6)),
+        None => v4,
+    }
+}
+
+fn publish(
+    cfg: &OverlayConfig,
+    node: &Node,
+    subnet: Ipv4Net,
+    subnet6: Option<Ipv6Net>,
+) -> Result<(), Error> {
     NodeState {
         subnet: Some(subnet),
         vtep_mac: Some(link::mac_string(&node.mac)),
+        ipv6_subnet: subnet6,
+        // Only a device of its own has a MAC of its own to keep (a shared one is the IPv4
+        // device's).
+        ipv6_vtep_mac: node
+            .ipv6
+            .as_ref()
+            .filter(|(_, m)| *m != node.mac)
+            .map(|(_, m)| link::mac_string(m)),
     }
     .save(&node.state_path)?;
     let cluster = cfg.cluster()?;
     let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    // flannel's FLANNEL_IPV6_SUBNET is the subnet's first address after the network one.
+    let subnet6_env = subnet6
+        .map(|s| Ipv6Net::new(Ipv6Addr::from(u128::from(s.network()) + 1), s.prefix_len()))
+        .transpose()
+        .map_err(|e| Error::Config(e.to_string()))?;
     SubnetEnv {
         network: cluster,
         subnet: Ipv4Net::new(gateway, subnet.prefix_len())
             .map_err(|e| Error::Config(e.to_string()))?,
-        mtu: overlay_mtu(cfg, &node.underlay),
+        ipv6_network: subnet6.and(cfg.cluster6()?),
+        ipv6_subnet: subnet6_env,
+        mtu: pod_mtu(cfg, node),
         ipmasq: cfg.ip_masq,
     }
     .write(&cfg.subnet_file())?;
-    log::info!("leased {subnet}; wrote {}", cfg.subnet_file().display());
+    match subnet6 {
+        Some(s6) => log::info!(
+            "leased {subnet} and {s6}; wrote {}",
+            cfg.subnet_file().display()
+        ),
+        None => log::info!("leased {subnet}; wrote {}", cfg.subnet_file().display()),
+    }
     Ok(())
+}
+
+/// The dataplane for a lease: the IPv4 device, and the IPv6 one when the lease has an IPv6
+/// subnet.
+fn dataplane_for(cfg: &OverlayConfig, node: &Node, lease: &Lease) -> Result<Dataplane, Error> {
+    let mut dp = Dataplane::setup(cfg, &node.underlay, lease.subnet, node.mac)?;
+    if let (Some(s6), Some((u6, mac6))) = (lease.ipv6_subnet, &node.ipv6) {
+        dp.setup_ipv6(cfg, &node.underlay, u6, s6, *mac6)?;
+    }
+    Ok(dp)
 }
 
 async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
@@ -139,7 +219,7 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
                 Dataplane::setup(cfg, &node.underlay, subnet, node.mac)?,
                 subnet,
             ));
-            publish(cfg, &node, subnet)?;
+            publish(cfg, &node, subnet, None)?;
             telemetry.set_lease(Some(subnet));
         }
         let others: Vec<PeerEntry> = peers
@@ -149,7 +229,10 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
             .collect();
         if let Some((dp, _)) = plane.as_mut() {
             let started = std::time::Instant::now();
-            let c = dp.reconcile(&others)?;
+            let c = dp.reconcile(&Peers {
+                v4: others.clone(),
+                v6: Vec::new(),
+            })?;
             telemetry.full_reconciles.inc();
             telemetry
                 .full_reconcile_seconds
@@ -166,7 +249,10 @@ async fn run_static(cfg: &OverlayConfig) -> Result<(), Error> {
 async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
     let (node, state) = node(cfg)?;
     let cluster = cfg.cluster()?;
-    let me = NodeRecord::new(node.underlay.ip, cfg.vni, link::mac_string(&node.mac));
+    let mut me = NodeRecord::new(node.underlay.ip, cfg.vni, link::mac_string(&node.mac));
+    if let Some((u6, mac6)) = &node.ipv6 {
+        me = me.with_ipv6_device(u6.ip, link::mac_string(mac6));
+    }
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Runtime(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Runtime(e.to_string()))?;
     let resync_every = Duration::from_secs(cfg.resync_seconds.max(1));
@@ -181,9 +267,12 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
         access.clone(),
         LeaseTerms {
             me: me.clone(),
-            preferred: state.subnet,
-            cluster,
-            subnet_len: cfg.subnet_len,
+            preferred: (state.subnet, state.ipv6_subnet),
+            ranges: Ranges {
+                cluster,
+                subnet_len: cfg.subnet_len,
+                ipv6: cfg.cluster6()?.map(|c| (c, cfg.ipv6_subnet_len)),
+            },
             ttl: cfg.lease_ttl,
             release_on_exit: cfg.release_on_exit,
         },
@@ -216,7 +305,10 @@ async fn keep_peers(
     int: &mut tokio::signal::unix::Signal,
 ) -> Result<(), Error> {
     let mut plane: Option<Dataplane> = None;
-    let table = PeerTable::new(node.underlay.ip, cfg.vni);
+    let mut table = PeerTable::new(node.underlay.ip, cfg.vni);
+    if let Some((u6, _)) = &node.ipv6 {
+        table = table.with_ipv6(u6.ip);
+    }
     let mut sync = PeerSync::new(access, &cfg.etcd_prefix, table, telemetry);
     let mut resync = interval(Duration::from_secs(cfg.resync_seconds.max(1)));
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -228,9 +320,9 @@ async fn keep_peers(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             ev = lease_events.recv() => match ev {
-                Some(LeaseEvent::Leased(subnet)) => {
-                    plane = Some(Dataplane::setup(cfg, &node.underlay, subnet, node.mac)?);
-                    publish(cfg, node, subnet)?;
+                Some(LeaseEvent::Leased(lease)) => {
+                    plane = Some(dataplane_for(cfg, node, &lease)?);
+                    publish(cfg, node, lease.subnet, lease.ipv6_subnet)?;
                     sync.request_full();
                 }
                 Some(LeaseEvent::Fatal(e)) => return Err(e),

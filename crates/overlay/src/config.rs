@@ -1,9 +1,9 @@
 //! vxlan-overlay's configuration, shared by the CNI plugin and the agent (one conflist).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::Error;
@@ -22,6 +22,21 @@ pub struct OverlayConfig {
     /// Prefix length of each node's subnet (default 24).
     #[serde(default = "default_subnet_len")]
     pub subnet_len: u8,
+    /// IPv6 pod subnets over the overlay besides the IPv4 ones (flannel's `EnableIPv6`):
+    /// each node leases an IPv6 subnet of `ipv6Network` too, under flannel's dual-stack key
+    /// `<v4>-<len>&<v6>-<len>`, and programs its peers on a second VXLAN device.
+    #[serde(rename = "enableIPv6", default)]
+    pub enable_ipv6: bool,
+    /// The cluster's IPv6 pod range (flannel's `IPv6Network`), required with `enableIPv6`.
+    #[serde(rename = "ipv6Network", default)]
+    pub ipv6_network: Option<Ipv6Net>,
+    /// Prefix length of each node's IPv6 subnet (flannel's `IPv6SubnetLen`, default 64).
+    #[serde(rename = "ipv6SubnetLen", default = "default_ipv6_subnet_len")]
+    pub ipv6_subnet_len: u8,
+    /// The IPv6 VXLAN device (default `vxlan-v6.<vni>`, as flannel's `flannel-v6.<vni>`
+    /// beside `flannel.<vni>`).
+    #[serde(rename = "ipv6Device", default)]
+    pub ipv6_device: Option<String>,
     /// etcd v3 endpoints (URLs); empty with `peersFile` for the static mode.
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
@@ -114,6 +129,9 @@ pub enum UnderlayFamilyConfig {
 fn default_subnet_len() -> u8 {
     24
 }
+fn default_ipv6_subnet_len() -> u8 {
+    64
+}
 fn default_prefix() -> String {
     "/cni-suite/network".into()
 }
@@ -156,6 +174,34 @@ impl OverlayConfig {
         Ok(c)
     }
 
+    /// The cluster's IPv6 range with `enableIPv6`, `None` without; refused when
+    /// `enableIPv6` lacks `ipv6Network` or `ipv6SubnetLen` does not fit it.
+    pub fn cluster6(&self) -> Result<Option<Ipv6Net>, Error> {
+        if !self.enable_ipv6 {
+            return Ok(None);
+        }
+        let c = self
+            .ipv6_network
+            .ok_or_else(|| Error::Config("enableIPv6 needs ipv6Network".into()))?
+            .trunc();
+        // /126 at most, as flannel: a subnet needs room for the VTEP address and pods.
+        if self.ipv6_subnet_len < c.prefix_len() || self.ipv6_subnet_len > 126 {
+            return Err(Error::Config(format!(
+                "ipv6SubnetLen {} must be between ipv6Network's prefix /{} and 126",
+                self.ipv6_subnet_len,
+                c.prefix_len()
+            )));
+        }
+        Ok(Some(c))
+    }
+
+    /// The IPv6 VXLAN device name.
+    pub fn device6(&self) -> String {
+        self.ipv6_device
+            .clone()
+            .unwrap_or_else(|| format!("vxlan-v6.{}", self.vni))
+    }
+
     /// Node state directory.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -180,6 +226,25 @@ impl OverlayConfig {
     /// Checks what both the plugin and the agent need.
     pub fn validate(&self) -> Result<(), Error> {
         self.cluster()?;
+        if self.cluster6()?.is_some() {
+            cni_spec::validate_ifname(&self.device6()).map_err(|_| {
+                Error::Config(format!(
+                    "ipv6Device {:?} is not a valid interface name",
+                    self.device6()
+                ))
+            })?;
+            if self.etcd_endpoints.is_empty() {
+                return Err(Error::Config(
+                    "enableIPv6 needs etcdEndpoints: a peersFile lists IPv4 subnets only".into(),
+                ));
+            }
+            if self.device6() == self.device() {
+                return Err(Error::Config(format!(
+                    "ipv6Device and device are both {:?}: the IPv6 device is a second one",
+                    self.device()
+                )));
+            }
+        }
         pod_bridge::config::validate_bridge_name(&self.bridge)
             .map_err(|e| Error::Config(e.to_string()))?;
         cni_spec::validate_ifname(&self.device()).map_err(|_| {
@@ -277,6 +342,12 @@ pub fn vtep_ip(subnet: Ipv4Net) -> Ipv4Addr {
     subnet.network()
 }
 
+/// The IPv6 VTEP address of a node's IPv6 subnet: its network address, as flannel's
+/// `flannel-v6.<vni>` has (a /128).
+pub fn vtep_ip6(subnet: Ipv6Net) -> Ipv6Addr {
+    subnet.network()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +410,67 @@ mod tests {
         assert!(release_before_5_7("5.4.0-150-generic"));
         assert!(!release_before_5_7("5.7.0"));
         assert!(!release_before_5_7("6.18.44-fc-v595"));
+    }
+
+    #[test]
+    fn ipv6_needs_its_network_and_a_fitting_subnet_length() {
+        let parse = |extra: &str| {
+            serde_json::from_str::<OverlayConfig>(&format!(
+                r#"{{"clusterCIDR":"10.244.0.0/16","peersFile":"/x"{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let off = parse("");
+        assert_eq!(off.cluster6().unwrap(), None);
+        let on = parse(
+            r#","enableIPv6":true,"ipv6Network":"fd00:10:244::/56","etcdEndpoints":["http://127.0.0.1:2379"]"#,
+        );
+        assert_eq!(
+            on.cluster6().unwrap(),
+            Some("fd00:10:244::/56".parse().unwrap())
+        );
+        assert_eq!(
+            (on.ipv6_subnet_len, on.device6()),
+            (64, "vxlan-v6.1".to_string())
+        );
+        assert!(on.validate().is_ok());
+        assert!(
+            parse(r#","enableIPv6":true,"ipv6Network":"fd00:10:244::/56""#)
+                .validate()
+                .is_err(),
+            "a peersFile has no IPv6 subnets"
+        );
+        assert!(parse(r#","enableIPv6":true"#).validate().is_err());
+        assert!(
+            parse(r#","enableIPv6":true,"ipv6Network":"fd00::/64","ipv6SubnetLen":56"#)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse(r#","enableIPv6":true,"ipv6Network":"fd00::/56","ipv6SubnetLen":127"#)
+                .validate()
+                .is_err()
+        );
+        assert!(parse(r#","enableIPv6":true,"ipv6Network":"fd00::/56","etcdEndpoints":["http://e:2379"],"ipv6Device":"vxlan.1""#)
+            .validate()
+            .is_err());
+        assert_eq!(
+            vtep_ip6("fd00:10:244:3::/64".parse().unwrap()),
+            "fd00:10:244:3::".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_dual_stack_example_is_valid() {
+        let list: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../packaging/examples/vxlan-overlay-dual-stack.conflist"
+        ))
+        .unwrap();
+        let c: OverlayConfig = serde_json::from_value(list["plugins"][0].clone()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.cluster6().unwrap(),
+            Some("fd00:10:244::/56".parse().unwrap())
+        );
     }
 }

@@ -2,24 +2,28 @@
 //! peer, reconciled against the desired peers (anything else on the device is removed).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netsetup::link::{self, Mac};
 use netsetup::socket::first_error;
-use netsetup::vxlan::{self, PeerEntry, UnderlayFamily, VxlanSpec};
+use netsetup::vxlan::{self, PeerEntry, PeerEntry6, UnderlayFamily, VxlanSpec};
 use netsetup::{Link, Socket};
 use serde::Deserialize;
 
-use crate::config::{vtep_ip, OverlayConfig, UnderlayFamilyConfig};
-use crate::peers::Delta;
+use crate::config::{vtep_ip, vtep_ip6, OverlayConfig, UnderlayFamilyConfig};
+use crate::peers::{Delta, Peers};
 use crate::Error;
 
-/// The VTEP of this node.
+/// FDB entries: (MAC, underlay address).
+type FdbSet = HashSet<(Mac, IpAddr)>;
+
+/// The VTEP of this node: the IPv4 device, and on a dual-stack network the IPv6 one.
 pub struct Dataplane {
     sock: Socket,
     device: Link,
+    device6: Option<Link>,
 }
 
 /// How a reconcile changed the device.
@@ -51,6 +55,35 @@ pub fn detect_underlay(cfg: &OverlayConfig) -> Result<Underlay, Error> {
     };
     let (link, ip) = vxlan::underlay(&mut sock, cfg.underlay_interface.as_deref(), family)?;
     Ok(Underlay { link, ip })
+}
+
+/// The underlay of the IPv6 device on a dual-stack network, as flannel's `flannel-v6.<vni>`
+/// takes it: the node's IPv6 address (the underlay's own when it is IPv6, else the first
+/// global IPv6 address of the underlay link), so flannel peers reach it at `PublicIPv6`.
+/// Without one the IPv6 device encapsulates over the IPv4 underlay (peers of ours reach it
+/// at `PublicIP`; flanneld cannot); all nodes must end up in the same family.
+pub fn detect_underlay6(underlay: &Underlay) -> Result<Underlay, Error> {
+    if underlay.ip.is_ipv6() {
+        return Ok(underlay.clone());
+    }
+    let mut sock = Socket::new()?;
+    let v6 = link::global_addresses(&mut sock, underlay.link.index)?
+        .into_iter()
+        .find(IpAddr::is_ipv6);
+    Ok(Underlay {
+        link: underlay.link.clone(),
+        ip: v6.unwrap_or(underlay.ip),
+    })
+}
+
+/// Whether the IPv6 subnets ride on the IPv4 device: when both encapsulate in the same
+/// underlay family. The kernel refuses a second VXLAN device with the same VNI and port in
+/// the same family (EEXIST), and flannel never needs one (its `flannel-v6.<vni>` is always
+/// over IPv6, its `flannel.<vni>` over IPv4); one device carries inner IPv4 and IPv6 alike,
+/// so the IPv6 neighbours, routes and VTEP address go on it, and its MAC is the record's
+/// `BackendV6Data.VtepMAC` as well.
+pub fn ipv6_shares_the_device(underlay: &Underlay, underlay6: &Underlay) -> bool {
+    underlay.ip.is_ipv6() == underlay6.ip.is_ipv6()
 }
 
 /// Bytes VXLAN adds over an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner
@@ -103,14 +136,75 @@ impl Dataplane {
                 spec.mtu
             );
         }
-        match vxlan::set_tx_checksum(&spec.name, cfg.tx_checksum()) {
-            Ok(()) => {}
-            // Asked for explicitly: running with the other setting would silently cost the
-            // throughput (or the checksums) the operator chose it for.
-            Err(e) if cfg.tx_checksum_offload.is_some() => return Err(e.into()),
-            Err(e) => log::warn!("cannot set tx checksum offload on {}: {e}", spec.name),
+        set_tx_checksum(cfg, &spec.name)?;
+        Ok(Dataplane {
+            sock,
+            device,
+            device6: None,
+        })
+    }
+
+    /// Adds (or keeps) the IPv6 side of a dual-stack network. When `underlay6` is of another
+    /// family than the IPv4 device's underlay (flannel's case: `flannel.<vni>` over IPv4,
+    /// `flannel-v6.<vni>` over IPv6), a second device `vxlan-v6.<vni>` with its own MAC
+    /// `mac6`; when it is of the same family, the IPv4 device itself carries the IPv6
+    /// subnets too (see [`ipv6_shares_the_device`]). Either way the device gets the IPv6
+    /// subnet's VTEP address as a /128.
+    pub fn setup_ipv6(
+        &mut self,
+        cfg: &OverlayConfig,
+        underlay: &Underlay,
+        underlay6: &Underlay,
+        subnet6: Ipv6Net,
+        mac6: Mac,
+    ) -> Result<(), Error> {
+        let vtep =
+            Ipv6Net::new(vtep_ip6(subnet6), 128).map_err(|e| Error::Config(e.to_string()))?;
+        if ipv6_shares_the_device(underlay, underlay6) {
+            let replies = self.sock.batch(vec![vxlan::add_vtep_address(
+                self.device.index,
+                IpNet::V6(vtep),
+            )])?;
+            first_error(replies, |_, _| false)?;
+            log::info!("{} carries {subnet6} too (VTEP {vtep})", self.device.name);
+            self.device6 = Some(self.device.clone());
+            return Ok(());
         }
-        Ok(Dataplane { sock, device })
+        let spec = VxlanSpec {
+            name: cfg.device6(),
+            vni: cfg.vni,
+            port: cfg.port,
+            local: underlay6.ip,
+            underlay_index: underlay6.link.index,
+            mac: mac6,
+            mtu: overlay_mtu(cfg, underlay6),
+        };
+        let (device, created) = vxlan::ensure_vxlan_with(&mut self.sock, &spec, IpNet::V6(vtep))?;
+        if created {
+            log::info!(
+                "created {} (vni {}, port {}, local {}, mtu {}) for {subnet6}",
+                spec.name,
+                spec.vni,
+                spec.port,
+                spec.local,
+                spec.mtu
+            );
+        }
+        set_tx_checksum(cfg, &spec.name)?;
+        self.device6 = Some(device);
+        Ok(())
+    }
+
+    /// Whether the IPv6 side shares the IPv4 device.
+    fn shared(&self) -> bool {
+        self.device6
+            .as_ref()
+            .is_some_and(|d| d.index == self.device.index)
+    }
+
+    /// The IPv6 device, on a dual-stack network.
+    pub fn device6(&self) -> Option<&Link> {
+        self.device6.as_ref()
     }
 
     /// The device.
@@ -118,9 +212,87 @@ impl Dataplane {
         &self.device
     }
 
-    /// Makes the device hold exactly `peers`: programs what is missing or different and
+    /// Makes the devices hold exactly `peers`: programs what is missing or different and
     /// removes what no peer accounts for.
-    pub fn reconcile(&mut self, peers: &[PeerEntry]) -> Result<Changes, Error> {
+    pub fn reconcile(&mut self, peers: &Peers) -> Result<Changes, Error> {
+        // On a shared device the FDB holds the entries of both sides: neither removes the
+        // other's.
+        let (keep4, keep6): (FdbSet, FdbSet) = if self.shared() {
+            (
+                peers.v6.iter().map(|p| (p.vtep_mac, p.underlay)).collect(),
+                peers.v4.iter().map(|p| (p.vtep_mac, p.underlay)).collect(),
+            )
+        } else {
+            Default::default()
+        };
+        let mut c = self.reconcile_v4(&peers.v4, &keep4)?;
+        if self.device6.is_some() {
+            let c6 = self.reconcile_v6(&peers.v6, &keep6)?;
+            c.added += c6.added;
+            c.removed += c6.removed;
+        }
+        Ok(c)
+    }
+
+    /// The IPv6 device's half of [`Self::reconcile`].
+    fn reconcile_v6(
+        &mut self,
+        peers: &[PeerEntry6],
+        keep_fdb: &HashSet<(Mac, IpAddr)>,
+    ) -> Result<Changes, Error> {
+        let Some(device) = &self.device6 else {
+            return Ok(Changes::default());
+        };
+        let index = device.index;
+        let st = vxlan::device_state6(&mut self.sock, index)?;
+        let neigh: HashSet<(Ipv6Addr, Mac)> = st.neighbours.iter().copied().collect();
+        let fdb: HashSet<(Mac, IpAddr)> = st.fdb.iter().copied().collect();
+        let routes: HashSet<(Ipv6Net, Ipv6Addr)> = st.routes.iter().copied().collect();
+        let mut batch = Vec::new();
+        let mut changes = Changes::default();
+        for p in peers {
+            let complete = neigh.contains(&(p.vtep_ip, p.vtep_mac))
+                && fdb.contains(&(p.vtep_mac, p.underlay))
+                && routes.contains(&(p.subnet, p.vtep_ip));
+            if !complete {
+                batch.extend(vxlan::add_peer6(index, p));
+                changes.added += 1;
+            }
+        }
+        let want_neigh: HashSet<(Ipv6Addr, Mac)> =
+            peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
+        let want_fdb: HashSet<(Mac, IpAddr)> = peers
+            .iter()
+            .map(|p| (p.vtep_mac, p.underlay))
+            .chain(keep_fdb.iter().copied())
+            .collect();
+        let want_routes: HashSet<(Ipv6Net, Ipv6Addr)> =
+            peers.iter().map(|p| (p.subnet, p.vtep_ip)).collect();
+        for (ip, mac) in neigh.difference(&want_neigh) {
+            batch.push(vxlan::del_neighbour6(index, *ip, *mac));
+            changes.removed += 1;
+        }
+        for (mac, ip) in fdb.difference(&want_fdb) {
+            batch.push(vxlan::del_fdb(index, *mac, *ip));
+            changes.removed += 1;
+        }
+        for (dst, gw) in routes.difference(&want_routes) {
+            batch.push(vxlan::del_route6(index, *dst, *gw));
+            changes.removed += 1;
+        }
+        if !batch.is_empty() {
+            let replies = self.sock.batch(batch)?;
+            first_error(replies, already_gone)?;
+        }
+        Ok(changes)
+    }
+
+    /// The IPv4 device's half of [`Self::reconcile`].
+    fn reconcile_v4(
+        &mut self,
+        peers: &[PeerEntry],
+        keep_fdb: &HashSet<(Mac, IpAddr)>,
+    ) -> Result<Changes, Error> {
         let index = self.device.index;
         let st = vxlan::device_state(&mut self.sock, index)?;
         log::debug!("device {} holds {st:?}; want {peers:?}", self.device.name);
@@ -140,8 +312,11 @@ impl Dataplane {
         }
         let want_neigh: HashSet<(Ipv4Addr, Mac)> =
             peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
-        let want_fdb: HashSet<(Mac, IpAddr)> =
-            peers.iter().map(|p| (p.vtep_mac, p.underlay)).collect();
+        let want_fdb: HashSet<(Mac, IpAddr)> = peers
+            .iter()
+            .map(|p| (p.vtep_mac, p.underlay))
+            .chain(keep_fdb.iter().copied())
+            .collect();
         let want_routes: HashSet<(Ipv4Net, Option<Ipv4Addr>)> =
             peers.iter().map(|p| (p.subnet, Some(p.vtep_ip))).collect();
         for (ip, mac) in neigh.difference(&want_neigh) {
@@ -171,20 +346,55 @@ impl Dataplane {
     /// batch (sent in bounded chunks). Nothing is read back: what is programmed is known.
     pub fn apply(&mut self, deltas: &[Delta]) -> Result<Changes, Error> {
         let index = self.device.index;
+        let index6 = self.device6.as_ref().map(|d| d.index);
+        let shared = self.shared();
         let mut batch = Vec::new();
         let mut changes = Changes::default();
         for d in deltas {
+            // On a shared device an FDB entry one side drops may be one the other keeps.
+            let kept = |mac: Mac, ip: IpAddr| {
+                shared
+                    && (d.new.is_some_and(|n| (n.vtep_mac, n.underlay) == (mac, ip))
+                        || d.new6
+                            .is_some_and(|n| (n.vtep_mac, n.underlay) == (mac, ip)))
+            };
+            let del_fdb = |batch: &mut Vec<_>, index: u32, mac: Mac, ip: IpAddr| {
+                if !kept(mac, ip) {
+                    batch.push(vxlan::del_fdb(index, mac, ip));
+                }
+            };
+            if let Some(index6) = index6 {
+                match (d.old6, d.new6) {
+                    (Some(o), None) => {
+                        batch.push(vxlan::del_neighbour6(index6, o.vtep_ip, o.vtep_mac));
+                        del_fdb(&mut batch, index6, o.vtep_mac, o.underlay);
+                        batch.push(vxlan::del_route6(index6, o.subnet, o.vtep_ip));
+                    }
+                    (Some(o), Some(n)) => {
+                        if o.vtep_mac != n.vtep_mac {
+                            del_fdb(&mut batch, index6, o.vtep_mac, o.underlay);
+                        }
+                        // A new IPv6 subnet for the same record: the old route and
+                        // neighbour go (they are keyed by the old subnet and address).
+                        if o.subnet != n.subnet {
+                            batch.push(vxlan::del_neighbour6(index6, o.vtep_ip, o.vtep_mac));
+                            batch.push(vxlan::del_route6(index6, o.subnet, o.vtep_ip));
+                        }
+                    }
+                    (None, _) => {}
+                }
+            }
             match (d.old, d.new) {
                 (Some(o), None) => {
                     batch.push(vxlan::del_neighbour(index, o.vtep_ip, o.vtep_mac));
-                    batch.push(vxlan::del_fdb(index, o.vtep_mac, o.underlay));
+                    del_fdb(&mut batch, index, o.vtep_mac, o.underlay);
                     batch.push(vxlan::del_route(index, o.subnet, Some(o.vtep_ip)));
                     changes.removed += 1;
                 }
                 // The FDB entry is keyed by MAC: a new MAC leaves the old entry behind. The
                 // neighbour (keyed by address) and the route (by subnet) are replaced.
                 (Some(o), Some(n)) if o.vtep_mac != n.vtep_mac => {
-                    batch.push(vxlan::del_fdb(index, o.vtep_mac, o.underlay));
+                    del_fdb(&mut batch, index, o.vtep_mac, o.underlay);
                 }
                 _ => {}
             }
@@ -194,12 +404,29 @@ impl Dataplane {
                 batch.extend(vxlan::add_peer(index, &n));
                 changes.added += 1;
             }
+            if let (Some(index6), Some(n)) = (index6, d.new6) {
+                batch.extend(vxlan::add_peer6(index6, &n));
+            }
         }
         if !batch.is_empty() {
             let replies = self.sock.batch(batch)?;
             first_error(replies, already_gone)?;
         }
         Ok(changes)
+    }
+}
+
+/// Applies `txChecksumOffload` (or the kernel's default) to device `name`.
+fn set_tx_checksum(cfg: &OverlayConfig, name: &str) -> Result<(), Error> {
+    match vxlan::set_tx_checksum(name, cfg.tx_checksum()) {
+        Ok(()) => Ok(()),
+        // Asked for explicitly: running with the other setting would silently cost the
+        // throughput (or the checksums) the operator chose it for.
+        Err(e) if cfg.tx_checksum_offload.is_some() => Err(e.into()),
+        Err(e) => {
+            log::warn!("cannot set tx checksum offload on {name}: {e}");
+            Ok(())
+        }
     }
 }
 
@@ -242,6 +469,17 @@ pub fn peer_entry(subnet: Ipv4Net, underlay: IpAddr, mac: &str) -> Option<PeerEn
     Some(PeerEntry {
         subnet: subnet.trunc(),
         vtep_ip: vtep_ip(subnet.trunc()),
+        vtep_mac: parse_mac(mac)?,
+        underlay,
+    })
+}
+
+/// An IPv6 peer entry from an IPv6 subnet, underlay address and MAC text; None when the MAC
+/// is invalid.
+pub fn peer_entry6(subnet: Ipv6Net, underlay: IpAddr, mac: &str) -> Option<PeerEntry6> {
+    Some(PeerEntry6 {
+        subnet: subnet.trunc(),
+        vtep_ip: vtep_ip6(subnet.trunc()),
         vtep_mac: parse_mac(mac)?,
         underlay,
     })

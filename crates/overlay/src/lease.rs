@@ -8,21 +8,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::timeout;
 
 use crate::etcd_access::{EtcdAccess, Fingerprint, CALL_TIMEOUT};
-use crate::registry::{Lease, NodeRecord, Registry};
+use crate::registry::{Lease, NodeRecord, Ranges, Registry};
 use crate::telemetry::Telemetry;
 use crate::Error;
 
 /// What the lease thread tells the agent.
 #[derive(Debug)]
 pub enum LeaseEvent {
-    /// The node holds this subnet (the first lease, or a different subnet after the old one
-    /// was lost to another node).
-    Leased(Ipv4Net),
+    /// The node holds this subnet, and its IPv6 one on a dual-stack network (the first
+    /// lease, or different subnets after the old ones were lost to another node).
+    Leased(Lease),
     /// Leasing cannot succeed (another network config in etcd, no free subnet): the agent
     /// stops.
     Fatal(Error),
@@ -33,12 +33,10 @@ pub enum LeaseEvent {
 pub struct LeaseTerms {
     /// This node's record.
     pub me: NodeRecord,
-    /// The subnet to prefer (the last one held).
-    pub preferred: Option<Ipv4Net>,
-    /// The cluster range.
-    pub cluster: Ipv4Net,
-    /// Subnet prefix length.
-    pub subnet_len: u8,
+    /// The subnets to prefer (the last ones held).
+    pub preferred: (Option<Ipv4Net>, Option<Ipv6Net>),
+    /// The cluster's ranges and subnet lengths.
+    pub ranges: Ranges,
     /// Lease TTL in seconds.
     pub ttl: u64,
     /// Revoke the lease on stop.
@@ -150,12 +148,11 @@ impl Keeper {
         result.map_err(|e| self.access.explain(e))
     }
 
-    fn acquire(&mut self, preferred: Option<Ipv4Net>) -> Result<Lease, Error> {
+    fn acquire(&mut self, preferred: (Option<Ipv4Net>, Option<Ipv6Net>)) -> Result<Lease, Error> {
         let t = self.terms.clone();
         self.call(async |reg| {
-            reg.ensure_network_config(t.cluster, t.subnet_len).await?;
-            reg.acquire(&t.me, preferred, t.cluster, t.subnet_len, t.ttl)
-                .await
+            reg.ensure_network_config(&t.ranges).await?;
+            reg.acquire(&t.me, preferred, &t.ranges, t.ttl).await
         })
     }
 
@@ -165,7 +162,9 @@ impl Keeper {
         let mut lease = loop {
             match self.acquire(self.terms.preferred) {
                 Ok(l) => break l,
-                Err(e @ (Error::Conflict(_) | Error::Exhausted { .. })) => {
+                Err(
+                    e @ (Error::Conflict(_) | Error::Exhausted { .. } | Error::Exhausted6 { .. }),
+                ) => {
                     let _ = self.events.send(LeaseEvent::Fatal(e));
                     return;
                 }
@@ -177,7 +176,7 @@ impl Keeper {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         };
         self.telemetry.set_lease(Some(lease.subnet));
-        if self.events.send(LeaseEvent::Leased(lease.subnet)).is_err() {
+        if self.events.send(LeaseEvent::Leased(lease)).is_err() {
             return;
         }
         let period = Duration::from_secs((self.terms.ttl / 3).max(1));
@@ -198,9 +197,9 @@ impl Keeper {
                 Ok(false) => {
                     log::warn!("lease on {} expired; claiming it again", lease.subnet);
                     self.telemetry.set_lease(None);
-                    match self.acquire(Some(lease.subnet)) {
+                    match self.acquire((Some(lease.subnet), lease.ipv6_subnet)) {
                         Ok(new) => {
-                            if new.subnet != lease.subnet {
+                            if (new.subnet, new.ipv6_subnet) != (lease.subnet, lease.ipv6_subnet) {
                                 // Another node took our subnet while we were away: pods
                                 // here keep their addresses only if the agent starts over.
                                 log::error!(
@@ -208,7 +207,7 @@ impl Keeper {
                                     lease.subnet,
                                     new.subnet
                                 );
-                                if self.events.send(LeaseEvent::Leased(new.subnet)).is_err() {
+                                if self.events.send(LeaseEvent::Leased(new)).is_err() {
                                     return;
                                 }
                             }
@@ -217,7 +216,11 @@ impl Keeper {
                             last_ok = Instant::now();
                             next = period;
                         }
-                        Err(e @ (Error::Conflict(_) | Error::Exhausted { .. })) => {
+                        Err(
+                            e @ (Error::Conflict(_)
+                            | Error::Exhausted { .. }
+                            | Error::Exhausted6 { .. }),
+                        ) => {
                             let _ = self.events.send(LeaseEvent::Fatal(e));
                             return;
                         }

@@ -19,7 +19,7 @@ pub mod telemetry;
 use std::path::{Path, PathBuf};
 
 use cni_spec::{Code, ErrorCode};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use config::OverlayConfig;
 pub use plugin::VxlanOverlay;
@@ -52,6 +52,14 @@ pub enum Error {
         /// The cluster CIDR.
         cluster: Ipv4Net,
         /// The subnet length.
+        subnet_len: u8,
+    },
+    /// Every IPv6 subnet of the cluster is leased.
+    #[error("no free /{subnet_len} left in {cluster}")]
+    Exhausted6 {
+        /// The cluster's IPv6 range.
+        cluster: Ipv6Net,
+        /// The IPv6 subnet length.
         subnet_len: u8,
     },
     /// etcd holds a different network configuration.
@@ -109,7 +117,7 @@ impl ErrorCode for Error {
             Error::Net(e) => e.code(),
             Error::Config(_) | Error::Conflict(_) => Code::InvalidNetworkConfig,
             Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) => Code::TryAgainLater,
-            Error::Exhausted { .. } => Code::RangeExhausted,
+            Error::Exhausted { .. } | Error::Exhausted6 { .. } => Code::RangeExhausted,
             Error::Io { .. } | Error::Metrics { .. } | Error::Runtime(_) => Code::IoFailure,
         }
     }

@@ -143,7 +143,7 @@ impl PeerSync {
             .map_err(|_| Error::EtcdAccess("listing peers timed out".into()))??;
         let peers = self.table.peers_of(&records);
         let c = plane.reconcile(&peers)?;
-        self.table.replaced(&peers);
+        self.table.replaced(&records, &peers);
         self.revision = revision;
         self.need_full = false;
         let took = started.elapsed();
@@ -151,11 +151,16 @@ impl PeerSync {
         self.telemetry
             .full_reconcile_seconds
             .observe(took.as_secs_f64());
-        self.telemetry.peers_programmed.set(peers.len() as i64);
+        self.telemetry.peers_programmed.set(peers.v4.len() as i64);
         self.telemetry.synced();
+        // This line's shape is read by vxlan-scale-bench (agent_log.rs): IPv6 entries get a
+        // line of their own.
+        if !peers.v6.is_empty() {
+            log::info!("reconciled {} IPv6 peer entries", peers.v6.len());
+        }
         log::info!(
             "full reconcile: {} peers, {} added, {} removed, took {} ms",
-            peers.len(),
+            peers.v4.len(),
             c.added,
             c.removed,
             took.as_millis()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use cni_skel::{AddOutput, Plugin, Request};
 use cni_spec::{Attachment, NetConf};
+use ipnet::IpNet;
 use node_ipam::{Pool, Ranges};
 use pod_bridge::config::{nft_table_for, DEFAULT_DATA_DIR};
 use pod_bridge::{attach, BridgeNetwork};
@@ -29,16 +30,27 @@ pub fn bridge_network(cfg: &OverlayConfig, name: &str) -> Result<BridgeNetwork, 
     cfg.validate()?;
     let path = cfg.subnet_file();
     let env = SubnetEnv::read(&path)?.ok_or(Error::NoLease(path))?;
-    let pool = Pool::new(env.subnet.trunc(), Some(env.gateway().into()))
-        .map_err(pod_bridge::Error::from)?;
+    let mut pools = vec![Pool::new(env.subnet.trunc(), Some(env.gateway().into()))
+        .map_err(pod_bridge::Error::from)?];
+    let mut cluster: Vec<IpNet> = vec![env.network.into()];
+    // A dual-stack lease (FLANNEL_IPV6_SUBNET): pods get an address of each family, the
+    // IPv6 one from the node's IPv6 subnet with its first address as gateway, as flannel's
+    // subnet.env names it.
+    if let (Some(subnet6), Some(gateway6)) = (env.ipv6_subnet, env.gateway6()) {
+        pools.push(
+            Pool::new(subnet6.trunc(), Some(gateway6.into())).map_err(pod_bridge::Error::from)?,
+        );
+        cluster.extend(env.ipv6_network.map(IpNet::V6));
+    }
+    let ranges = Ranges::new(pools).map_err(pod_bridge::Error::from)?;
     Ok(BridgeNetwork {
         name: name.to_string(),
         bridge: cfg.bridge.clone(),
-        ranges: Ranges::one(pool),
+        ranges,
         mtu: if cfg.mtu > 0 { cfg.mtu } else { env.mtu },
         hairpin: true,
         promisc: false,
-        masquerade_outside: (cfg.ip_masq && env.ipmasq).then(|| vec![env.network.into()]),
+        masquerade_outside: (cfg.ip_masq && env.ipmasq).then_some(cluster),
         nft_table: nft_table_for(&cfg.bridge),
         data_dir: ipam_dir(cfg),
         default_route: cfg.default_route,
@@ -51,11 +63,14 @@ fn teardown_network(cfg: &OverlayConfig, name: &str) -> Result<BridgeNetwork, Er
     match bridge_network(cfg, name) {
         Err(Error::NoLease(_)) => {
             let cluster = cfg.cluster()?;
-            let pool = Pool::new(cluster, None).map_err(pod_bridge::Error::from)?;
+            let mut pools = vec![Pool::new(cluster, None).map_err(pod_bridge::Error::from)?];
+            if let Some(cluster6) = cfg.cluster6()? {
+                pools.push(Pool::new(cluster6, None).map_err(pod_bridge::Error::from)?);
+            }
             Ok(BridgeNetwork {
                 name: name.to_string(),
                 bridge: cfg.bridge.clone(),
-                ranges: Ranges::one(pool),
+                ranges: Ranges::new(pools).map_err(pod_bridge::Error::from)?,
                 mtu: cfg.mtu,
                 hairpin: true,
                 promisc: false,

@@ -5,7 +5,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -18,6 +18,13 @@ pub struct NodeState {
     pub subnet: Option<Ipv4Net>,
     /// The VTEP MAC, `aa:bb:..`.
     pub vtep_mac: Option<String>,
+    /// The IPv6 subnet last leased (dual-stack networks; absent before, so the file of a
+    /// release without IPv6 reads, and is written, unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<Ipv6Net>,
+    /// The IPv6 device's MAC, kept across restarts as the IPv4 device's is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_vtep_mac: Option<String>,
 }
 
 impl NodeState {

@@ -7,7 +7,7 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, NetworkInterfaceAttribute};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use vpc_routes::{
     ApiError, Ec2, Instance, Operation, Route, RouteOrigin, RouteState, RouteTable, RouteTarget,
     TableQuery,
@@ -74,7 +74,10 @@ where
 }
 
 fn convert_route(r: &aws_sdk_ec2::types::Route) -> Route {
-    let destination = r.destination_cidr_block().and_then(|d| d.parse().ok());
+    let destination = r
+        .destination_cidr_block()
+        .or(r.destination_ipv6_cidr_block())
+        .and_then(|d| d.parse().ok());
     let node = r.instance_id().is_some() || r.network_interface_id().is_some();
     let other = r
         .gateway_id()
@@ -114,6 +117,18 @@ fn convert_route(r: &aws_sdk_ec2::types::Route) -> Route {
         origin,
         state,
     }
+}
+
+/// `DestinationCidrBlock` of an IPv4 destination. ipnet prints the canonical text (an IPv6
+/// range compressed and lower case), the spelling EC2 answers with; moto keys routes by the
+/// literal text, so another spelling would be another route there.
+fn ipv4(destination: IpNet) -> Option<String> {
+    matches!(destination, IpNet::V4(_)).then(|| destination.to_string())
+}
+
+/// `DestinationIpv6CidrBlock` of an IPv6 destination.
+fn ipv6(destination: IpNet) -> Option<String> {
+    matches!(destination, IpNet::V6(_)).then(|| destination.to_string())
 }
 
 fn convert_table(t: &aws_sdk_ec2::types::RouteTable) -> RouteTable {
@@ -158,13 +173,14 @@ impl Ec2 for AwsEc2 {
     async fn create_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> Result<(), ApiError> {
         self.client
             .create_route()
             .route_table_id(table_id)
-            .destination_cidr_block(destination.to_string())
+            .set_destination_cidr_block(ipv4(destination))
+            .set_destination_ipv6_cidr_block(ipv6(destination))
             .network_interface_id(eni_id)
             .send()
             .await
@@ -175,13 +191,14 @@ impl Ec2 for AwsEc2 {
     async fn replace_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> Result<(), ApiError> {
         self.client
             .replace_route()
             .route_table_id(table_id)
-            .destination_cidr_block(destination.to_string())
+            .set_destination_cidr_block(ipv4(destination))
+            .set_destination_ipv6_cidr_block(ipv6(destination))
             .network_interface_id(eni_id)
             .send()
             .await
@@ -189,11 +206,12 @@ impl Ec2 for AwsEc2 {
             .map_err(|e| api_error(Operation::ReplaceRoute, e))
     }
 
-    async fn delete_route(&self, table_id: &str, destination: Ipv4Net) -> Result<(), ApiError> {
+    async fn delete_route(&self, table_id: &str, destination: IpNet) -> Result<(), ApiError> {
         self.client
             .delete_route()
             .route_table_id(table_id)
-            .destination_cidr_block(destination.to_string())
+            .set_destination_cidr_block(ipv4(destination))
+            .set_destination_ipv6_cidr_block(ipv6(destination))
             .send()
             .await
             .map(|_| ())

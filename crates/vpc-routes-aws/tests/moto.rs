@@ -1,6 +1,12 @@
 //! Route registration against a real moto EC2 server through aws-sdk-ec2, with an IMDSv2 fake,
 //! and the fault layer for what moto cannot emulate (quota, throttling, blackholes, slowness).
 //!
+//! The IPv6 tests at the end run the node's IPv6 pod range through the same rules. What
+//! moto 5.2 models of IPv6 routes, and where it stops, is pinned by
+//! `moto_ipv6_routes_what_moto_models_and_where_it_stops`; past that point the fault layer
+//! stands in (blackholes, RouteLimitExceeded, and the `RouteAlreadyExists` of a lost race,
+//! which moto never answers for an IPv6 destination).
+//!
 //! Each test starts its own moto server and IMDS fake on free ports (tests/setup-moto.sh
 //! installs moto once), and reads the outcome back from moto through the SDK.
 
@@ -45,6 +51,30 @@ fn warnings() -> Vec<String> {
 
 const POD_CIDR: &str = "10.244.3.0/24";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The node's IPv6 pod range and the cluster's (ULA, fd00::/8).
+const POD_CIDR_V6: &str = "fd00:10:244:3::/64";
+const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
+
+/// Config keys of a dual-stack node; `podCIDR`/`clusterCIDR` (the IPv4 ones, from
+/// [`World::config`]) name ranges of the lists, as a template rendering both would.
+fn dual_stack(extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({
+        "podCIDRs": [POD_CIDR, POD_CIDR_V6], "clusterCIDRs": [CLUSTER_CIDR, CLUSTER_CIDR_V6]
+    });
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    c
+}
+
+/// Config keys of an IPv6-only node.
+fn ipv6_only(extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({ "podCIDR": POD_CIDR_V6, "clusterCIDR": CLUSTER_CIDR_V6 });
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    c
+}
 
 type Ec2 = Arc<FaultInjectingEc2<AwsEc2>>;
 
@@ -610,7 +640,7 @@ async fn route_quota_refuses_before_calling_ec2() {
     assert!(
         warned
             .iter()
-            .any(|m| m.contains(owned.as_str()) && m.contains("4 of 4 routes")),
+            .any(|m| m.contains(owned.as_str()) && m.contains("4 of 4 IPv4 routes")),
         "{warned:?}"
     );
 
@@ -633,7 +663,7 @@ async fn route_quota_warning_starts_at_80_percent_not_below() {
     let ours = || -> Vec<String> {
         warnings()
             .into_iter()
-            .filter(|m| m.contains(owned.as_str()) && m.contains("of 10 routes"))
+            .filter(|m| m.contains(owned.as_str()) && m.contains("of 10 IPv4 routes"))
             .collect()
     };
     // local + 5: ours makes 7 of 10 (70 %).
@@ -647,7 +677,7 @@ async fn route_quota_warning_starts_at_80_percent_not_below() {
     assert_eq!(ours(), Vec::<String>::new(), "no warning below 80 %");
 
     // One more route elsewhere: ours makes 8 of 10 (80 %), then 9 of 10.
-    for (i, expected) in [(25, "8 of 10 routes"), (26, "9 of 10 routes")] {
+    for (i, expected) in [(25, "8 of 10 IPv4 routes"), (26, "9 of 10 IPv4 routes")] {
         r.deregister(false).await.expect("deregister");
         let d = format!("10.244.{i}.0/24");
         common::create_instance_route(&w.sdk, &owned, &d, &w.other.instance_id).await;
@@ -859,4 +889,394 @@ async fn parallel_adds_make_one_registration() {
         w.route(&w.cluster.owned_table, POD_CIDR).await,
         w.on_node_eni()
     );
+}
+
+// ---- IPv6 ----
+
+#[tokio::test]
+async fn moto_ipv6_routes_what_moto_models_and_where_it_stops() {
+    // Not a test of ours: it pins what moto 5.2 does with IPv6 routes, which the README cites
+    // and the tests above and below rely on. If moto changes, this says where.
+    let w = world("moto-ipv6").await;
+    let table = w.cluster.owned_table.clone();
+    let create = |eni: String| {
+        w.sdk
+            .create_route()
+            .route_table_id(&table)
+            .destination_ipv6_cidr_block(POD_CIDR_V6)
+            .network_interface_id(eni)
+            .send()
+    };
+    // Modelled: CreateRoute with DestinationIpv6CidrBlock to an ENI, described back with
+    // DestinationIpv6CidrBlock, origin CreateRoute, state active.
+    create(w.node.eni_id.clone())
+        .await
+        .expect("CreateRoute IPv6");
+    assert_eq!(w.route(&table, POD_CIDR_V6).await, w.on_node_eni());
+    // Not modelled: a second CreateRoute of the same IPv6 destination is no
+    // RouteAlreadyExists (EC2 refuses it); moto silently points the route elsewhere.
+    create(w.other.eni_id.clone())
+        .await
+        .expect("moto accepts a duplicate IPv6 CreateRoute");
+    assert_eq!(
+        w.route(&table, POD_CIDR_V6).await,
+        Some((None, Some(w.other.eni_id.clone())))
+    );
+    // Not modelled: the DescribeRouteTables filter route.destination-ipv6-cidr-block
+    // (moto answers HTTP 500). vpc-route filters by vpc-id or ids only.
+    let filtered = w
+        .sdk
+        .describe_route_tables()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("route.destination-ipv6-cidr-block")
+                .values(POD_CIDR_V6)
+                .build(),
+        )
+        .send()
+        .await;
+    assert!(
+        filtered.is_err(),
+        "moto now filters by route.destination-ipv6-cidr-block"
+    );
+    // Modelled: ReplaceRoute and DeleteRoute of an IPv6 destination, and their NotFound
+    // answers (InvalidParameterValue for ReplaceRoute, InvalidRoute.NotFound for DeleteRoute).
+    w.sdk
+        .replace_route()
+        .route_table_id(&table)
+        .destination_ipv6_cidr_block(POD_CIDR_V6)
+        .network_interface_id(&w.node.eni_id)
+        .send()
+        .await
+        .expect("ReplaceRoute IPv6");
+    assert_eq!(w.route(&table, POD_CIDR_V6).await, w.on_node_eni());
+    let missing = w
+        .sdk
+        .replace_route()
+        .route_table_id(&table)
+        .destination_ipv6_cidr_block("fd00:10:244:9::/64")
+        .network_interface_id(&w.node.eni_id)
+        .send()
+        .await
+        .expect_err("ReplaceRoute of a missing IPv6 route");
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&missing),
+        Some("InvalidParameterValue")
+    );
+    for expected in [None, Some("InvalidRoute.NotFound")] {
+        let deleted = w
+            .sdk
+            .delete_route()
+            .route_table_id(&table)
+            .destination_ipv6_cidr_block(POD_CIDR_V6)
+            .send()
+            .await;
+        assert_eq!(
+            deleted
+                .err()
+                .and_then(|e| aws_sdk_ec2::error::ProvideErrorMetadata::code(&e).map(str::to_string))
+                .as_deref(),
+            expected
+        );
+    }
+    assert_eq!(w.route(&table, POD_CIDR_V6).await, None);
+    // Not modelled either (as for IPv4): blackhole state, RouteLimitExceeded, throttling. The
+    // VPC needs no IPv6 block of its own in moto, nor is the destination's text checked
+    // (moto keys routes by the literal text): AwsEc2 always sends ipnet's canonical text.
+}
+
+#[tokio::test]
+async fn dual_stack_registers_both_ranges_in_both_tables_and_warm_add_makes_no_ec2_call() {
+    let w = world("dual").await;
+    let config = w.config(dual_stack(json!({})));
+    let r = w.registrar(config.clone()).await;
+    let plan = r.ensure().await.expect("ensure");
+    let created: Vec<String> = plan
+        .actions()
+        .filter_map(|a| match a {
+            Action::CreateRoute {
+                table_id,
+                destination,
+                ..
+            } => Some(format!("{table_id} {destination}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 4, "{plan}");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, w.on_node_eni(), "{table}");
+        assert_eq!(
+            w.route(table, POD_CIDR_V6).await,
+            w.on_node_eni(),
+            "{table}"
+        );
+    }
+    assert_eq!(w.route(&w.cluster.foreign_table, POD_CIDR_V6).await, None);
+
+    // node.json: the IPv4 fields of the release before IPv6, the IPv6 range beside them.
+    let text = std::fs::read_to_string(w.data.path().join("node.json")).expect("node.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(json["podCIDR"], POD_CIDR);
+    assert_eq!(json["ipv6PodCIDR"], POD_CIDR_V6);
+    assert_eq!(json["tables"][0]["registered"], true);
+    assert_eq!(json["tables"][0]["ipv6"]["registered"], true);
+    assert_eq!(json["tables"][0]["ipv6"]["routes"], 1, "{text}");
+
+    // A warm ADD in a new process: zero EC2 and IMDS requests, as for IPv4 alone.
+    let imds_before = w.imds.requests();
+    let moto_before = w.moto.requests();
+    let warm = Registrar::new(
+        config.clone(),
+        r.node().clone(),
+        Arc::new(FaultInjectingEc2::new(w.moto.aws_ec2().await)),
+    );
+    assert!(warm.ensure().await.expect("warm ensure").cached);
+    assert_eq!(warm.ec2().calls(), 0, "warm dual-stack ADD made EC2 calls");
+    assert_eq!(w.imds.requests(), imds_before);
+    assert_eq!(w.moto.requests(), moto_before);
+
+    // An IPv4-only config on the same node.json is not warm: its ranges differ.
+    let v4_only = w.registrar(w.config(json!({}))).await;
+    assert!(!v4_only.ensure().await.expect("IPv4-only ensure").cached);
+    r.register().await.expect("register dual again");
+
+    // STATUS: one line per table and family.
+    let status = vpc_routes::status(&config).expect("status");
+    assert!(status.registered, "{status}");
+    assert_eq!(status.tables.len(), 4, "{status}");
+    assert!(
+        status
+            .to_string()
+            .contains(&format!("{POD_CIDR_V6}: 1 IPv6 routes")),
+        "{status}"
+    );
+
+    r.check().await.expect("check");
+    // CHECK finds the IPv6 route gone.
+    w.sdk
+        .delete_route()
+        .route_table_id(&w.cluster.legacy_table)
+        .destination_ipv6_cidr_block(POD_CIDR_V6)
+        .send()
+        .await
+        .expect("delete");
+    let e = r.check().await.expect_err("IPv6 route missing");
+    assert_eq!(e.kind(), ErrorKind::RouteMissing, "{e}");
+    assert!(e.to_string().contains(POD_CIDR_V6), "{e}");
+    r.ensure().await.expect("repaired");
+    assert_eq!(
+        w.route(&w.cluster.legacy_table, POD_CIDR_V6).await,
+        w.on_node_eni()
+    );
+
+    // deregister takes both routes out of both tables.
+    let plan = r.deregister(false).await.expect("deregister");
+    assert_eq!(plan.steps.len(), 4, "{plan}");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(w.route(table, POD_CIDR).await, None, "{table}");
+        assert_eq!(w.route(table, POD_CIDR_V6).await, None, "{table}");
+    }
+}
+
+#[tokio::test]
+async fn ipv6_only_node_registers_its_ipv6_range_alone() {
+    let w = world("v6only").await;
+    let config = w.config(ipv6_only(json!({})));
+    assert_eq!(config.pod_cidr, None);
+    let r = w.registrar(config.clone()).await;
+    r.ensure().await.expect("ensure");
+    for table in w.cluster.tagged_tables() {
+        assert_eq!(
+            w.route(table, POD_CIDR_V6).await,
+            w.on_node_eni(),
+            "{table}"
+        );
+        assert_eq!(w.route(table, POD_CIDR).await, None, "{table}");
+    }
+    let text = std::fs::read_to_string(w.data.path().join("node.json")).expect("node.json");
+    assert!(!text.contains("\"podCIDR\""), "{text}");
+    let warm = Registrar::new(
+        config.clone(),
+        r.node().clone(),
+        Arc::new(FaultInjectingEc2::new(w.moto.aws_ec2().await)),
+    );
+    assert!(warm.ensure().await.expect("warm").cached);
+    assert_eq!(warm.ec2().calls(), 0);
+    assert!(vpc_routes::status(&config).expect("status").registered);
+}
+
+#[tokio::test]
+async fn route_quota_counts_each_address_family_on_its_own() {
+    let w = world("quota-family").await;
+    let owned = w.cluster.owned_table.clone();
+    let legacy = w.cluster.legacy_table.clone();
+    // owned: local + 2 IPv4 routes (3 IPv4), no IPv6 route.
+    for d in ["10.244.8.0/24", "10.244.9.0/24"] {
+        common::create_instance_route(&w.sdk, &owned, d, &w.other.instance_id).await;
+    }
+    let config = w.config(dual_stack(
+        json!({ "routeQuota": 3, "routeTableIds": [owned] }),
+    ));
+    let r = w.registrar(config.clone()).await;
+    let e = r.ensure().await.expect_err("IPv4 at the quota");
+    assert!(
+        matches!(&e, Error::QuotaReached { routes: 3, quota: 3, destination, .. }
+            if destination.to_string() == POD_CIDR),
+        "{e}"
+    );
+    assert!(e.to_string().contains("3 IPv4 routes"), "{e}");
+    // The IPv6 count is 0 of 3: that route went in.
+    assert_eq!(w.route(&owned, POD_CIDR).await, None);
+    assert_eq!(w.route(&owned, POD_CIDR_V6).await, w.on_node_eni());
+    assert_eq!(r.ec2().calls_of(Operation::CreateRoute), 1);
+    // STATUS names the IPv4 range that the full table lacks.
+    let e = vpc_routes::status(&config).expect_err("status: IPv4 full");
+    assert!(
+        matches!(&e, Error::TableFull { routes: 3, quota: Some(3), destination, .. }
+            if destination.to_string() == POD_CIDR),
+        "{e}"
+    );
+
+    // legacy: local (1 IPv4) + 3 IPv6 routes of another node.
+    for d in [
+        "fd00:10:244:8::/64",
+        "fd00:10:244:9::/64",
+        "fd00:10:244:a::/64",
+    ] {
+        common::create_instance_route(&w.sdk, &legacy, d, &w.other.instance_id).await;
+    }
+    let config = w.config(dual_stack(
+        json!({ "routeQuota": 3, "routeTableIds": [legacy] }),
+    ));
+    let r = w.registrar(config.clone()).await;
+    let e = r.ensure().await.expect_err("IPv6 at the quota");
+    assert!(
+        matches!(&e, Error::QuotaReached { routes: 3, quota: 3, destination, .. }
+            if destination.to_string() == POD_CIDR_V6),
+        "{e}"
+    );
+    assert!(e.to_string().contains("3 IPv6 routes"), "{e}");
+    assert_eq!(w.route(&legacy, POD_CIDR).await, w.on_node_eni());
+    assert_eq!(w.route(&legacy, POD_CIDR_V6).await, None);
+    let e = vpc_routes::status(&config).expect_err("status: IPv6 full");
+    assert!(e.to_string().contains(POD_CIDR_V6), "{e}");
+    assert!(e.to_string().contains("3 IPv6 routes"), "{e}");
+
+    // One more of quota: the IPv6 route goes in as the 4th of 4 IPv6 routes, with the 80 %
+    // warning naming the family; the IPv4 side (2 of 4) warns nothing.
+    warnings();
+    let config = w.config(dual_stack(
+        json!({ "routeQuota": 4, "routeTableIds": [legacy] }),
+    ));
+    let r = w.registrar(config.clone()).await;
+    r.ensure().await.expect("under the IPv6 quota");
+    assert_eq!(w.route(&legacy, POD_CIDR_V6).await, w.on_node_eni());
+    let ours: Vec<String> = warnings()
+        .into_iter()
+        .filter(|m| m.contains(legacy.as_str()))
+        .collect();
+    assert!(
+        ours.iter().any(|m| m.contains("4 of 4 IPv6 routes")),
+        "{ours:?}"
+    );
+    assert!(!ours.iter().any(|m| m.contains("IPv4 routes")), "{ours:?}");
+    let status = vpc_routes::status(&config).expect("full but registered");
+    assert!(status.registered, "{status}");
+}
+
+#[tokio::test]
+async fn ipv6_route_limit_exceeded_from_the_fault_layer_is_the_quota_error_for_that_family() {
+    // moto has no route quota: RouteLimitExceeded comes from the fault layer.
+    let w = world("v6limit").await;
+    let config = w.config(ipv6_only(
+        json!({ "routeTableIds": [w.cluster.owned_table] }),
+    ));
+    let r = w.registrar(config.clone()).await;
+    r.ec2()
+        .fail(Operation::CreateRoute, "RouteLimitExceeded", 1);
+    let e = r.ensure().await.expect_err("route limit");
+    assert!(
+        matches!(&e, Error::RouteLimitExceeded { destination, .. }
+            if destination.to_string() == POD_CIDR_V6),
+        "{e}"
+    );
+    assert_eq!(r.ec2().calls_of(Operation::CreateRoute), 1, "never retried");
+    let e = vpc_routes::status(&config).expect_err("status: full");
+    assert!(matches!(e, Error::TableFull { quota: None, .. }), "{e}");
+    assert!(e.to_string().contains("IPv6 routes"), "{e}");
+}
+
+#[tokio::test]
+async fn ipv6_routes_follow_the_ownership_and_replace_rules() {
+    let w = world("v6rules").await;
+    let owned = w.cluster.owned_table.clone();
+    let legacy = w.cluster.legacy_table.clone();
+    // A live IPv6 route of another node: a conflict, left alone; the IPv4 route goes in.
+    common::create_instance_route(&w.sdk, &owned, POD_CIDR_V6, &w.other.instance_id).await;
+    let config = w.config(dual_stack(json!({ "routeTableIds": [owned] })));
+    let r = w.registrar(config.clone()).await;
+    let e = r.ensure().await.expect_err("conflict");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains(POD_CIDR_V6), "{e}");
+    assert!(e.to_string().contains(&w.other.instance_id), "{e}");
+    assert_eq!(w.route(&owned, POD_CIDR).await, w.on_node_eni());
+    assert_eq!(
+        w.route(&owned, POD_CIDR_V6).await,
+        Some((Some(w.other.instance_id.clone()), None))
+    );
+    assert_eq!(r.ec2().calls_of(Operation::ReplaceRoute), 0);
+
+    // The same route as a blackhole (the fault layer: moto has no blackhole state): replaced.
+    let r = w.registrar(config.clone()).await;
+    r.ec2().blackhole(POD_CIDR_V6.parse().expect("cidr"));
+    let plan = r.ensure().await.expect("blackhole replaced");
+    assert!(
+        plan.actions().any(|a| matches!(a,
+            Action::ReplaceRoute { reason: Reason::Blackhole, destination, .. }
+                if destination.to_string() == POD_CIDR_V6)),
+        "{plan}"
+    );
+    assert_eq!(w.route(&owned, POD_CIDR_V6).await, w.on_node_eni());
+
+    // Losing a CreateRoute race (the fault layer: moto answers no RouteAlreadyExists for an
+    // IPv6 destination) to another node: read again, a conflict, not replaced.
+    let r = w
+        .registrar(w.config(dual_stack(json!({ "routeTableIds": [legacy] }))))
+        .await;
+    r.ec2().race_create_route(&w.node.eni_id);
+    r.ec2().race_create_route(&w.other.eni_id);
+    let e = r.ensure().await.expect_err("lost the IPv6 race");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains(POD_CIDR_V6), "{e}");
+    assert_eq!(r.ec2().calls_of(Operation::DescribeRouteTables), 3);
+    assert_eq!(
+        w.route(&legacy, POD_CIDR_V6).await,
+        Some((None, Some(w.other.eni_id.clone())))
+    );
+
+    // gc: inside the IPv6 cluster range, made by CreateRoute, to a terminated instance:
+    // deleted; the same outside the range: untouched; this node's routes: untouched.
+    let inside = "fd00:10:244:9::/64";
+    let outside = "fd00:99:0:9::/64";
+    for d in [inside, outside] {
+        common::create_instance_route(&w.sdk, &owned, d, &w.other.instance_id).await;
+    }
+    common::terminate(&w.sdk, &w.other.instance_id).await;
+    let gc = w.registrar(config.clone()).await;
+    let dry = gc.gc(true).await.expect("gc dry run");
+    let planned: Vec<String> = dry
+        .actions()
+        .filter_map(|a| match a {
+            Action::DeleteRoute { destination, .. } => Some(destination.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(planned, [inside], "{dry}");
+    gc.gc(false).await.expect("gc");
+    assert_eq!(w.route(&owned, inside).await, None);
+    assert_eq!(
+        w.route(&owned, outside).await,
+        Some((Some(w.other.instance_id.clone()), None))
+    );
+    assert_eq!(w.route(&owned, POD_CIDR_V6).await, w.on_node_eni());
 }

@@ -138,7 +138,9 @@ async fn add_registers_once_then_costs_no_ec2_call_and_passes_prev_result_on() {
     );
     for table in cluster.tagged_tables() {
         assert!(
-            text.contains(&format!("{table}: 2 routes, route in place")),
+            text.contains(&format!(
+                "{table} 10.244.7.0/24: 2 IPv4 routes, route in place"
+            )),
             "{table}: {text}"
         );
     }
@@ -633,5 +635,72 @@ async fn conformance_runner_passes_kubenet_bridge_chained_with_vpc_route() {
         moto.requests(),
         before,
         "the runner's ADDs, DELs, STATUS and GC made EC2 requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_add_registers_both_ranges_once_then_costs_no_ec2_call() {
+    let moto = Moto::start();
+    let ec2 = moto.client().await;
+    let cluster: Cluster = common::cluster(&ec2, "bin-dual").await;
+    let node = cluster.run_instance(&ec2).await;
+    let imds = ImdsFake::start(cluster.imds_values(&node));
+    let data = tempfile::tempdir().expect("tempdir");
+    let (v4, v6) = ("10.244.17.0/24", "fd00:10:244:17::/64");
+    let conf = json!({"cniVersion": "1.1.0", "name": "k8s", "type": "vpc-route",
+        "clusterName": "bin-dual", "podCIDRs": [v4, v6],
+        "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"], "routeQuota": 50,
+        "region": "us-east-1", "ec2Endpoint": moto.endpoint, "imdsEndpoint": imds.endpoint(),
+        "dataDir": data.path()});
+    let out = run(&[], Some("ADD"), &conf, &[]);
+    assert!(
+        out.status.success(),
+        "cold ADD: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for table in cluster.tagged_tables() {
+        for d in [v4, v6] {
+            assert_eq!(
+                common::route_to(&ec2, table, d).await,
+                Some((None, Some(node.eni_id.clone()))),
+                "{table} {d}"
+            );
+        }
+    }
+    let ec2_before = moto.requests();
+    let out = run(&[], Some("ADD"), &conf, &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        moto.requests(),
+        ec2_before,
+        "a warm dual-stack ADD made EC2 requests"
+    );
+    let mut check = conf.clone();
+    check["prevResult"] = json!({"cniVersion": "1.1.0"});
+    for (verb, stdin) in [("CHECK", &check), ("STATUS", &conf)] {
+        let out = run(&[], Some(verb), stdin, &[]);
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // A config error is JSON on stdout with code 7 and a nonzero exit.
+    let mut bad = conf.clone();
+    bad["podCIDRs"] = json!([v4, "fd00:10:244:18::/64", "fd00:10:244:19::/64"]);
+    let out = run(&[], Some("ADD"), &bad, &[]);
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert_eq!(err["code"], 7, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("two IPv6 ranges")
+            || err["details"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("two IPv6 ranges"),
+        "{err}"
     );
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// One EC2 API operation, for errors, deadlines, fault injection and call counting.
@@ -242,11 +242,39 @@ impl fmt::Display for RouteState {
     }
 }
 
+/// An address family: AWS counts the "Routes per route table" quota separately for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// `DestinationCidrBlock` routes.
+    Ipv4,
+    /// `DestinationIpv6CidrBlock` routes.
+    Ipv6,
+}
+
+impl Family {
+    /// The family of a destination.
+    pub fn of(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => Family::Ipv4,
+            IpNet::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
+
 /// One route of a route table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// IPv4 destination; `None` for IPv6 and prefix-list routes, which this crate never touches.
-    pub destination: Option<Ipv4Net>,
+    pub destination: Option<IpNet>,
     /// Where it points.
     pub target: RouteTarget,
     /// How it was created.
@@ -269,18 +297,21 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The IPv4 route for exactly `destination`, if any.
-    pub fn route_to(&self, destination: Ipv4Net) -> Option<&Route> {
+    /// The route for exactly `destination` (either family), if any.
+    pub fn route_to(&self, destination: IpNet) -> Option<&Route> {
         self.routes
             .iter()
             .find(|r| r.destination == Some(destination))
     }
 
-    /// Routes counted against the "Routes per route table" quota: propagated routes are not.
-    pub fn quota_routes(&self) -> usize {
+    /// Routes of `family` counted against the "Routes per route table" quota, which AWS
+    /// applies to IPv4 and IPv6 routes separately: propagated routes are not counted.
+    /// Prefix-list routes (no destination) count as IPv4, as this crate always counted them.
+    pub fn quota_routes(&self, family: Family) -> usize {
         self.routes
             .iter()
             .filter(|r| r.origin != RouteOrigin::Propagated)
+            .filter(|r| r.destination.as_ref().map_or(Family::Ipv4, Family::of) == family)
             .count()
     }
 
@@ -325,12 +356,13 @@ pub trait Ec2: Send + Sync {
         query: &TableQuery,
     ) -> impl Future<Output = Result<Vec<RouteTable>, ApiError>> + Send;
 
-    /// CreateRoute `destination` -> `eni_id`. By ENI, not instance: CreateRoute by instance id
+    /// CreateRoute `destination` -> `eni_id` (`DestinationCidrBlock` for IPv4,
+    /// `DestinationIpv6CidrBlock` for IPv6, in canonical text). By ENI, not instance: CreateRoute by instance id
     /// fails on instances with several ENIs.
     fn create_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
@@ -338,7 +370,7 @@ pub trait Ec2: Send + Sync {
     fn replace_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
@@ -346,7 +378,7 @@ pub trait Ec2: Send + Sync {
     fn delete_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// DescribeInstances filtered by `instance-id`: instances EC2 no longer knows are simply
@@ -379,7 +411,7 @@ impl<T: Ec2> Ec2 for Arc<T> {
     fn create_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send {
         (**self).create_route(table_id, destination, eni_id)
@@ -387,7 +419,7 @@ impl<T: Ec2> Ec2 for Arc<T> {
     fn replace_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send {
         (**self).replace_route(table_id, destination, eni_id)
@@ -395,7 +427,7 @@ impl<T: Ec2> Ec2 for Arc<T> {
     fn delete_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
     ) -> impl Future<Output = Result<(), ApiError>> + Send {
         (**self).delete_route(table_id, destination)
     }

@@ -2,6 +2,9 @@
 //!
 //! moto 5 has no route quota (`RouteLimitExceeded`), no throttling (`RequestLimitExceeded`),
 //! no blackhole state, no propagated routes, no concurrent writers and answers instantly.
+//! For IPv6 destinations it also never answers `RouteAlreadyExists` (a second CreateRoute
+//! silently repoints the route), so a lost CreateRoute race of an IPv6 route exists only
+//! here ([`FaultInjectingEc2::race_create_route`]). Every fault applies to both families.
 //! This layer adds each of those on top of any [`Ec2`], and counts every request so tests can
 //! show that a warm ADD makes none.
 
@@ -9,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::ec2::{
     ApiError, Ec2, Instance, Operation, RouteOrigin, RouteState, RouteTable, TableQuery,
@@ -20,9 +23,9 @@ struct Faults {
     /// Per operation: error codes to answer, in order, instead of forwarding.
     errors: BTreeMap<Operation, Vec<String>>,
     /// Destinations whose routes are described as blackholes.
-    blackholes: HashSet<Ipv4Net>,
+    blackholes: HashSet<IpNet>,
     /// Destinations whose routes are described as propagated (from a virtual private gateway).
-    propagated: HashSet<Ipv4Net>,
+    propagated: HashSet<IpNet>,
     /// Per CreateRoute call, in order: the ENI another writer routes the same destination to
     /// just before ours arrives.
     races: Vec<String>,
@@ -74,13 +77,13 @@ impl<E: Ec2> FaultInjectingEc2<E> {
 
     /// Describe every route to `destination` as a blackhole, as EC2 does once the target
     /// instance is terminated.
-    pub fn blackhole(&self, destination: Ipv4Net) {
+    pub fn blackhole(&self, destination: IpNet) {
         self.faults().blackholes.insert(destination);
     }
 
     /// Describe every route to `destination` as propagated (origin EnableVgwRoutePropagation),
     /// which moto cannot create: such a route belongs to a gateway, never to this crate.
-    pub fn propagated(&self, destination: Ipv4Net) {
+    pub fn propagated(&self, destination: IpNet) {
         self.faults().propagated.insert(destination);
     }
 
@@ -166,7 +169,7 @@ impl<E: Ec2> Ec2 for FaultInjectingEc2<E> {
     async fn create_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> Result<(), ApiError> {
         self.enter(Operation::CreateRoute).await?;
@@ -193,7 +196,7 @@ impl<E: Ec2> Ec2 for FaultInjectingEc2<E> {
     async fn replace_route(
         &self,
         table_id: &str,
-        destination: Ipv4Net,
+        destination: IpNet,
         eni_id: &str,
     ) -> Result<(), ApiError> {
         self.enter(Operation::ReplaceRoute).await?;
@@ -202,7 +205,7 @@ impl<E: Ec2> Ec2 for FaultInjectingEc2<E> {
             .await
     }
 
-    async fn delete_route(&self, table_id: &str, destination: Ipv4Net) -> Result<(), ApiError> {
+    async fn delete_route(&self, table_id: &str, destination: IpNet) -> Result<(), ApiError> {
         self.enter(Operation::DeleteRoute).await?;
         self.inner.delete_route(table_id, destination).await
     }

@@ -1,4 +1,5 @@
-//! Make a node's pod CIDR routable in its AWS VPC: one route per cluster route table. This
+//! Make a node's pod CIDRs routable in its AWS VPC: one route per pod range (IPv4
+//! `DestinationCidrBlock`, IPv6 `DestinationIpv6CidrBlock`) per cluster route table. This
 //! crate is the part without the AWS SDK (config, node state, rules, retries, errors), so
 //! that `cni-suite` can read the node state with the plugin's own types; the SDK adapter and
 //! IMDSv2 are in `vpc-routes-aws`, which only the `vpc-route` binary links.
@@ -27,7 +28,10 @@
 //!   target kind and routes to terminated instances.
 //! - `RouteLimitExceeded` is [`Error::RouteLimitExceeded`], never retried; with `routeQuota`,
 //!   a warning at 80 % and [`Error::QuotaReached`] before any EC2 write (the tables have been
-//!   read with DescribeRouteTables to count their routes).
+//!   read with DescribeRouteTables to count their routes). Routes are counted per address
+//!   family ([`Family`]), as AWS applies the quota to IPv4 and IPv6 routes separately.
+//! - Both families follow the same rules, each inside the cluster range of its family
+//!   (`clusterCIDR`/`clusterCIDRs`).
 //! - `RequestLimitExceeded` is retried with jittered exponential backoff inside
 //!   `deadlineSeconds` (default 20); the SDK's own retries are off.
 //! - After a registration, the node state in `dataDir` lets ADD skip EC2 for
@@ -57,8 +61,8 @@ pub use config::{
     Config, DEFAULT_DATA_DIR, DEFAULT_DEADLINE_SECONDS, DEFAULT_STATE_MAX_AGE_SECONDS,
 };
 pub use ec2::{
-    ApiError, ApiErrorKind, Ec2, Instance, Operation, Route, RouteOrigin, RouteState, RouteTable,
-    RouteTarget, TableQuery,
+    ApiError, ApiErrorKind, Ec2, Family, Instance, Operation, Route, RouteOrigin, RouteState,
+    RouteTable, RouteTarget, TableQuery,
 };
 pub use error::{Error, ErrorKind, ROUTE_QUOTA_CODE};
 #[cfg(feature = "fault-injection")]

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::ec2::RouteTarget;
 
@@ -48,7 +48,7 @@ pub enum Action {
         /// Table.
         table_id: String,
         /// The node's pod CIDR.
-        destination: Ipv4Net,
+        destination: IpNet,
         /// The node's primary ENI.
         eni_id: String,
     },
@@ -57,7 +57,7 @@ pub enum Action {
         /// Table.
         table_id: String,
         /// The node's pod CIDR.
-        destination: Ipv4Net,
+        destination: IpNet,
         /// The old target.
         from: RouteTarget,
         /// The node's primary ENI.
@@ -70,7 +70,7 @@ pub enum Action {
         /// Table.
         table_id: String,
         /// The route's destination.
-        destination: Ipv4Net,
+        destination: IpNet,
         /// Where it pointed.
         target: RouteTarget,
         /// Why it goes.

@@ -4,18 +4,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::config::Config;
 use crate::ec2::{
-    ApiError, ApiErrorKind, Ec2, Operation, Route, RouteOrigin, RouteState, RouteTable,
+    ApiError, ApiErrorKind, Ec2, Family, Operation, Route, RouteOrigin, RouteState, RouteTable,
     RouteTarget, TableQuery,
 };
 use crate::error::Error;
 use crate::node::NodeIdentity;
 use crate::plan::{Action, Outcome, Plan, Reason};
 use crate::retry::{self, Deadline};
-use crate::state::{NodeState, StateStore, TableState};
+use crate::state::{FamilyState, NodeState, StateStore, TableState};
 
 /// Registers one node's pod CIDR in the cluster's VPC route tables.
 ///
@@ -144,31 +144,39 @@ impl<E: Ec2> Registrar<E> {
         let tables = self.tables(deadline).await?;
         let mut first_error: Option<Error> = None;
         for table in &tables {
-            match self.ensure_in_table(deadline, table, &mut plan).await {
-                Ok(routes) => state.tables.push(TableState {
-                    id: table.id.clone(),
-                    routes,
-                    registered: true,
-                    full: false,
-                    problem: None,
-                }),
-                // Past the deadline, or with EC2 unreachable, every further table would fail
-                // the same way, only later.
-                Err(e) if e.is_retryable() => return Err(e),
-                Err(e) => {
-                    state.tables.push(TableState {
-                        id: table.id.clone(),
-                        routes: table.quota_routes(),
-                        registered: false,
-                        full: e.kind() == crate::ErrorKind::Quota,
-                        problem: Some(e.to_string()),
-                    });
-                    match first_error {
-                        None => first_error = Some(e),
-                        Some(_) => log::warn!("{e}"),
+            let mut table_state = TableState::new(&table.id, table.quota_routes(Family::Ipv4));
+            for destination in self.config.pod_cidrs() {
+                let family = Family::of(&destination);
+                let family_state = match self
+                    .ensure_in_table(deadline, table, destination, &mut plan)
+                    .await
+                {
+                    Ok(routes) => FamilyState {
+                        routes,
+                        registered: true,
+                        full: false,
+                        problem: None,
+                    },
+                    // Past the deadline, or with EC2 unreachable, every further table would
+                    // fail the same way, only later.
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        let family_state = FamilyState {
+                            routes: table.quota_routes(family),
+                            registered: false,
+                            full: e.kind() == crate::ErrorKind::Quota,
+                            problem: Some(e.to_string()),
+                        };
+                        match first_error {
+                            None => first_error = Some(e),
+                            Some(_) => log::warn!("{e}"),
+                        }
+                        family_state
                     }
-                }
+                };
+                table_state.set(family, family_state);
             }
+            state.tables.push(table_state);
         }
         state.verified_at = crate::state::now_secs();
         self.store.save(&state)?;
@@ -178,21 +186,24 @@ impl<E: Ec2> Registrar<E> {
         }
     }
 
-    /// The route in one table; returns the table's quota-counted routes afterwards.
+    /// The route for one pod range in one table; returns the table's quota-counted routes
+    /// of that range's family afterwards.
     async fn ensure_in_table(
         &self,
         deadline: &Deadline,
         table: &RouteTable,
+        destination: IpNet,
         plan: &mut Plan,
     ) -> Result<usize, Error> {
-        let destination = self.config.pod_cidr;
         let eni = self.node.eni_id.as_str();
-        let count = table.quota_routes();
+        let family = Family::of(&destination);
+        let count = table.quota_routes(family);
         if let Some(route) = table.route_to(destination) {
-            self.reconcile(deadline, table, route, plan).await?;
+            self.reconcile(deadline, table, route, destination, plan)
+                .await?;
             return Ok(count);
         }
-        self.check_quota(table, count)?;
+        self.check_quota(table, count, destination)?;
         let created = self
             .call(deadline, Operation::CreateRoute, || {
                 self.ec2.create_route(&table.id, destination, eni)
@@ -229,15 +240,22 @@ impl<E: Ec2> Registrar<E> {
                 let route = fresh
                     .route_to(destination)
                     .ok_or(Error::Api { source: e })?;
-                self.reconcile(deadline, &fresh, route, plan).await?;
-                Ok(fresh.quota_routes())
+                self.reconcile(deadline, &fresh, route, destination, plan)
+                    .await?;
+                Ok(fresh.quota_routes(family))
             }
             Err(source) => Err(Error::Api { source }),
         }
     }
 
-    /// `routeQuota`: warn at 80 %, refuse at the quota, before any EC2 write.
-    fn check_quota(&self, table: &RouteTable, count: usize) -> Result<(), Error> {
+    /// `routeQuota`: warn at 80 %, refuse at the quota, before any EC2 write. `count` is the
+    /// table's routes of the destination's family: AWS counts each family on its own.
+    fn check_quota(
+        &self,
+        table: &RouteTable,
+        count: usize,
+        destination: IpNet,
+    ) -> Result<(), Error> {
         let Some(quota) = self.config.route_quota else {
             return Ok(());
         };
@@ -247,30 +265,31 @@ impl<E: Ec2> Registrar<E> {
                 table_id: table.id.clone(),
                 routes: count,
                 quota,
-                destination: self.config.pod_cidr,
+                destination,
             });
         }
         if (count + 1) * 5 >= limit * 4 {
             log::warn!(
-                "route table {} will hold {} of {quota} routes (routeQuota, service quota {}); \
-                 raise the quota or plan a move to vxlan-overlay",
+                "route table {} will hold {} of {quota} {} routes (routeQuota, service quota {}, \
+                 counted per address family); raise the quota or plan a move to vxlan-overlay",
                 table.id,
                 count + 1,
+                Family::of(&destination),
                 crate::ROUTE_QUOTA_CODE
             );
         }
         Ok(())
     }
 
-    /// An existing route for the pod CIDR: keep it, replace it, or refuse (item 4's rules).
+    /// An existing route for a pod range: keep it, replace it, or refuse (item 4's rules).
     async fn reconcile(
         &self,
         deadline: &Deadline,
         table: &RouteTable,
         route: &Route,
+        destination: IpNet,
         plan: &mut Plan,
     ) -> Result<(), Error> {
-        let destination = self.config.pod_cidr;
         let eni = self.node.eni_id.as_str();
         let on_our_eni =
             matches!(&route.target, RouteTarget::Node { eni_id: Some(e), .. } if e == eni);
@@ -283,8 +302,8 @@ impl<E: Ec2> Registrar<E> {
                 table_id: table.id.clone(),
                 destination,
                 target: Box::new(route.target.clone()),
-                origin: route.origin.to_string(),
-                state: route.state.to_string(),
+                origin: route.origin.to_string().into(),
+                state: route.state.to_string().into(),
                 eni_id: eni.to_string(),
             });
         };
@@ -320,7 +339,7 @@ impl<E: Ec2> Registrar<E> {
     ) -> Result<Option<Reason>, Error> {
         let inside = route
             .destination
-            .is_some_and(|d| self.config.cluster_cidr.contains(&d));
+            .is_some_and(|d| self.config.in_cluster(&d));
         if !inside || route.origin != RouteOrigin::CreateRoute {
             return Ok(None);
         }
@@ -419,7 +438,6 @@ impl<E: Ec2> Registrar<E> {
     /// makes the next ADD register again.
     pub async fn check(&self) -> Result<(), Error> {
         let deadline = self.deadline();
-        let destination = self.config.pod_cidr;
         let eni = self.node.eni_id.as_str();
         let check_on = self
             .call_ok(
@@ -436,26 +454,33 @@ impl<E: Ec2> Registrar<E> {
             eni_id: eni.to_string(),
         });
         for table in &tables {
-            let route = table.route_to(destination);
-            let ok = route.is_some_and(|r| {
-                r.state == RouteState::Active
-                    && r.target.is_node(&self.node.instance_id, &self.node.eni_id)
-            });
-            state.tables.push(TableState {
-                id: table.id.clone(),
-                routes: table.quota_routes(),
-                registered: ok,
-                full: false,
-                problem: None,
-            });
-            if !ok && first_error.is_none() {
-                first_error = Some(Error::RouteMissing {
-                    table_id: table.id.clone(),
-                    destination,
-                    found: route.map(|r| format!("{} ({})", r.target, r.state)),
-                    expected: eni.to_string(),
+            let mut table_state = TableState::new(&table.id, table.quota_routes(Family::Ipv4));
+            for destination in self.config.pod_cidrs() {
+                let family = Family::of(&destination);
+                let route = table.route_to(destination);
+                let ok = route.is_some_and(|r| {
+                    r.state == RouteState::Active
+                        && r.target.is_node(&self.node.instance_id, &self.node.eni_id)
                 });
+                table_state.set(
+                    family,
+                    FamilyState {
+                        routes: table.quota_routes(family),
+                        registered: ok,
+                        full: false,
+                        problem: None,
+                    },
+                );
+                if !ok && first_error.is_none() {
+                    first_error = Some(Error::RouteMissing {
+                        table_id: table.id.clone(),
+                        destination,
+                        found: route.map(|r| format!("{} ({})", r.target, r.state)),
+                        expected: eni.to_string(),
+                    });
+                }
             }
+            state.tables.push(table_state);
         }
         let _lock = self.store.lock(&deadline).await?;
         self.store.save(&state)?;
@@ -476,11 +501,13 @@ impl<E: Ec2> Registrar<E> {
         } else {
             Some(self.store.lock(&deadline).await?)
         };
-        let destination = self.config.pod_cidr;
         let tables = self.tables(&deadline).await?;
         let mut actions = Vec::new();
         for table in &tables {
-            if let Some(route) = table.route_to(destination) {
+            for destination in self.config.pod_cidrs() {
+                let Some(route) = table.route_to(destination) else {
+                    continue;
+                };
                 if route
                     .target
                     .is_node(&self.node.instance_id, &self.node.eni_id)
@@ -515,12 +542,12 @@ impl<E: Ec2> Registrar<E> {
     pub async fn gc(&self, dry_run: bool) -> Result<Plan, Error> {
         let deadline = self.deadline();
         let tables = self.tables(&deadline).await?;
-        let candidates: Vec<(&RouteTable, &Route, Ipv4Net)> = tables
+        let candidates: Vec<(&RouteTable, &Route, IpNet)> = tables
             .iter()
             .flat_map(|t| t.routes.iter().map(move |r| (t, r)))
             .filter_map(|(t, r)| {
                 let d = r.destination?;
-                let eligible = self.config.cluster_cidr.contains(&d)
+                let eligible = self.config.in_cluster(&d)
                     && r.origin == RouteOrigin::CreateRoute
                     && (r.state == RouteState::Blackhole
                         || matches!(r.target, RouteTarget::Node { .. }))

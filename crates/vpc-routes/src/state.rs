@@ -4,10 +4,11 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::ec2::Family;
 use crate::error::Error;
 use crate::node::NodeIdentity;
 use crate::retry::Deadline;
@@ -19,22 +20,98 @@ pub const STATE_VERSION: u32 = 1;
 pub const STATE_FILE: &str = "node.json";
 const LOCK_FILE: &str = "node.lock";
 
-/// One route table as last seen.
+/// One route table as last seen. The top-level fields are the IPv4 family, as in the
+/// release before IPv6 (so its node.json reads unchanged, and a node rolled back reads this
+/// one); the IPv6 family, when the node has an IPv6 pod range, is `ipv6`. AWS counts the
+/// route quota per family, so each family has its own count and fullness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TableState {
     /// `rtb-...`
     pub id: String,
-    /// Routes counted against the quota when last read (after our own change).
+    /// IPv4 routes counted against the quota when last read (after our own change).
     pub routes: usize,
-    /// Whether the node's route was in place.
+    /// Whether the node's IPv4 route was in place (`true` when the node has no IPv4 pod
+    /// range: nothing to register).
     pub registered: bool,
-    /// Registration failed on the quota: what STATUS reports without asking EC2.
+    /// IPv4 registration failed on the quota: what STATUS reports without asking EC2.
     #[serde(default)]
     pub full: bool,
-    /// Why not, when it is not (quota, conflict).
+    /// Why the IPv4 route is not in place, when it is not (quota, conflict).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The IPv6 family, when the node has an IPv6 pod range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyState>,
+}
+
+/// One address family of a table as last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FamilyState {
+    /// Routes of this family counted against the quota when last read.
+    pub routes: usize,
+    /// Whether the node's route of this family was in place.
+    pub registered: bool,
+    /// Registration failed on the quota.
+    #[serde(default)]
+    pub full: bool,
+    /// Why not, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl TableState {
+    /// A table with nothing registered yet: each family is set with [`Self::set`]. The IPv4
+    /// fields start as "nothing to register" with the table's IPv4 route count.
+    pub fn new(id: &str, ipv4_routes: usize) -> Self {
+        TableState {
+            id: id.to_string(),
+            routes: ipv4_routes,
+            registered: true,
+            full: false,
+            problem: None,
+            ipv6: None,
+        }
+    }
+
+    /// Record one family.
+    pub fn set(&mut self, family: Family, state: FamilyState) {
+        match family {
+            Family::Ipv4 => {
+                self.routes = state.routes;
+                self.registered = state.registered;
+                self.full = state.full;
+                self.problem = state.problem;
+            }
+            Family::Ipv6 => self.ipv6 = Some(state),
+        }
+    }
+
+    /// One family as recorded; `None` for IPv6 when the node has no IPv6 range.
+    pub fn family(&self, family: Family) -> Option<FamilyState> {
+        match family {
+            Family::Ipv4 => Some(FamilyState {
+                routes: self.routes,
+                registered: self.registered,
+                full: self.full,
+                problem: self.problem.clone(),
+            }),
+            Family::Ipv6 => self.ipv6.clone(),
+        }
+    }
+
+    /// Every route of the node in place in this table, both families.
+    pub fn is_registered(&self) -> bool {
+        self.registered && self.ipv6.as_ref().is_none_or(|f| f.registered)
+    }
+
+    /// The first problem recorded, of either family.
+    pub fn first_problem(&self) -> Option<&str> {
+        self.problem
+            .as_deref()
+            .or(self.ipv6.as_ref().and_then(|f| f.problem.as_deref()))
+    }
 }
 
 /// What this node registered, cached so that a warm ADD needs no EC2 call.
@@ -45,9 +122,17 @@ pub struct NodeState {
     pub version: u32,
     /// `clusterName` at registration.
     pub cluster_name: String,
-    /// `podCIDR` at registration.
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Net,
+    /// The IPv4 pod range at registration (`podCIDR`, as in the release before IPv6; absent
+    /// on an IPv6-only node).
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod range at registration, when the node has one.
+    #[serde(
+        rename = "ipv6PodCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pod_cidr_v6: Option<Ipv6Net>,
     /// `routeTableIds` at registration (empty: tag lookup).
     #[serde(default)]
     pub route_table_ids: Vec<String>,
@@ -66,11 +151,20 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// Registered in every table, with source/dest check off.
+    /// Registered in every table (both families), with source/dest check off.
     pub fn is_complete(&self) -> bool {
         self.source_dest_check_off
             && !self.tables.is_empty()
-            && self.tables.iter().all(|t| t.registered)
+            && self.tables.iter().all(TableState::is_registered)
+    }
+
+    /// The pod ranges registered, IPv4 first.
+    pub fn pod_cidrs(&self) -> Vec<IpNet> {
+        self.pod_cidr
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(self.pod_cidr_v6.map(IpNet::V6))
+            .collect()
     }
 
     /// Whether a warm ADD may trust this state: complete, made for this config, younger than
@@ -80,6 +174,7 @@ impl NodeState {
             && self.is_complete()
             && self.cluster_name == config.cluster_name
             && self.pod_cidr == config.pod_cidr
+            && self.pod_cidr_v6 == config.pod_cidr_v6
             && self.route_table_ids == config.route_table_ids
             && self.node.matches(config)
             && self.age() < config.state_max_age()
@@ -101,6 +196,7 @@ impl NodeState {
             version: STATE_VERSION,
             cluster_name: config.cluster_name.clone(),
             pod_cidr: config.pod_cidr,
+            pod_cidr_v6: config.pod_cidr_v6,
             route_table_ids: config.route_table_ids.clone(),
             node,
             tables: Vec::new(),
@@ -297,13 +393,7 @@ mod tests {
         let store = StateStore::new(dir.path());
         assert_eq!(store.load().expect("load"), None);
         let mut state = NodeState::new(&config, node());
-        state.tables.push(TableState {
-            id: "rtb-1".into(),
-            routes: 3,
-            registered: true,
-            full: false,
-            problem: None,
-        });
+        state.tables.push(TableState::new("rtb-1", 3));
         state.source_dest_check_off = true;
         store.save(&state).expect("save");
         let back = store.load().expect("load").expect("some");
@@ -311,7 +401,7 @@ mod tests {
         assert!(back.is_fresh_for(&config));
 
         let mut other = config.clone();
-        other.pod_cidr = "10.244.4.0/24".parse().expect("cidr");
+        other.pod_cidr = Some("10.244.4.0/24".parse().expect("cidr"));
         assert!(!back.is_fresh_for(&other), "podCIDR changed");
         let mut old = back.clone();
         old.verified_at -= config.state_max_age_seconds + 1;
@@ -364,7 +454,8 @@ mod tests {
         let expected = NodeState {
             version: 1,
             cluster_name: "c1".into(),
-            pod_cidr: "10.244.3.0/24".parse().expect("cidr"),
+            pod_cidr: Some("10.244.3.0/24".parse().expect("cidr")),
+            pod_cidr_v6: None,
             route_table_ids: vec![],
             node: NodeIdentity {
                 instance_id: "i-0abc".into(),
@@ -380,6 +471,7 @@ mod tests {
                     registered: true,
                     full: false,
                     problem: None,
+                    ipv6: None,
                 },
                 TableState {
                     id: "rtb-2".into(),
@@ -387,6 +479,7 @@ mod tests {
                     registered: false,
                     full: true,
                     problem: Some("route table rtb-2 is full".into()),
+                    ipv6: None,
                 },
             ],
             source_dest_check_off: true,
@@ -428,5 +521,78 @@ mod tests {
         assert_eq!(store.load().expect("load"), None);
         store.remove().expect("remove");
         store.remove().expect("remove twice");
+    }
+
+    /// node.json as vpc-route 0.1.0 decodes it, field for field (its NodeState and
+    /// TableState; serde ignores the fields it does not know).
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)] // decoded to prove it decodes
+    struct Release010NodeState {
+        version: u32,
+        cluster_name: String,
+        #[serde(rename = "podCIDR")]
+        pod_cidr: Ipv4Net,
+        #[serde(default)]
+        route_table_ids: Vec<String>,
+        node: NodeIdentity,
+        tables: Vec<Release010TableState>,
+        source_dest_check_off: bool,
+        verified_at: u64,
+        #[serde(default)]
+        boot_id: String,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Release010TableState {
+        id: String,
+        routes: usize,
+        registered: bool,
+        #[serde(default)]
+        full: bool,
+        #[serde(default)]
+        problem: Option<String>,
+    }
+
+    #[test]
+    fn dual_stack_state_round_trips_and_the_previous_release_reads_its_ipv4_half() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::from_value(json!({
+            "clusterName": "c1", "podCIDRs": ["10.244.3.0/24", "fd00:10:244:3::/64"],
+            "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"], "dataDir": dir.path(),
+            "instanceId": "i-1", "region": "us-east-1", "eniId": "eni-1", "vpcId": "vpc-1"
+        }))
+        .expect("config");
+        let store = StateStore::new(dir.path());
+        let mut state = NodeState::new(&config, node());
+        let mut table = TableState::new("rtb-1", 3);
+        table.set(
+            Family::Ipv6,
+            FamilyState {
+                routes: 7,
+                registered: false,
+                full: true,
+                problem: Some("full".into()),
+            },
+        );
+        state.tables.push(table);
+        state.source_dest_check_off = true;
+        store.save(&state).expect("save");
+        let back = store.load().expect("load").expect("some");
+        assert_eq!(back, state);
+        assert!(!back.is_complete(), "the IPv6 route is missing");
+        assert!(back.tables[0].registered, "the IPv4 route is in place");
+        assert_eq!(back.tables[0].first_problem(), Some("full"));
+        assert_eq!(back.pod_cidrs().len(), 2);
+        let mut v4_only = config.clone();
+        v4_only.pod_cidr_v6 = None;
+        assert!(!back.is_fresh_for(&v4_only), "the ranges differ");
+
+        // A node rolled back to 0.1.0 reads the IPv4 half: its warm ADD stays warm.
+        let text = std::fs::read(store.path()).expect("read");
+        let old: Release010NodeState = serde_json::from_slice(&text).expect("0.1.0 decodes it");
+        assert_eq!(old.pod_cidr.to_string(), "10.244.3.0/24");
+        assert!(old.tables[0].registered && !old.tables[0].full);
     }
 }

@@ -3,17 +3,23 @@
 use std::fmt;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::config::Config;
+use crate::ec2::Family;
 use crate::error::Error;
 use crate::node::NodeIdentity;
 use crate::state::{NodeState, StateStore};
 
-/// One table as last seen by this node.
+/// One table and one of the node's pod ranges as last seen by this node (a dual-stack node
+/// has two per table: AWS counts the quota per address family).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStatus {
     /// `rtb-...`
     pub id: String,
-    /// Routes counted against the quota when last read.
+    /// The node's pod range of this family.
+    pub destination: IpNet,
+    /// Routes of the range's family counted against the quota when last read.
     pub routes: usize,
     /// The configured `routeQuota`, if any.
     pub quota: Option<u32>,
@@ -34,7 +40,7 @@ pub struct Status {
     pub registered: bool,
     /// Time since EC2 last confirmed the state.
     pub age: Option<Duration>,
-    /// Per table.
+    /// Per table and pod range (IPv4 first).
     pub tables: Vec<TableStatus>,
 }
 
@@ -54,7 +60,7 @@ pub fn status(config: &Config) -> Result<Status, Error> {
             table_id: full.id.clone(),
             routes: full.routes,
             quota: full.quota.filter(|q| full.routes >= *q as usize),
-            destination: config.pod_cidr,
+            destination: full.destination,
         });
     }
     Ok(status)
@@ -62,7 +68,9 @@ pub fn status(config: &Config) -> Result<Status, Error> {
 
 impl Status {
     fn from_state(config: &Config, state: Option<&NodeState>) -> Self {
-        let Some(state) = state.filter(|s| s.pod_cidr == config.pod_cidr) else {
+        let Some(state) =
+            state.filter(|s| s.pod_cidr == config.pod_cidr && s.pod_cidr_v6 == config.pod_cidr_v6)
+        else {
             return Status {
                 node: None,
                 registered: false,
@@ -71,22 +79,28 @@ impl Status {
             };
         };
         let quota = config.route_quota;
+        let mut tables = Vec::new();
+        for t in &state.tables {
+            for destination in config.pod_cidrs() {
+                let Some(f) = t.family(Family::of(&destination)) else {
+                    continue;
+                };
+                tables.push(TableStatus {
+                    id: t.id.clone(),
+                    destination,
+                    routes: f.routes,
+                    quota,
+                    registered: f.registered,
+                    full: f.full || quota.is_some_and(|q| f.routes >= q as usize),
+                    problem: f.problem,
+                });
+            }
+        }
         Status {
             node: Some(state.node.clone()),
             registered: state.is_complete(),
             age: Some(state.age()),
-            tables: state
-                .tables
-                .iter()
-                .map(|t| TableStatus {
-                    id: t.id.clone(),
-                    routes: t.routes,
-                    quota,
-                    registered: t.registered,
-                    full: t.full || quota.is_some_and(|q| t.routes >= q as usize),
-                    problem: t.problem.clone(),
-                })
-                .collect(),
+            tables,
         }
     }
 }
@@ -115,9 +129,11 @@ impl fmt::Display for Status {
             let quota = t.quota.map(|q| format!("/{q}")).unwrap_or_default();
             write!(
                 f,
-                "\n  {}: {}{quota} routes, {}{}",
+                "\n  {} {}: {}{quota} {} routes, {}{}",
                 t.id,
+                t.destination,
                 t.routes,
+                Family::of(&t.destination),
                 if t.registered {
                     "route in place"
                 } else {

@@ -37,10 +37,17 @@ pub(super) fn check_vpc(
                 .collect();
             let age = s.age_seconds.map(|a| format!(", verified {a} s ago")).unwrap_or_default();
             if let Some(r) = resolved {
-                if s.pod_cidr != r.pool().subnet().to_string() {
+                let served: std::collections::BTreeSet<String> =
+                    r.ranges.pools().iter().map(|p| p.subnet().to_string()).collect();
+                let registered: std::collections::BTreeSet<String> = s.pod_cidrs.iter().cloned().collect();
+                if served != registered {
                     return Check::fail(
                         name,
-                        format!("registered {} but the bridge serves {}", s.pod_cidr, r.pool().subnet()),
+                        format!(
+                            "registered {} but the bridge serves {}",
+                            s.pod_cidr,
+                            served.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
                         "the podCIDRs of kubenet-bridge and vpc-route must be the node's pod CIDR",
                     );
                 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{Filter, NetworkInterfaceAttribute, Tag};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// The built `vpc-route` binary, in the profile directory above this test binary.
 pub fn vpc_route_binary() -> PathBuf {
@@ -499,7 +499,7 @@ impl Cluster {
 pub async fn routes(
     ec2: &aws_sdk_ec2::Client,
     table_id: &str,
-) -> Vec<(Ipv4Net, Option<String>, Option<String>)> {
+) -> Vec<(IpNet, Option<String>, Option<String>)> {
     let out = ec2
         .describe_route_tables()
         .route_table_ids(table_id)
@@ -512,7 +512,10 @@ pub async fn routes(
         .iter()
         .filter_map(|r| {
             Some((
-                r.destination_cidr_block()?.parse().ok()?,
+                r.destination_cidr_block()
+                    .or(r.destination_ipv6_cidr_block())?
+                    .parse()
+                    .ok()?,
                 r.instance_id().map(str::to_string),
                 r.network_interface_id().map(str::to_string),
             ))
@@ -526,7 +529,7 @@ pub async fn route_to(
     table_id: &str,
     destination: &str,
 ) -> Option<(Option<String>, Option<String>)> {
-    let d: Ipv4Net = destination.parse().expect("cidr");
+    let d: IpNet = destination.parse().expect("cidr");
     routes(ec2, table_id)
         .await
         .into_iter()
@@ -540,9 +543,12 @@ pub async fn create_instance_route(
     destination: &str,
     instance_id: &str,
 ) {
+    let d: IpNet = destination.parse().expect("cidr");
+    let v6 = matches!(d, IpNet::V6(_));
     ec2.create_route()
         .route_table_id(table_id)
-        .destination_cidr_block(destination)
+        .set_destination_cidr_block((!v6).then(|| destination.to_string()))
+        .set_destination_ipv6_cidr_block(v6.then(|| destination.to_string()))
         .instance_id(instance_id)
         .send()
         .await
