@@ -35,6 +35,7 @@ pub mod etcd;
 pub mod etcd_cluster;
 pub mod etcd_gateway;
 pub mod http;
+pub mod kube;
 pub mod leases;
 pub mod overlay;
 pub mod ping_stream;
