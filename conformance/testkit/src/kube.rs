@@ -643,6 +643,13 @@ pub struct NodeNetwork {
     pub template: Value,
     /// Binaries copied into the node's CNI bin dir.
     pub plugins: Vec<PathBuf>,
+    /// A node daemon the plugins need (vxlan-overlay's agent): program and arguments, where
+    /// `{conflist}` stands for the template's path. Started in the node's namespace before
+    /// containerd, stopped after it.
+    pub daemon: Option<(PathBuf, Vec<String>)>,
+    /// A file the daemon writes once it is ready (the agent's subnet.env); the node waits for
+    /// it before starting containerd.
+    pub daemon_ready: Option<PathBuf>,
 }
 
 /// One node: its namespace on the underlay, containerd (CRI, conf_template), kubelet and
@@ -662,6 +669,7 @@ pub struct KubeNode {
     pub socket: PathBuf,
     kubelet: Option<Proc>,
     kube_proxy: Option<Proc>,
+    daemon: Option<Proc>,
     cp: Arc<ControlPlane>,
     scratch: Option<TempDir>,
     host: Option<HostState>,
@@ -690,6 +698,7 @@ impl KubeNode {
             dir,
             kubelet: None,
             kube_proxy: None,
+            daemon: None,
             cp: cp.clone(),
             scratch: Some(scratch),
             host: Some(host),
@@ -736,6 +745,29 @@ impl KubeNode {
             serde_json::to_string_pretty(&network.template).expect("json"),
         )
         .expect("template");
+        if let Some((program, args)) = &network.daemon {
+            let mut cmd = nsenter(&ns.path(), program);
+            cmd.args(
+                args.iter()
+                    .map(|a| a.replace("{conflist}", &template.to_string_lossy())),
+            );
+            let name = program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let log = node.dir.join(format!("{name}.out"));
+            node.daemon = Some(Proc::spawn(&name, cmd, log));
+        }
+        if let Some(ready) = &network.daemon_ready {
+            let up = eventually(Duration::from_secs(60), || {
+                if let Some(d) = node.daemon.as_mut() {
+                    d.assert_running();
+                }
+                ready.exists()
+            });
+            assert!(up, "the node daemon never wrote {}", ready.display());
+        }
+        let ns = node.netns();
 
         // containerd, in the node's namespace (the script starts it in the background).
         let out = run_ok(
@@ -1050,6 +1082,9 @@ impl Drop for KubeNode {
             .arg("stop")
             .arg(self.dir.join("ctd"))
             .output();
+        }
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
         }
         // What is still mounted below the scratch dir (kubelet's volumes), deepest first.
         let prefix = format!("{}/", self.dir.display());

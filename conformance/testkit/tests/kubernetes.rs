@@ -109,6 +109,11 @@ fn reference(name: &str) -> PathBuf {
 }
 
 fn web_manifest(ns: &str) -> String {
+    web_manifest_spread(ns, "ScheduleAnyway")
+}
+
+/// The web Deployment (0 replicas) and its Service; pods spread over nodes by hostname.
+fn web_manifest_spread(ns: &str, when_unsatisfiable: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -122,6 +127,8 @@ spec:
       terminationGracePeriodSeconds: 0
       enableServiceLinks: false
       automountServiceAccountToken: false
+      topologySpreadConstraints:
+      - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: {when_unsatisfiable}, labelSelector: {{matchLabels: {{app: web}}}}}}
       containers:
       - name: web
         image: {BUSYBOX_IMAGE}
@@ -181,7 +188,7 @@ fn scale(node: &mut KubeNode, cp: &ControlPlane, ns: &str, n: usize) -> Duration
     })
 }
 
-/// The running web pods with their addresses, sandboxes and network namespaces.
+/// The running web pods of `node` with their addresses, sandboxes and network namespaces.
 fn web_pods(node: &KubeNode, cp: &ControlPlane, ns: &str) -> Vec<WebPod> {
     let sandboxes: BTreeMap<String, String> = node
         .sandboxes(ns)
@@ -191,7 +198,9 @@ fn web_pods(node: &KubeNode, cp: &ControlPlane, ns: &str) -> Vec<WebPod> {
         .collect();
     pods(cp, ns)
         .iter()
-        .filter(|p| p["status"]["phase"] == "Running")
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["spec"]["nodeName"] == node.name.as_str()
+        })
         .map(|p| {
             let name = p["metadata"]["name"].as_str().expect("name").to_string();
             let ip = p["status"]["podIP"]
@@ -340,6 +349,8 @@ fn kubernetes_runs_kubenet_bridge_pods_from_the_nodes_pod_cidr() {
         &NodeNetwork {
             template: kubenet_template(&network, state.path()),
             plugins: vec![plugin_binary("kubenet-bridge"), reference("loopback")],
+            daemon: None,
+            daemon_ready: None,
         },
     );
     let t0 = Instant::now();
@@ -775,6 +786,8 @@ fn kubernetes_scale_to_30_kubenet_bridge_vs_reference_bridge() {
             NodeNetwork {
                 template: kubenet_template(&network, state.path()),
                 plugins: vec![plugin_binary("kubenet-bridge"), reference("loopback")],
+                daemon: None,
+                daemon_ready: None,
             }
         } else {
             NodeNetwork {
@@ -784,6 +797,8 @@ fn kubernetes_scale_to_30_kubenet_bridge_vs_reference_bridge() {
                     reference("host-local"),
                     reference("loopback"),
                 ],
+                daemon: None,
+                daemon_ready: None,
             }
         };
         let mut node = KubeNode::start(&cp, &network_conf);
@@ -834,4 +849,180 @@ fn kubernetes_scale_to_30_kubenet_bridge_vs_reference_bridge() {
     let out = repo_root().join("conformance/results/k8s-scale-30.txt");
     fs::write(&out, &text).expect("write results");
     assert_eq!(table.len(), 2);
+}
+
+/// vxlan-overlay under Kubernetes, two nodes: each node's agent leases a subnet from etcd (the
+/// control plane's etcd, a prefix of this test's own), the plugin gives pods addresses from it,
+/// pods on the two nodes reach each other through the VXLAN device, and a Service answers
+/// across nodes.
+#[test]
+fn kubernetes_runs_vxlan_overlay_pods_on_two_nodes() {
+    require_root();
+    let _one = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let cp = ControlPlane::shared();
+    let t0 = Instant::now();
+    let network = unique_name("k8s-overlay-");
+    let prefix = format!("/{}/network", unique_name("cnisuite-k8s-"));
+    let mut states = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let state = tempfile::Builder::new()
+            .prefix("cnisuite-k8s-overlay-")
+            .tempdir_in("/var/tmp")
+            .expect("state dir");
+        let data = state.path().join("data");
+        let template = json!({
+            "cniVersion": "1.0.0",
+            "name": network,
+            "plugins": [{
+                "type": "vxlan-overlay",
+                "clusterCIDR": CLUSTER_CIDR,
+                "subnetLen": 24,
+                "etcdEndpoints": [format!("http://{}:2379", cni_testkit::kube::CONTROL_PLANE_IP)],
+                "etcdPrefix": prefix,
+                "bridge": "cbr0",
+                "dataDir": data,
+                "ipamDir": state.path().join("ipam"),
+                "logFile": state.path().join("vxlan-overlay.log"),
+            }],
+        });
+        let agent = plugin_binary("vxlan-overlay-agent");
+        let node = KubeNode::start(
+            &cp,
+            &NodeNetwork {
+                template,
+                plugins: vec![
+                    plugin_binary("vxlan-overlay"),
+                    agent.clone(),
+                    reference("loopback"),
+                ],
+                daemon: Some((agent, vec!["--config".into(), "{conflist}".into()])),
+                daemon_ready: Some(data.join("subnet.env")),
+            },
+        );
+        nodes.push(node);
+        states.push(state);
+    }
+    // Each node's subnet, as its agent leased it (flannel's subnet.env).
+    let subnets: Vec<Ipv4Net> = states
+        .iter()
+        .map(|s| {
+            let env = fs::read_to_string(s.path().join("data/subnet.env")).expect("subnet.env");
+            env.lines()
+                .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+                .map(|v| {
+                    let n: Ipv4Net = v.trim().parse().expect("FLANNEL_SUBNET");
+                    n.trunc()
+                })
+                .unwrap_or_else(|| panic!("no FLANNEL_SUBNET in {env}"))
+        })
+        .collect();
+    assert_ne!(subnets[0], subnets[1], "two nodes leased one subnet");
+    for (node, subnet) in nodes.iter_mut().zip(&subnets) {
+        assert!(
+            node.wait_ready("True", Duration::from_secs(90)),
+            "node {} not Ready: {:?}",
+            node.name,
+            node.ready_condition()
+        );
+        // The route to the other node's subnet goes through the VXLAN device.
+        let other = subnets.iter().find(|s| *s != subnet).expect("other subnet");
+        let routes = node
+            .netns()
+            .run("ip", &["route", "show", &other.to_string()]);
+        let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+        assert!(
+            routes.contains("vxlan.1"),
+            "node {}: no route to {other} through vxlan.1: {routes:?}",
+            node.name
+        );
+    }
+    println!(
+        "two nodes Ready, subnets {subnets:?}, routes through vxlan.1, after {:?}",
+        t0.elapsed()
+    );
+
+    let ns = KubeNamespace::new(&cp);
+    cp.apply(&web_manifest_spread(&ns.name, "DoNotSchedule"));
+    let replicas = 10;
+    let start = Instant::now();
+    cp.kubectl(&[
+        "-n",
+        &ns.name,
+        "scale",
+        "deployment/web",
+        &format!("--replicas={replicas}"),
+    ]);
+    let up = time_until(start, Duration::from_secs(300), || {
+        for n in nodes.iter_mut() {
+            n.assert_running();
+        }
+        running(&cp, &ns.name) == replicas
+    });
+    assert!(
+        up.is_some(),
+        "{} of {replicas} pods Running:\n{}",
+        running(&cp, &ns.name),
+        cp.kubectl(&["-n", &ns.name, "get", "pods", "-o", "wide"])
+    );
+    println!("{replicas} pods Running after {:?}", up.unwrap_or_default());
+    let mut all = Vec::new();
+    for (node, subnet) in nodes.iter().zip(&subnets) {
+        let on_node = web_pods(node, &cp, &ns.name);
+        assert_eq!(
+            on_node.len(),
+            replicas / 2,
+            "pods of node {}: {on_node:?}",
+            node.name
+        );
+        assert_addresses(&on_node, *subnet);
+        all.push(on_node);
+    }
+    // Across nodes: every pod of node 0 reaches a pod of node 1 and back.
+    for (i, p) in all[0].iter().enumerate() {
+        let q = &all[1][i % all[1].len()];
+        assert!(
+            ping_from(&p.netns, q.ip),
+            "{} ({}) cannot reach {} ({}) on the other node",
+            p.name,
+            p.ip,
+            q.name,
+            q.ip
+        );
+        assert!(
+            ping_from(&q.netns, p.ip),
+            "{} ({}) cannot reach {} ({}) on the other node",
+            q.name,
+            q.ip,
+            p.name,
+            p.ip
+        );
+    }
+    // The Service answers every pod, with backends on both nodes.
+    let svc_ip = cp.kubectl(&[
+        "-n",
+        &ns.name,
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let names: BTreeSet<String> = all.iter().flatten().map(|p| p.name.clone()).collect();
+    for p in all.iter().flatten() {
+        let mut body = None;
+        let answered = eventually(Duration::from_secs(30), || {
+            body = http_get(&p.netns, &format!("http://{svc_ip}/"));
+            body.as_ref().is_some_and(|b| names.contains(b))
+        });
+        assert!(
+            answered,
+            "Service {svc_ip} did not answer pod {}: {body:?}",
+            p.name
+        );
+    }
+    println!("pods on both nodes reach each other through vxlan.1; Service {svc_ip} answered all {replicas}");
+    drop(ns);
+    drop(nodes);
+    println!("overlay cluster test took {:?}", t0.elapsed());
 }
