@@ -136,7 +136,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+    /// Starts `cmd` with stdout and stderr to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
         let file = fs::File::create(&log).expect("log file");
         let child = cmd
             .stdin(Stdio::null())
@@ -638,6 +639,7 @@ impl Drop for HostState {
 
 /// What a node runs its pods with: a conflist template for containerd's `conf_template`
 /// (`{{.PodCIDR}}` rendered with the node's podCIDR) and the plugin binaries for its bin dir.
+#[derive(Default)]
 pub struct NodeNetwork {
     /// The conflist template (JSON).
     pub template: Value,
@@ -650,6 +652,9 @@ pub struct NodeNetwork {
     /// A file the daemon writes once it is ready (the agent's subnet.env); the node waits for
     /// it before starting containerd.
     pub daemon_ready: Option<PathBuf>,
+    /// Environment of containerd, and so of the plugins it execs (vpc-route's AWS
+    /// credentials).
+    pub runtime_env: Vec<(String, String)>,
 }
 
 /// One node: its namespace on the underlay, containerd (CRI, conf_template), kubelet and
@@ -776,7 +781,8 @@ impl KubeNode {
                 repo_root().join("conformance/scripts/containerd-cri.sh"),
             )
             .arg("start")
-            .args([&ctd, &node.bin_dir, &node.conf_dir, &template]),
+            .args([&ctd, &node.bin_dir, &node.conf_dir, &template])
+            .envs(network.runtime_env.iter().map(|(k, v)| (k, v))),
         );
         assert_eq!(
             out.trim().lines().last().map(PathBuf::from),

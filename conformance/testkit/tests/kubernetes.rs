@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cni_testkit::kube::{
-    nsenter, time_until, ControlPlane, KubeNode, NodeNetwork, BUSYBOX_IMAGE, CLUSTER_CIDR,
-    NON_MASQUERADE_CIDR, OUTSIDE_IP,
+    nsenter, run_ok, time_until, ControlPlane, KubeNode, NodeNetwork, Proc, BUSYBOX_IMAGE,
+    CLUSTER_CIDR, CONTROL_PLANE_IP, NON_MASQUERADE_CIDR, OUTSIDE_IP,
 };
 use cni_testkit::plugin::plugin_binary;
 use cni_testkit::traffic::UdpSourceListener;
@@ -349,8 +350,7 @@ fn kubernetes_runs_kubenet_bridge_pods_from_the_nodes_pod_cidr() {
         &NodeNetwork {
             template: kubenet_template(&network, state.path()),
             plugins: vec![plugin_binary("kubenet-bridge"), reference("loopback")],
-            daemon: None,
-            daemon_ready: None,
+            ..Default::default()
         },
     );
     let t0 = Instant::now();
@@ -786,8 +786,7 @@ fn kubernetes_scale_to_30_kubenet_bridge_vs_reference_bridge() {
             NodeNetwork {
                 template: kubenet_template(&network, state.path()),
                 plugins: vec![plugin_binary("kubenet-bridge"), reference("loopback")],
-                daemon: None,
-                daemon_ready: None,
+                ..Default::default()
             }
         } else {
             NodeNetwork {
@@ -797,8 +796,7 @@ fn kubernetes_scale_to_30_kubenet_bridge_vs_reference_bridge() {
                     reference("host-local"),
                     reference("loopback"),
                 ],
-                daemon: None,
-                daemon_ready: None,
+                ..Default::default()
             }
         };
         let mut node = KubeNode::start(&cp, &network_conf);
@@ -898,6 +896,7 @@ fn kubernetes_runs_vxlan_overlay_pods_on_two_nodes() {
                 ],
                 daemon: Some((agent, vec!["--config".into(), "{conflist}".into()])),
                 daemon_ready: Some(data.join("subnet.env")),
+                ..Default::default()
             },
         );
         nodes.push(node);
@@ -1025,4 +1024,179 @@ fn kubernetes_runs_vxlan_overlay_pods_on_two_nodes() {
     drop(ns);
     drop(nodes);
     println!("overlay cluster test took {:?}", t0.elapsed());
+}
+
+/// moto's EC2 server in the control plane's namespace (reachable from the nodes over the
+/// underlay), in the moto venv the vpc-routes-aws tests install; killed when dropped.
+struct MotoServer {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+    endpoint: String,
+    python: PathBuf,
+}
+
+impl MotoServer {
+    fn start(cp: &ControlPlane) -> MotoServer {
+        let venv = PathBuf::from(
+            std::env::var("VPC_ROUTES_MOTO_VENV")
+                .unwrap_or_else(|_| "/var/tmp/vpc-routes-moto".into()),
+        );
+        run_ok(
+            Command::new("sh")
+                .arg(repo_root().join("crates/vpc-routes-aws/tests/setup-moto.sh"))
+                .env("VPC_ROUTES_MOTO_VENV", &venv),
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("cnisuite-k8s-moto-")
+            .tempdir_in("/var/tmp")
+            .expect("moto dir");
+        let log = dir.path().join("moto.log");
+        let mut cmd = nsenter(&cp.netns().path(), venv.join("bin/moto_server"));
+        cmd.args(["-H", &CONTROL_PLANE_IP.to_string(), "-p", "5000"]);
+        let mut proc = Proc::spawn("moto_server", cmd, log.clone());
+        let up = eventually(Duration::from_secs(60), || {
+            proc.assert_running();
+            fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Running on")
+        });
+        assert!(up, "moto_server did not start: {}", proc.log_tail(20));
+        MotoServer {
+            _proc: proc,
+            _dir: dir,
+            endpoint: format!("http://{CONTROL_PLANE_IP}:5000"),
+            python: venv.join("bin/python"),
+        }
+    }
+
+    /// conformance/scripts/moto_vpc.py's JSON answer (run in the control plane's namespace).
+    fn vpc(&self, cp: &ControlPlane, args: &[&str]) -> Value {
+        let out = run_ok(
+            nsenter(&cp.netns().path(), &self.python)
+                .arg(repo_root().join("conformance/scripts/moto_vpc.py"))
+                .args(args)
+                .envs(aws_env()),
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("moto_vpc.py {args:?}: {e}: {out}"))
+    }
+}
+
+/// moto's dummy credentials and the region, for boto3 and for vpc-route (through containerd).
+fn aws_env() -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// kubenet-bridge chained with vpc-route under Kubernetes, against moto's EC2: the
+/// controller-manager's podCIDR, rendered into both plugins by containerd, lands in the
+/// cluster's tagged route table as a route to the node's ENI on the first pod's ADD; pods run
+/// with addresses from it, bridged and routed as kubenet-bridge configures them.
+#[test]
+fn kubernetes_runs_kubenet_bridge_with_vpc_route_against_moto() {
+    require_root();
+    let _one = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let cp = ControlPlane::shared();
+    let t0 = Instant::now();
+    let moto = MotoServer::start(&cp);
+    let cluster = unique_name("k8s-vpc-").to_lowercase();
+    let vpc = moto.vpc(&cp, &["setup", &moto.endpoint, &cluster]);
+    let s = |k: &str| {
+        vpc[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} in {vpc}"))
+            .to_string()
+    };
+    let (table, eni) = (s("route_table"), s("eni_id"));
+
+    let state = tempfile::Builder::new()
+        .prefix("cnisuite-k8s-vpc-")
+        .tempdir_in("/var/tmp")
+        .expect("state dir");
+    let network = unique_name("k8s-vpc-net-");
+    let mut template = kubenet_template(&network, state.path());
+    // The instance, ENI, VPC and region given in the config: no IMDS on these machines.
+    let vpc_route = json!({
+        "type": "vpc-route",
+        "clusterName": cluster,
+        "clusterCIDR": CLUSTER_CIDR,
+        "podCIDR": "{{.PodCIDR}}",
+        "region": "us-east-1",
+        "ec2Endpoint": moto.endpoint,
+        "instanceId": s("instance_id"),
+        "eniId": eni,
+        "vpcId": s("vpc_id"),
+        "subnetId": s("subnet_id"),
+        "dataDir": state.path().join("vpc-route"),
+    });
+    template["plugins"]
+        .as_array_mut()
+        .expect("plugins")
+        .push(vpc_route);
+    let mut node = KubeNode::start(
+        &cp,
+        &NodeNetwork {
+            template,
+            plugins: vec![
+                plugin_binary("kubenet-bridge"),
+                plugin_binary("vpc-route"),
+                reference("loopback"),
+            ],
+            runtime_env: aws_env(),
+            ..Default::default()
+        },
+    );
+    let cidr = node.wait_pod_cidr();
+    assert!(
+        node.wait_ready("True", Duration::from_secs(90)),
+        "node not Ready: {:?}",
+        node.ready_condition()
+    );
+    let ns = KubeNamespace::new(&cp);
+    cp.apply(&web_manifest(&ns.name));
+    let replicas = 10;
+    let up = scale(&mut node, &cp, &ns.name, replicas);
+    let web = web_pods(&node, &cp, &ns.name);
+    assert_eq!(web.len(), replicas);
+    assert_addresses(&web, cidr);
+    assert_connectivity(&web, &node);
+    // The node's podCIDR is routed to its ENI in the cluster's table.
+    let routes = moto.vpc(&cp, &["routes", &moto.endpoint, &table]);
+    assert!(
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["dst"] == cidr.to_string() && r["eni"] == eni.as_str()),
+        "no route {cidr} -> {eni} in {table}: {routes}"
+    );
+    // kubenet-bridge's part as configured: the bridge holds the podCIDR's gateway and the
+    // node routes the podCIDR to it.
+    let gateway = cidr.hosts().next().expect("gateway");
+    assert!(
+        node.netns()
+            .ipv4_addresses("cbr0")
+            .iter()
+            .any(|a| a.addr() == gateway && a.prefix_len() == cidr.prefix_len()),
+        "cbr0 lacks {gateway}/{}",
+        cidr.prefix_len()
+    );
+    let route = node
+        .netns()
+        .run("ip", &["route", "show", &cidr.to_string()]);
+    assert!(
+        String::from_utf8_lossy(&route.stdout).contains("dev cbr0"),
+        "no route to {cidr} on cbr0: {}",
+        String::from_utf8_lossy(&route.stdout)
+    );
+    println!("{replicas} pods Running after {up:?} with addresses from {cidr}; moto's {table} routes {cidr} to {eni}");
+    drop(ns);
+    drop(node);
+    println!("vpc-route cluster test took {:?}", t0.elapsed());
 }
