@@ -34,7 +34,19 @@ if [[ $missing == 0 ]]; then
     exit 0
 fi
 
-command -v go >/dev/null || { echo "build-kubernetes: no go command (Go >= 1.24 needed)" >&2; exit 1; }
+# The machine's Go (/usr/local/go, 1.26 here) before Debian's golang-go (1.19, installed for
+# cnitool's build), which is older than the modules' go 1.24 and predates GOTOOLCHAIN.
+GO=${GO:-}
+if [[ -z $GO ]]; then
+    if [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; else GO=$(command -v go || true); fi
+fi
+[[ -n $GO ]] || { echo "build-kubernetes: no go command (Go >= 1.21 needed; 1.24 or newer is fetched by GOTOOLCHAIN)" >&2; exit 1; }
+gominor=$("$GO" env GOVERSION | sed -nE 's/^go1\.([0-9]+).*/\1/p')
+if [[ -z $gominor || $gominor -lt 21 ]]; then
+    echo "build-kubernetes: $GO is $("$GO" env GOVERSION 2>/dev/null || echo unknown); Go >= 1.21 needed (set GO=/path/to/go)" >&2
+    exit 1
+fi
+export PATH=$(dirname "$GO"):$PATH
 
 export GOMODCACHE=$K8S_ROOT/gomod GOCACHE=$K8S_ROOT/gocache GOFLAGS=-modcacherw CGO_ENABLED=0
 # The modules ask for go 1.24; a machine with an older go takes the one they name from the module
