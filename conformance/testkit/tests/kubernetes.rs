@@ -645,11 +645,19 @@ fn kubernetes_runs_kubenet_bridge_pods_from_the_nodes_pod_cidr() {
         lease_addresses(&state.path().join("ipam").join(&network)),
         pod_veths(&node)
     );
-    let cached: Vec<String> = cached_results(&network)
+    // libcni's cache holds CoreDNS's result only (files are <network>-<sandbox>-<ifname>).
+    let dns_sandboxes: Vec<String> = node
+        .sandboxes("kube-system")
         .into_iter()
-        .filter(|c| !c.contains("coredns"))
+        .filter(|(_, _, st)| st == "SANDBOX_READY")
+        .map(|(_, id, _)| format!("{network}-{id}-eth0"))
         .collect();
-    assert!(cached.len() <= 1, "cached results left: {cached:?}");
+    assert_eq!(dns_sandboxes.len(), 1, "one CoreDNS sandbox on the node");
+    assert_eq!(
+        cached_results(&network),
+        dns_sandboxes,
+        "cached results left after scale to 0"
+    );
     let up_again = scale(&mut node, &cp, &ns.name, REPLICAS);
     println!("kubectl scale 0 -> {REPLICAS} again: all Running after {up_again:?}");
     let web = web_pods(&node, &cp, &ns.name);
