@@ -52,6 +52,18 @@ impl Drop for KubeNamespace<'_> {
     }
 }
 
+/// The host namespace's iptables lines naming kubelet's or kube-proxy's chains (`KUBE-`).
+fn host_kube_rules() -> Vec<String> {
+    let o = Command::new("iptables-save")
+        .output()
+        .expect("iptables-save");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("KUBE-"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A pod of the web Deployment as the cluster and the node see it.
 #[derive(Clone, Debug)]
 struct WebPod {
@@ -345,6 +357,7 @@ fn kubernetes_runs_kubenet_bridge_pods_from_the_nodes_pod_cidr() {
         .expect("state dir");
     let network = unique_name("k8s-pod-network-");
     let log = state.path().join("kubenet-bridge.log");
+    let host_firewall = host_kube_rules();
     let mut node = KubeNode::start(
         &cp,
         &NodeNetwork {
@@ -765,6 +778,12 @@ fn kubernetes_runs_kubenet_bridge_pods_from_the_nodes_pod_cidr() {
     );
     drop(ns);
     drop(node);
+    // kubelet's and kube-proxy's rules lived in the node's namespace only.
+    assert_eq!(
+        host_kube_rules(),
+        host_firewall,
+        "the host's firewall changed"
+    );
     println!("cluster test took {:?}", t0.elapsed());
 }
 
