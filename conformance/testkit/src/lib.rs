@@ -29,6 +29,8 @@
 //! writes etcd records in bulk and reads etcd's request counters (`vxlan-scale-bench`).
 //! [`etcd_cluster`] is a three-member etcd with TLS (certificates from [`pki`]) on the same
 //! underlay.
+//! [`kube`] is real Kubernetes around the plugins: a control plane shared by a test binary's
+//! cluster tests and nodes (containerd, kubelet, kube-proxy) each in a namespace of its own.
 
 pub mod cnitool;
 pub mod etcd;
