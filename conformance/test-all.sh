@@ -27,6 +27,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== previous release (for the rolling-upgrade tests)"
 conformance/scripts/build-previous-release.sh
 
+# Kubernetes for the cluster tests (tests/kubernetes.rs): kube-apiserver, controller-manager,
+# scheduler, kubelet, kube-proxy, kubectl, crictl and CoreDNS from Go modules, once per pinned
+# release (kept in /var/tmp/cni-suite-k8s/<release>; a no-op when present).
+echo "== Kubernetes (Go build, once per release)"
+start=$(date +%s)
+conformance/scripts/build-kubernetes.sh
+echo "Kubernetes binaries ready after $(($(date +%s) - start)) s"
+
 echo "== build (release, once)"
 cargo build --release --workspace --bins
 

@@ -49,6 +49,9 @@ PACKAGES=(
     # with its CNI backend, runc for both, busybox-static for local images, python3-venv for
     # the CRI client
     containerd runc podman busybox-static python3-venv
+    # Kubernetes (tests/kubernetes.rs) needs nothing more from apt: containerd, runc,
+    # busybox-static (its images), etcd-server, openssl (its CA), curl and iptables are above;
+    # its binaries are built from Go modules by build-kubernetes.sh with the machine's Go
     # The release test checks the .deb as a packager would (tests/packaging/release.rs)
     lintian
 )

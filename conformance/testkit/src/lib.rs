@@ -29,12 +29,15 @@
 //! writes etcd records in bulk and reads etcd's request counters (`vxlan-scale-bench`).
 //! [`etcd_cluster`] is a three-member etcd with TLS (certificates from [`pki`]) on the same
 //! underlay.
+//! [`kube`] is real Kubernetes around the plugins: a control plane shared by a test binary's
+//! cluster tests and nodes (containerd, kubelet, kube-proxy) each in a namespace of its own.
 
 pub mod cnitool;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod etcd_gateway;
 pub mod http;
+pub mod kube;
 pub mod leases;
 pub mod overlay;
 pub mod ping_stream;
