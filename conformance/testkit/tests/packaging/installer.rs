@@ -700,7 +700,10 @@ fn install_cni_refuses_bad_cidrs_with_the_plugins_message_and_installs_nothing()
         c
     };
     let (kb, vpc, vx) = ("kubenet-bridge", "vpc-route", "vxlan-overlay");
-    let not_cidr = |v: &str| format!("{v:?} is not an IPv4 CIDR");
+    // podCIDR and vpc-route's ranges take either family; nonMasqueradeCIDR and the overlay's
+    // clusterCIDR are IPv4 only.
+    let not_cidr = |v: &str| format!("{v:?} is not a CIDR");
+    let not_v4 = |v: &str| format!("{v:?} is not an IPv4 CIDR");
     let too_small = |v: &str| format!("pod CIDR {v} is too small");
     /// What, template, variables, the plugin that refuses, the words of its refusal.
     type Refusal<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, String);
@@ -710,17 +713,20 @@ fn install_cni_refuses_bad_cidrs_with_the_plugins_message_and_installs_nothing()
         ("POD_CIDR prefix /33", "kubenet", vec![("POD_CIDR", "100.96.3.0/33")], kb, not_cidr("100.96.3.0/33")),
         ("POD_CIDR /31", "kubenet", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
         ("POD_CIDR /32", "kubenet", vec![("POD_CIDR", "100.96.3.0/32")], kb, too_small("100.96.3.0/32")),
+        ("POD_CIDR IPv6 prefix /129", "kubenet", vec![("POD_CIDR", "fd00:96:3::/129")], kb, not_cidr("fd00:96:3::/129")),
+        ("POD_CIDR IPv6 malformed", "kubenet", vec![("POD_CIDR", "fd00:96:3:::/120")], kb, not_cidr("fd00:96:3:::/120")),
+        ("POD_CIDR IPv6 /127", "kubenet", vec![("POD_CIDR", "fd00:96:3::/127")], kb, too_small("fd00:96:3::/127")),
         ("POD_CIDR /31 with vpc-route", "kubenet-vpc-route", vec![("POD_CIDR", "100.96.3.0/31")], kb, too_small("100.96.3.0/31")),
-        ("NON_MASQUERADE_CIDR malformed", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.300/8")], kb, not_cidr("10.0.0.300/8")),
-        ("NON_MASQUERADE_CIDR prefix /33", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0/33")], kb, not_cidr("10.0.0.0/33")),
-        ("NON_MASQUERADE_CIDR not a CIDR", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0")], kb, not_cidr("10.0.0.0")),
+        ("NON_MASQUERADE_CIDR malformed", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.300/8")], kb, not_v4("10.0.0.300/8")),
+        ("NON_MASQUERADE_CIDR prefix /33", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0/33")], kb, not_v4("10.0.0.0/33")),
+        ("NON_MASQUERADE_CIDR not a CIDR", "kubenet", vec![("NON_MASQUERADE_CIDR", "10.0.0.0")], kb, not_v4("10.0.0.0")),
         // kubenet-vpc-route: CLUSTER_CIDR is also the default NON_MASQUERADE_CIDR, so a
         // malformed one is refused by kubenet-bridge first; one too small, by vpc-route.
-        ("CLUSTER_CIDR malformed (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0.0/16")], kb, not_cidr("100.96.0.0.0/16")),
+        ("CLUSTER_CIDR malformed (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0.0/16")], kb, not_v4("100.96.0.0.0/16")),
         ("CLUSTER_CIDR prefix /33 (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.0.0/33"), ("NON_MASQUERADE_CIDR", "10.0.0.0/8")], vpc, not_cidr("100.96.0.0/33")),
         ("CLUSTER_CIDR smaller than the pod CIDR (vpc-route)", "kubenet-vpc-route", vec![("CLUSTER_CIDR", "100.96.3.0/31")], vpc, "podCIDR: 100.96.3.0/24 is not inside clusterCIDR 100.96.3.0/31".into()),
-        ("CLUSTER_CIDR malformed (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/1x")], vx, not_cidr("100.96.0.0/1x")),
-        ("CLUSTER_CIDR prefix /33 (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/33")], vx, not_cidr("100.96.0.0/33")),
+        ("CLUSTER_CIDR malformed (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/1x")], vx, not_v4("100.96.0.0/1x")),
+        ("CLUSTER_CIDR prefix /33 (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/33")], vx, not_v4("100.96.0.0/33")),
         ("CLUSTER_CIDR smaller than a node subnet (vxlan-overlay)", "vxlan-overlay", vec![("CLUSTER_CIDR", "100.96.0.0/31")], vx, "subnetLen 24 must be between clusterCIDR's prefix /31 and 30".into()),
     ];
     for (what, template, vars, plugin, message) in cases {
