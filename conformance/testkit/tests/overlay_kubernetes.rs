@@ -26,6 +26,7 @@ use cni_testkit::kube::{time_until, ControlPlane, CONTROL_PLANE_IP};
 use cni_testkit::netns::Netns;
 use cni_testkit::overlay::{OverlayNode, Peer, Underlay};
 use cni_testkit::ping_stream::{assert_streams_lost_nothing, PingStream};
+use cni_testkit::plugin::bin_dir;
 use cni_testkit::traffic::ping;
 use cni_testkit::{eventually, repo_root, require_root, unique_link_name, unique_name};
 use ipnet::Ipv4Net;
@@ -228,6 +229,49 @@ fn network_unavailable(cp: &ControlPlane, name: &str) -> Option<(String, String)
         })
 }
 
+/// `cni-suite doctor --json` on `n` (its conflist's directory as the conf dir): the checks
+/// whose name starts with `prefix`, by name.
+fn doctor_checks(n: &KubeOverlayNode, prefix: &str) -> Vec<(String, String, String)> {
+    let conf_dir = n
+        .node
+        .conflist_path()
+        .parent()
+        .expect("conflist dir")
+        .to_path_buf();
+    let out = n
+        .node
+        .netns()
+        .command(bin_dir().join("cni-suite"))
+        .args(["doctor", "--json", "--conf-dir"])
+        .arg(&conf_dir)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .output()
+        .expect("cni-suite runs");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let checks = report["checks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no checks in {report}"));
+    checks
+        .iter()
+        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 fn as_peer(n: &KubeOverlayNode) -> Peer {
     n.node.as_peer().expect("the node's subnet and device")
 }
@@ -311,6 +355,23 @@ fn three_nodes_on_the_kubernetes_registry_ping_publish_flannels_annotations_and_
         );
     }
 
+    // cni-suite doctor: podCIDR, annotations and peers, all ok.
+    let checks = doctor_checks(&nodes[0], "kube-");
+    assert_eq!(
+        checks.len(),
+        3,
+        "kube-pod-cidr, kube-annotations, kube-peers: {checks:?}"
+    );
+    for (name, status, message) in &checks {
+        assert_eq!(status, "ok", "{name}: {message}");
+    }
+    assert!(
+        checks
+            .iter()
+            .any(|(n, _, m)| n.starts_with("kube-peers") && m.contains("2 peer Node(s)")),
+        "{checks:?}"
+    );
+
     // A Node deleted: its peer leaves the others within seconds.
     let gone = nodes.pop().expect("three nodes");
     let gone_peer = as_peer(&gone);
@@ -391,8 +452,32 @@ fn three_nodes_on_the_kubernetes_registry_ping_publish_flannels_annotations_and_
             n.node.diagnostics()
         );
     }
+    for n in &nodes {
+        let lists = n.node.logs().matches("listed ").count();
+        assert!(
+            lists >= 2,
+            "node {} listed the Nodes {lists} time(s): it must list again after the outage:\n{}",
+            n.name,
+            n.node.diagnostics()
+        );
+    }
     assert_streams_lost_nothing(streams, outage, "the API server outage");
     assert_all_ping(&nodes, "after the API server restart");
+    // doctor notices annotations that no longer match the local VTEP.
+    site.cp.kubectl(&[
+        "annotate",
+        "node",
+        &nodes[0].name,
+        "--overwrite",
+        &format!(r#"{FLANNEL}backend-data={{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"}}"#),
+    ]);
+    let checks = doctor_checks(&nodes[0], "kube-annotations");
+    assert!(
+        checks
+            .iter()
+            .any(|(_, status, m)| status == "fail" && m.contains("0a:00:00:00:00:01")),
+        "{checks:?}"
+    );
     site.cp.kubectl(&["delete", "node", &joined]);
     for n in &nodes {
         let _ = site
