@@ -17,15 +17,15 @@ use overlay::config::RegistryKind;
 The node agent of the vxlan-overlay network: leases this node a subnet of clusterCIDR in etcd
 (or takes it from peersFile, or with registry kubernetes from its Node's spec.podCIDR,
 publishing the VTEP in flannel's node annotations), writes it to subnetFile (flannel's
-subnet.env) for the plugin,
-creates the VXLAN device and programs a route, ARP and FDB entry per peer, applying etcd's
-watch events as they come, and renews the lease every leaseTTL/3 seconds on a thread of its
-own. It reads the conflist's vxlan-overlay entry (registry, kubeconfig, nodeName, etcdEndpoints, etcdCAFile, etcdCertFile,
-etcdKeyFile, etcdUsername, etcdPassword, etcdPrefix, leaseTTL, releaseOnExit, peersFile,
-subnetFile, vni, port, device, underlayInterface, mtu, dataDir, resyncSeconds,
-metricsAddress, logFile, logLevel: see the README), the same entry the plugin reads. Runs
-until SIGTERM or SIGINT, then releases its lease unless releaseOnExit is false; the VXLAN
-device stays, so pods keep their traffic across restarts.",
+subnet.env) for the plugin, creates the VXLAN device and programs a route, ARP and FDB entry
+per peer, applying etcd's (or the Nodes') watch events as they come, and renews an etcd lease
+every leaseTTL/3 seconds on a thread of its own. It reads the conflist's vxlan-overlay entry
+(registry, kubeconfig, nodeName, etcdEndpoints, etcdCAFile, etcdCertFile, etcdKeyFile,
+etcdUsername, etcdPassword, etcdPrefix, leaseTTL, releaseOnExit, peersFile, subnetFile, vni,
+port, device, underlayInterface, mtu, dataDir, resyncSeconds, metricsAddress, logFile,
+logLevel: see the README), the same entry the plugin reads. Runs until SIGTERM or SIGINT,
+then releases its etcd lease unless releaseOnExit is false; the VXLAN device stays, so pods
+keep their traffic across restarts.",
     after_help = "`vxlan-overlay agent …`, the command of earlier releases, runs this binary."
 )]
 struct AgentArgs {
