@@ -8,8 +8,9 @@
 # proxy this project reaches refuses ("403 This module version is not available", and it lists
 # no version of that module at all). flanneld links every backend, its Tencent Cloud route
 # backend included, so the wrapper replaces that one module with a stub (tencentcloud-vpc-stub/:
-# the few types and calls flannel's backend/tencentvpc uses from its package v20170312, every call failing). Nothing else
-# of flannel changes; the tests use its vxlan backend, which never reaches the stub.
+# the few types and calls flannel's backend/tencentvpc uses from its package v20170312, every
+# call failing). Nothing else of flannel changes; the tests use its vxlan backend, which never
+# reaches the stub.
 # cgo: flannel's UDP backend on amd64 (udp_network_amd64.go) calls into C (cproxy_amd64.go) and
 # does not build without it, and main.go links every backend; flannel's own Makefile sets
 # CGO_ENABLED=1 on amd64 and 0 elsewhere, and so does this script (gcc is Debian's).
@@ -153,8 +154,10 @@ func (*Client) CreateRoutes(*CreateRoutesRequest) (*CreateRoutesResponse, error)
 	return nil, errStub
 }
 EOF
+# go.sum for the wrapper (and a go line raised to what flannel asks, if a later release asks
+# more). A failure here is not fatal on its own: whatever is missing fails the build below,
+# with the error printed.
 go mod tidy 2>&1 | grep -v '^go: downloading' >&2 || true
-# tidy's errors surface in the build below.
 # Into a temporary directory first, so that a cut-short build never leaves a flanneld that the
 # check above would take for done.
 tmp=$(mktemp -d "$FLANNEL_ROOT/.out.XXXXXX")
