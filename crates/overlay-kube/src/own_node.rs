@@ -30,7 +30,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Takes this node's subnet from its Node and publishes its VTEP; reports
 /// [`LeaseEvent::Leased`] on `events`, or [`LeaseEvent::Fatal`] when it cannot succeed
 /// (refused rights, a podCIDR outside clusterCIDR). Transient failures are retried with a
-/// growing pause; the task ends once the subnet is reported.
+/// growing pause; once the subnet is reported the task only holds `events` open.
 pub async fn take_subnet(
     access: ApiAccess,
     cfg: OverlayConfig,
@@ -43,6 +43,9 @@ pub async fn take_subnet(
             telemetry.set_lease(Some(lease.subnet));
             let _ = events.send(LeaseEvent::Leased(lease));
             set_network_available(&access).await;
+            // The agent's loop takes a closed channel for a dead subnet keeper: hold it open
+            // for the life of the agent (the range is the Node's for good).
+            std::future::pending::<()>().await;
         }
         Err(e) => {
             let _ = events.send(LeaseEvent::Fatal(e.into()));
