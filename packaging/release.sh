@@ -75,7 +75,7 @@ mkdir -p "$tree/bin" "$tree/sbin" "$tree/examples" "$tree/kubernetes"
 for b in "${binaries[@]}"; do install -m 0755 "$REL/$b" "$tree/bin/$b"; done
 for c in "${commands[@]}"; do install -m 0755 "$REL/$c" "$tree/sbin/$c"; done
 install -m 0644 packaging/examples/* "$tree/examples/"
-install -m 0644 packaging/kubernetes/daemonset.yaml packaging/kubernetes/Containerfile "$tree/kubernetes/"
+install -m 0644 packaging/kubernetes/daemonset.yaml packaging/kubernetes/vxlan-overlay-kubernetes.yaml packaging/kubernetes/Containerfile "$tree/kubernetes/"
 install -m 0755 packaging/kubernetes/install-cni.sh "$tree/kubernetes/"
 cp -r packaging/kubernetes/conflists "$tree/kubernetes/"
 install -m 0644 README.md "$tree/README.md"

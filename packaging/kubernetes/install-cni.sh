@@ -20,7 +20,8 @@
 # <name>.replaced-by-cni-suite (a name runtimes do not load).
 #
 # Environment, [defaults]:
-#   CNI_NETWORK          kubenet | vxlan-overlay | kubenet-vpc-route                [kubenet]
+#   CNI_NETWORK          kubenet | vxlan-overlay | vxlan-overlay-kubernetes |
+#                        kubenet-vpc-route                                          [kubenet]
 #   POD_CIDR             the node's pod CIDR (kubenet, kubenet-vpc-route). When unset, it is
 #                        read from the Node object $NODE_NAME through the in-cluster API (the
 #                        pod's service account token; needs curl and RBAC "get nodes")
@@ -145,7 +146,7 @@ pod_cidr_from_node() {
 }
 
 template="$TEMPLATE_DIR/$CNI_NETWORK.conflist.in"
-[ -f "$template" ] || die "no template $template (CNI_NETWORK: kubenet, vxlan-overlay, kubenet-vpc-route)"
+[ -f "$template" ] || die "no template $template (CNI_NETWORK: kubenet, vxlan-overlay, vxlan-overlay-kubernetes, kubenet-vpc-route)"
 mkdir -p "$CNI_BIN_DIR" "$CNI_CONF_DIR"
 
 needed=$(grep -o '@@[A-Z_]*@@' "$template" | sort -u | tr -d @)

@@ -192,6 +192,10 @@ pub struct ControlPlane {
     /// The generated CA's certificate.
     pub ca: PathBuf,
     next_host: Mutex<u8>,
+    /// kube-apiserver's program and arguments (to start it again).
+    api_cmd: (PathBuf, Vec<String>),
+    /// `--authorization-mode`.
+    authorization: String,
     dir: TempDir,
     // Last: the processes are gone before their namespace is.
     netns: Netns,
@@ -206,12 +210,28 @@ extern "C" fn teardown_shared() {
 
 impl ControlPlane {
     /// The one control plane of this test binary, started on first use; torn down at exit.
+    /// Every request is authorized (`AlwaysAllow`).
     pub fn shared() -> Arc<ControlPlane> {
+        ControlPlane::shared_with("AlwaysAllow")
+    }
+
+    /// [`shared`](Self::shared) with RBAC enforced: the admin token is in `system:masters`,
+    /// other identities (ServiceAccounts) have only what their roles grant. A test binary
+    /// uses one kind or the other.
+    pub fn shared_rbac() -> Arc<ControlPlane> {
+        ControlPlane::shared_with("RBAC")
+    }
+
+    fn shared_with(authorization: &str) -> Arc<ControlPlane> {
         let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cp) = shared.as_ref() {
+            assert_eq!(
+                cp.authorization, authorization,
+                "one test binary, one kind of shared control plane"
+            );
             return cp.clone();
         }
-        let cp = Arc::new(ControlPlane::start());
+        let cp = Arc::new(ControlPlane::start_with(authorization));
         // SAFETY: registers a plain function with no captured state; it only takes the
         // static and drops it.
         unsafe {
@@ -223,6 +243,11 @@ impl ControlPlane {
 
     /// Starts a control plane of its own (what [`shared`](Self::shared) does once).
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with("AlwaysAllow")
+    }
+
+    /// [`start`](Self::start) with kube-apiserver's `--authorization-mode` `authorization`.
+    pub fn start_with(authorization: &str) -> ControlPlane {
         let bin = kube_bin_dir();
         let netns = Netns::new("kcp-");
         let dir = tempfile::Builder::new()
@@ -293,17 +318,41 @@ impl ControlPlane {
         )
         .expect("kubeconfig");
 
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let api_args: Vec<String> = [
+            "--etcd-servers=http://127.0.0.1:2379".to_string(),
+            "--bind-address=0.0.0.0".into(),
+            "--secure-port=6443".into(),
+            format!("--advertise-address={CONTROL_PLANE_IP}"),
+            format!("--tls-cert-file={}", s(&serving.cert)),
+            format!("--tls-private-key-file={}", s(&serving.key)),
+            format!("--client-ca-file={}", s(ca.cert())),
+            format!("--token-auth-file={}", s(&d.join("tokens.csv"))),
+            format!("--authorization-mode={authorization}"),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", s(&sa_pub)),
+            format!("--service-account-signing-key-file={}", s(&sa_key)),
+            format!("--cert-dir={}", s(&d.join("apiserver-certs"))),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+            // Node names resolve nowhere: reach kubelets (exec, logs) at their --node-ip.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]
+        .into();
         let cp = ControlPlane {
             procs: Mutex::new(Vec::new()),
             kubeconfig: kubeconfig.clone(),
             bin: bin.clone(),
             ca: ca.cert().to_path_buf(),
             next_host: Mutex::new(2),
+            api_cmd: (bin.join("kube-apiserver"), api_args),
+            authorization: authorization.to_string(),
             dir,
             netns,
         };
         let ns = cp.netns.path();
-        let s = |p: &Path| p.to_string_lossy().into_owned();
 
         let mut etcd = nsenter(&ns, crate::etcd::ETCD);
         etcd.args([
@@ -324,35 +373,7 @@ impl ControlPlane {
         ]);
         cp.spawn("etcd", etcd);
 
-        let mut api = nsenter(&ns, bin.join("kube-apiserver"));
-        api.args([
-            "--etcd-servers=http://127.0.0.1:2379",
-            "--bind-address=0.0.0.0",
-            "--secure-port=6443",
-            &format!("--advertise-address={CONTROL_PLANE_IP}"),
-            &format!("--tls-cert-file={}", s(&serving.cert)),
-            &format!("--tls-private-key-file={}", s(&serving.key)),
-            &format!("--client-ca-file={}", s(ca.cert())),
-            &format!("--token-auth-file={}", s(&d.join("tokens.csv"))),
-            "--authorization-mode=AlwaysAllow",
-            &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            &format!("--service-account-key-file={}", s(&sa_pub)),
-            &format!("--service-account-signing-key-file={}", s(&sa_key)),
-            &format!("--cert-dir={}", s(&d.join("apiserver-certs"))),
-            "--allow-privileged=true",
-            "--enable-priority-and-fairness=false",
-            "--profiling=false",
-            // Node names resolve nowhere: reach kubelets (exec, logs) at their --node-ip.
-            "--kubelet-preferred-address-types=InternalIP",
-        ]);
-        cp.spawn("kube-apiserver", api);
-        let ready = eventually(Duration::from_secs(120), || {
-            cp.assert_running();
-            cp.try_kubectl(&["get", "--raw", "/readyz"])
-                .is_ok_and(|o| o.trim() == "ok")
-        });
-        assert!(ready, "kube-apiserver never became ready:\n{}", cp.logs());
+        cp.start_apiserver();
 
         let mut kcm = nsenter(&ns, bin.join("kube-controller-manager"));
         kcm.args([
@@ -384,6 +405,31 @@ impl ControlPlane {
         assert!(sa, "no default service account:\n{}", cp.logs());
         cp.apply(&coredns_manifest());
         cp
+    }
+
+    /// Starts kube-apiserver (again, after [`stop_apiserver`](Self::stop_apiserver)) and
+    /// waits until it is ready.
+    pub fn start_apiserver(&self) {
+        let mut api = nsenter(&self.netns.path(), &self.api_cmd.0);
+        api.args(&self.api_cmd.1);
+        self.spawn("kube-apiserver", api);
+        let ready = eventually(Duration::from_secs(120), || {
+            self.assert_running();
+            self.try_kubectl(&["get", "--raw", "/readyz"])
+                .is_ok_and(|o| o.trim() == "ok")
+        });
+        assert!(ready, "kube-apiserver never became ready:\n{}", self.logs());
+    }
+
+    /// Kills kube-apiserver (an outage: the other components keep running and retrying).
+    pub fn stop_apiserver(&self) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        let at = procs
+            .iter()
+            .position(|p| p.name == "kube-apiserver")
+            .expect("kube-apiserver runs");
+        let mut api = procs.remove(at);
+        api.stop();
     }
 
     fn spawn(&self, name: &str, cmd: Command) {

@@ -14,7 +14,7 @@ use netsetup::vxlan::PeerEntry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval, MissedTickBehavior};
 
-use crate::config::OverlayConfig;
+use crate::config::{OverlayConfig, RegistryKind};
 use crate::dataplane::{
     self, detect_underlay, detect_underlay6, ipv6_shares_the_device, overlay_mtu, peer_entry,
     Dataplane, Underlay,
@@ -40,12 +40,140 @@ pub fn run(cfg: OverlayConfig) -> Result<(), Error> {
         .build()
         .map_err(|e| Error::Runtime(e.to_string()))?;
     rt.block_on(async move {
-        if cfg.etcd_endpoints.is_empty() {
+        if cfg.registry == RegistryKind::Kubernetes {
+            Err(Error::Config(
+                "registry kubernetes is served by vxlan-overlay-agent (the overlay-kube crate)"
+                    .into(),
+            ))
+        } else if cfg.etcd_endpoints.is_empty() {
             run_static(&cfg).await
         } else {
             run_etcd(&cfg).await
         }
     })
+}
+
+/// Where the agent's peers come from: etcd's subnet records ([`PeerSync`]) or, in the
+/// agent binary, the cluster's Node objects (the `overlay-kube` crate). The agent's loop
+/// ([`run_with_source`]) calls [`step`](Self::step) before each wait, waits on
+/// [`next`](Self::next) beside signals, subnet news and the resync timer, and hands what
+/// woke it to [`handle`](Self::handle).
+// The agent's runtime is single-threaded: the futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait PeerSource {
+    /// What woke the agent from the source.
+    type Wake;
+    /// Does what is due (a full list and reconcile when asked for, a watch when there is
+    /// none); failures are logged and retried later, the dataplane kept as it is.
+    async fn step(&mut self, plane: &mut Dataplane);
+    /// The next news; pends while there is nothing to wait for.
+    async fn next(&mut self) -> Self::Wake;
+    /// Applies what woke the agent.
+    fn handle(&mut self, plane: &mut Dataplane, wake: Self::Wake);
+    /// Asks for a full reconcile at the next step (a new subnet, a new dataplane).
+    fn request_full(&mut self);
+    /// The periodic resync is due.
+    fn resync(&mut self);
+}
+
+impl PeerSource for PeerSync {
+    type Wake = crate::peer_sync::Wake;
+
+    async fn step(&mut self, plane: &mut Dataplane) {
+        PeerSync::step(self, plane).await
+    }
+
+    async fn next(&mut self) -> Self::Wake {
+        PeerSync::next(self).await
+    }
+
+    fn handle(&mut self, plane: &mut Dataplane, wake: Self::Wake) {
+        PeerSync::handle(self, plane, wake)
+    }
+
+    fn request_full(&mut self) {
+        PeerSync::request_full(self)
+    }
+
+    fn resync(&mut self) {
+        self.check_files();
+        self.request_full();
+    }
+}
+
+/// What a peer source needs of this node: its VTEP as its peers must see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalVtep {
+    /// The underlay address the IPv4 device encapsulates from (the node's `PublicIP`).
+    pub underlay: IpAddr,
+    /// The IPv4 device's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The IPv6 device's underlay address and MAC, on a dual-stack network.
+    pub ipv6: Option<(IpAddr, String)>,
+}
+
+/// What [`run_with_source`] gives the code that makes the peer source.
+pub struct SourceStart {
+    /// This node's VTEP.
+    pub vtep: LocalVtep,
+    /// The agent's metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// Where the subnet is reported ([`LeaseEvent::Leased`] sets the dataplane up and writes
+    /// subnet.env; [`LeaseEvent::Fatal`] stops the agent).
+    pub subnet_events: tokio::sync::mpsc::UnboundedSender<LeaseEvent>,
+    /// The peer table to keep (this node's addresses and VNI filled in).
+    pub table: PeerTable,
+}
+
+/// Runs the agent with a peer source of another crate until SIGTERM or SIGINT: the node's
+/// VTEP is found and the metrics served here, then `start` makes the source (and whatever
+/// reports the subnet on [`SourceStart::subnet_events`]) on the agent's runtime.
+pub fn run_with_source<S: PeerSource>(
+    cfg: OverlayConfig,
+    start: impl AsyncFnOnce(SourceStart) -> Result<S, Error>,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    rt.block_on(async move {
+        let (node, _) = node(&cfg)?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| Error::Runtime(e.to_string()))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Runtime(e.to_string()))?;
+        let telemetry = Arc::new(Telemetry::new(Duration::from_secs(
+            cfg.resync_seconds.max(1),
+        )));
+        if let Some(addr) = cfg.metrics_address {
+            let bound = metrics_server::serve(addr, telemetry.clone())?;
+            log::info!("serving /metrics and /healthz on {bound}");
+        }
+        let (events, mut subnet_events) = tokio::sync::mpsc::unbounded_channel();
+        let source = start(SourceStart {
+            vtep: LocalVtep {
+                underlay: node.underlay.ip,
+                mac: link::mac_string(&node.mac),
+                ipv6: node
+                    .ipv6
+                    .as_ref()
+                    .map(|(u6, m6)| (u6.ip, link::mac_string(m6))),
+            },
+            telemetry,
+            subnet_events: events,
+            table: peer_table(&cfg, &node),
+        })
+        .await?;
+        keep_peers(&cfg, &node, source, &mut subnet_events, &mut term, &mut int).await
+    })
+}
+
+fn peer_table(cfg: &OverlayConfig, node: &Node) -> PeerTable {
+    let table = PeerTable::new(node.underlay.ip, cfg.vni);
+    match &node.ipv6 {
+        Some((u6, _)) => table.with_ipv6(u6.ip),
+        None => table,
+    }
 }
 
 /// What the agent knows of itself.
@@ -279,37 +407,24 @@ async fn run_etcd(cfg: &OverlayConfig) -> Result<(), Error> {
         telemetry.clone(),
         events,
     )?;
-    let result = keep_peers(
-        cfg,
-        &node,
-        access,
-        telemetry,
-        &mut lease_events,
-        &mut term,
-        &mut int,
-    )
-    .await;
+    let sync = PeerSync::new(access, &cfg.etcd_prefix, peer_table(cfg, &node), telemetry);
+    let result = keep_peers(cfg, &node, sync, &mut lease_events, &mut term, &mut int).await;
     keeper.stop();
     result
 }
 
-/// The agent's main thread once the lease thread runs: sets the dataplane up for each
-/// subnet the lease thread reports, and keeps its peers in step with etcd until a signal.
-async fn keep_peers(
+/// The agent's main thread once the subnet is being taken care of (the lease thread, or the
+/// Kubernetes source's own-Node task): sets the dataplane up for each subnet reported, and
+/// keeps its peers in step with the source until a signal.
+async fn keep_peers<S: PeerSource>(
     cfg: &OverlayConfig,
     node: &Node,
-    access: EtcdAccess,
-    telemetry: Arc<Telemetry>,
+    mut sync: S,
     lease_events: &mut tokio::sync::mpsc::UnboundedReceiver<LeaseEvent>,
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
 ) -> Result<(), Error> {
     let mut plane: Option<Dataplane> = None;
-    let mut table = PeerTable::new(node.underlay.ip, cfg.vni);
-    if let Some((u6, _)) = &node.ipv6 {
-        table = table.with_ipv6(u6.ip);
-    }
-    let mut sync = PeerSync::new(access, &cfg.etcd_prefix, table, telemetry);
     let mut resync = interval(Duration::from_secs(cfg.resync_seconds.max(1)));
     resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -328,10 +443,7 @@ async fn keep_peers(
                 Some(LeaseEvent::Fatal(e)) => return Err(e),
                 None => return Err(Error::Runtime("the lease thread stopped".into())),
             },
-            _ = resync.tick() => {
-                sync.check_files();
-                sync.request_full();
-            }
+            _ = resync.tick() => sync.resync(),
             wake = sync.next(), if plane.is_some() => {
                 if let Some(dp) = plane.as_mut() {
                     sync.handle(dp, wake);
@@ -378,6 +490,12 @@ fn with_registry<T>(
 /// `vxlan-overlay agent --config <file>`: reads a conflist (or a single plugin config), takes
 /// the `vxlan-overlay` entry, sets up logging from its `logFile`/`logLevel`, and runs.
 pub fn run_from_conflist(path: &std::path::Path) -> Result<(), Error> {
+    run(load_conflist(path)?)
+}
+
+/// Reads the `vxlan-overlay` entry of a conflist (or of a single plugin config) and sets up
+/// logging from its `logFile`/`logLevel`: what the agent does before it runs.
+pub fn load_conflist(path: &std::path::Path) -> Result<OverlayConfig, Error> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let shown = path.display();
     let list = cni_spec::ConfList::parse(&text)
@@ -386,7 +504,5 @@ pub fn run_from_conflist(path: &std::path::Path) -> Result<(), Error> {
         .entry("vxlan-overlay")
         .ok_or_else(|| Error::Config(format!("{shown} has no plugin of type vxlan-overlay")))?;
     cni_skel::log_file::init_with(entry, "vxlan-overlay agent", log::LevelFilter::Info);
-    let cfg: OverlayConfig = serde_json::from_value(entry.clone())
-        .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
-    run(cfg)
+    serde_json::from_value(entry.clone()).map_err(|e| Error::Config(format!("{shown}: {e}")))
 }

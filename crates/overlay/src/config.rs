@@ -37,6 +37,20 @@ pub struct OverlayConfig {
     /// beside `flannel.<vni>`).
     #[serde(rename = "ipv6Device", default)]
     pub ipv6_device: Option<String>,
+    /// Where the agent takes this node's subnet and its peers from: `etcd` (the default:
+    /// subnet leases in etcd, flannel's etcd record format) or `kubernetes` (each node's
+    /// `spec.podCIDR` and flannel's node annotations, as flannel's kube subnet manager).
+    #[serde(default)]
+    pub registry: RegistryKind,
+    /// With `registry: kubernetes`: the kubeconfig the agent authenticates with; absent, the
+    /// in-cluster service account (`KUBERNETES_SERVICE_HOST`/`_PORT`, the mounted token and
+    /// CA).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// With `registry: kubernetes`: this node's Node name when the `NODE_NAME` environment
+    /// variable is unset (the hostname when both are).
+    #[serde(default)]
+    pub node_name: Option<String>,
     /// etcd v3 endpoints (URLs); empty with `peersFile` for the static mode.
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
@@ -114,6 +128,17 @@ pub struct OverlayConfig {
     /// off unless set.
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// The `registry` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryKind {
+    /// Subnet leases and peer records in etcd (`etcdEndpoints`), or a static `peersFile`.
+    #[default]
+    Etcd,
+    /// The Kubernetes API: `spec.podCIDR` as the subnet, node annotations for the VTEP.
+    Kubernetes,
 }
 
 /// The `underlayFamily` values.
@@ -233,9 +258,11 @@ impl OverlayConfig {
                     self.device6()
                 ))
             })?;
-            if self.etcd_endpoints.is_empty() {
+            if self.etcd_endpoints.is_empty() && self.registry == RegistryKind::Etcd {
                 return Err(Error::Config(
-                    "enableIPv6 needs etcdEndpoints: a peersFile lists IPv4 subnets only".into(),
+                    "enableIPv6 needs etcdEndpoints or registry kubernetes: a peersFile lists \
+                     IPv4 subnets only"
+                        .into(),
                 ));
             }
             if self.device6() == self.device() {
@@ -261,6 +288,16 @@ impl OverlayConfig {
         }
         if self.lease_ttl < 3 {
             return Err(Error::Config("leaseTTL must be at least 3 seconds".into()));
+        }
+        if self.registry == RegistryKind::Kubernetes {
+            if !self.etcd_endpoints.is_empty() || self.peers_file.is_some() {
+                return Err(Error::Config(
+                    "registry kubernetes takes no etcdEndpoints or peersFile: the subnets and \
+                     peers come from the Node objects"
+                        .into(),
+                ));
+            }
+            return Ok(());
         }
         if self.etcd_endpoints.is_empty() && self.peers_file.is_none() {
             return Err(Error::Config(
@@ -351,6 +388,37 @@ pub fn vtep_ip6(subnet: Ipv6Net) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_registry_needs_no_etcd_and_refuses_it() {
+        let k: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"100.64.0.0/16","registry":"kubernetes",
+                "kubeconfig":"/etc/kubernetes/agent.kubeconfig","nodeName":"n1"}"#,
+        )
+        .unwrap();
+        assert_eq!(k.registry, RegistryKind::Kubernetes);
+        assert_eq!(k.node_name.as_deref(), Some("n1"));
+        assert!(k.validate().is_ok(), "{:?}", k.validate());
+        let etcd: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"100.64.0.0/16","etcdEndpoints":["http://127.0.0.1:2379"]}"#,
+        )
+        .unwrap();
+        assert_eq!(etcd.registry, RegistryKind::Etcd, "etcd stays the default");
+        let both: OverlayConfig = serde_json::from_str(
+            r#"{"clusterCIDR":"100.64.0.0/16","registry":"kubernetes",
+                "etcdEndpoints":["http://127.0.0.1:2379"]}"#,
+        )
+        .unwrap();
+        let e = both.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("registry kubernetes takes no etcdEndpoints"),
+            "{e}"
+        );
+        assert!(serde_json::from_str::<OverlayConfig>(
+            r#"{"clusterCIDR":"100.64.0.0/16","registry":"consul"}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn defaults_and_validation() {

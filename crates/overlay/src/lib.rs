@@ -86,6 +86,10 @@ pub enum Error {
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A registry of another crate (the Kubernetes API of `overlay-kube`) failed for good,
+    /// in its own words.
+    #[error("{0}")]
+    Registry(String),
 }
 
 /// An error with its causes, `a: b: c` (tonic's own text is only "transport error").
@@ -116,7 +120,9 @@ impl ErrorCode for Error {
             Error::Pod(e) => e.code(),
             Error::Net(e) => e.code(),
             Error::Config(_) | Error::Conflict(_) => Code::InvalidNetworkConfig,
-            Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) => Code::TryAgainLater,
+            Error::NoLease(_) | Error::Etcd(_) | Error::EtcdAccess(_) | Error::Registry(_) => {
+                Code::TryAgainLater
+            }
             Error::Exhausted { .. } | Error::Exhausted6 { .. } => Code::RangeExhausted,
             Error::Io { .. } | Error::Metrics { .. } | Error::Runtime(_) => Code::IoFailure,
         }

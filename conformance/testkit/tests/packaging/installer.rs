@@ -411,6 +411,27 @@ fn install_cni_renders_the_vxlan_overlay_template() {
 }
 
 #[test]
+fn install_cni_renders_the_vxlan_overlay_kubernetes_template() {
+    require_root();
+    let inst = Installer::with(&["vxlan-overlay"]);
+    let o = run(inst
+        .command()
+        .env("CNI_NETWORK", "vxlan-overlay-kubernetes")
+        .env("PLUGINS", "vxlan-overlay portmap")
+        .env("CLUSTER_CIDR", "100.96.0.0/11"));
+    assert!(o.status.success(), "{}", text(&o));
+    let (conf, types) = installed_conflist(&inst);
+    assert_eq!(types, ["vxlan-overlay", "portmap"], "{conf:#}");
+    let vx = &conf["plugins"][0];
+    // The Kubernetes registry: no etcd; the controller-manager's --cluster-cidr.
+    assert_eq!(vx["registry"], "kubernetes", "{conf:#}");
+    assert!(vx.get("etcdEndpoints").is_none(), "{conf:#}");
+    assert_eq!(vx["clusterCIDR"], "100.96.0.0/11", "{conf:#}");
+    assert_eq!(vx["metricsAddress"], "127.0.0.1:9472", "{conf:#}");
+    assert!(inst.leftovers().is_empty(), "{:?}", inst.leftovers());
+}
+
+#[test]
 fn install_cni_renders_the_kubenet_vpc_route_template() {
     require_root();
     let inst = Installer::with(&["kubenet-bridge", "vpc-route"]);

@@ -96,6 +96,8 @@ fn release_tarball_verifies_and_its_binaries_run() {
         "examples/vxlan-overlay.conflist",
         "examples/kubenet-vpc-route.conflist",
         "kubernetes/daemonset.yaml",
+        "kubernetes/vxlan-overlay-kubernetes.yaml",
+        "kubernetes/conflists/vxlan-overlay-kubernetes.conflist.in",
         "kubernetes/install-cni.sh",
         "kubernetes/Containerfile",
         "kubernetes/conflists/kubenet.conflist.in",

@@ -21,6 +21,7 @@ mod cluster;
 mod conflists;
 mod datapath;
 mod ipam;
+mod kube_registry;
 mod orphans;
 mod plugin_log;
 mod results_cache;
@@ -151,7 +152,13 @@ pub fn run(opts: &Options) -> Report {
         report.push(plugin_log::check_log(net, &leases, opts));
         if let Kind::Overlay(cfg) = &net.kind {
             report.push(agent::check_agent(net, cfg));
-            report.push(agent::check_agent_record(net, cfg));
+            if cfg.registry == overlay::config::RegistryKind::Kubernetes {
+                for c in kube_registry::check_kube_registry(net, cfg) {
+                    report.push(c);
+                }
+            } else {
+                report.push(agent::check_agent_record(net, cfg));
+            }
             report.push(agent_health::check(net, cfg));
             report.push(agent::check_agent_log(net, opts));
             if let Some(links) = links.as_mut() {
