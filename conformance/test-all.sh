@@ -35,6 +35,13 @@ start=$(date +%s)
 conformance/scripts/build-kubernetes.sh
 echo "Kubernetes binaries ready after $(($(date +%s) - start)) s"
 
+# flanneld for the interop tests (tests/flannel_interop.rs): one Go build of its module at the
+# pinned release (kept in /var/tmp/cni-suite-flannel/<release>; a no-op when present).
+echo "== flannel (Go build, once per release)"
+start=$(date +%s)
+conformance/scripts/build-flannel.sh
+echo "flanneld ready after $(($(date +%s) - start)) s"
+
 echo "== build (release, once)"
 cargo build --release --workspace --bins
 

@@ -29,6 +29,7 @@
 //! writes etcd records in bulk and reads etcd's request counters (`vxlan-scale-bench`).
 //! [`etcd_cluster`] is a three-member etcd with TLS (certificates from [`pki`]) on the same
 //! underlay.
+//! [`flannel`] runs real flanneld (built from its Go module) as a peer of our overlay.
 //! [`kube`] is real Kubernetes around the plugins: a control plane shared by a test binary's
 //! cluster tests and nodes (containerd, kubelet, kube-proxy) each in a namespace of its own.
 
@@ -36,6 +37,7 @@ pub mod cnitool;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod etcd_gateway;
+pub mod flannel;
 pub mod http;
 pub mod kube;
 pub mod leases;

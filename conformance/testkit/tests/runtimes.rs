@@ -572,6 +572,95 @@ fn containerd_cri_gives_a_pod_sandbox_an_address_from_kubenet_bridge_and_release
 // ---------------------------------------------------------------------------------------
 // podman + CNI
 
+/// podman with its CNI backend, kept to one test's directory: storage, run root, temp dir
+/// and a `containers.conf` made from our example, naming the test's plugin and config dirs.
+struct Podman {
+    home: PathBuf,
+    conf_file: PathBuf,
+}
+
+impl Podman {
+    fn new(home: &Path, bin: &Path, conf: &Path) -> Podman {
+        let example =
+            fs::read_to_string(repo_root().join("packaging/examples/podman-containers.conf"))
+                .expect("example");
+        assert!(example.contains("network_backend = \"cni\""), "{example}");
+        let containers_conf = example
+            .lines()
+            .map(|l| {
+                if l.starts_with("cni_plugin_dirs") {
+                    format!("cni_plugin_dirs = [\"{}\"]", bin.display())
+                } else if l.starts_with("network_config_dir") {
+                    format!("network_config_dir = \"{}\"", conf.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            // This machine: no CAP_SYS_RESOURCE for podman's default ulimits, crun refuses the
+            // hybrid cgroups (runc works), no systemd for cgroups or journald for events.
+            + "\n[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+               [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
+        let conf_file = home.join("containers.conf");
+        fs::write(&conf_file, containers_conf).expect("write");
+        Podman {
+            home: home.to_path_buf(),
+            conf_file,
+        }
+    }
+
+    /// `podman <args>`, bounded by 120 s.
+    fn run(&self, args: &[&str]) -> Output {
+        let d = &self.home;
+        run(Command::new("timeout")
+            .args(["120", "podman", "--root"])
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args(["--storage-driver", "vfs", "--tmpdir"])
+            .arg(d.join("tmp"))
+            .args(args)
+            .env("CONTAINERS_CONF", &self.conf_file))
+    }
+
+    /// Imports `image`: a root filesystem of Debian's busybox-static with `applets` linked to
+    /// it, so no registry is needed.
+    fn import_busybox(&self, image: &str, applets: &[&str]) {
+        let rootfs = self.home.join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
+        for sub in ["etc", "proc", "sys", "dev", "tmp"] {
+            fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .expect("busybox-static: run install-test-deps.sh");
+        for applet in applets {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .expect("symlink");
+        }
+        fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("write");
+        fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("write");
+        let tar = self.home.join("rootfs.tar");
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        let o = self.run(&[
+            "import",
+            "-q",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            &tar.to_string_lossy(),
+            image,
+        ]);
+        assert!(o.status.success(), "podman import: {}", text(&o));
+    }
+}
+
 #[test]
 fn podman_runs_a_container_on_a_kubenet_bridge_network() {
     require_root();
@@ -607,73 +696,11 @@ fn podman_runs_a_container_on_a_kubenet_bridge_network() {
         serde_json::to_string_pretty(&net).expect("json"),
     )
     .expect("write");
-    let example = fs::read_to_string(repo_root().join("packaging/examples/podman-containers.conf"))
-        .expect("example");
-    assert!(example.contains("network_backend = \"cni\""), "{example}");
-    let containers_conf = example
-        .lines()
-        .map(|l| {
-            if l.starts_with("cni_plugin_dirs") {
-                format!("cni_plugin_dirs = [\"{}\"]", bin.display())
-            } else if l.starts_with("network_config_dir") {
-                format!("network_config_dir = \"{}\"", conf.display())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        // This machine: no CAP_SYS_RESOURCE for podman's default ulimits, crun refuses the
-        // hybrid cgroups (runc works), no systemd for cgroups or journald for events.
-        + "\n[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-           [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
-    let conf_file = d.join("containers.conf");
-    fs::write(&conf_file, containers_conf).expect("write");
+    let pm = Podman::new(d, &bin, &conf);
+    let podman = |args: &[&str]| pm.run(args);
 
-    let podman = |args: &[&str]| -> Output {
-        run(Command::new("timeout")
-            .args(["120", "podman", "--root"])
-            .arg(d.join("storage"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args(["--storage-driver", "vfs", "--tmpdir"])
-            .arg(d.join("tmp"))
-            .args(args)
-            .env("CONTAINERS_CONF", &conf_file))
-    };
-
-    // A busybox image from busybox-static, no registry.
-    let rootfs = d.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    for sub in ["etc", "proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("busybox-static: run install-test-deps.sh");
-    for applet in ["sh", "ip", "ping", "sleep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
-    }
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("write");
-    fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("write");
-    let tar = d.join("rootfs.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    );
     let image = "localhost/cnisuite-bb:latest";
-    let o = podman(&[
-        "import",
-        "-q",
-        "--change",
-        "CMD [\"/bin/sh\"]",
-        &tar.to_string_lossy(),
-        image,
-    ]);
-    assert!(o.status.success(), "podman import: {}", text(&o));
+    pm.import_busybox(image, &["sh", "ip", "ping", "sleep"]);
 
     let o = podman(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(o.status.success(), "podman network ls: {}", text(&o));
@@ -896,67 +923,10 @@ fn podman_runs_a_container_on_a_dual_stack_kubenet_bridge_network() {
         serde_json::to_string_pretty(&net).expect("json"),
     )
     .expect("write");
-    let example = fs::read_to_string(repo_root().join("packaging/examples/podman-containers.conf"))
-        .expect("example");
-    let containers_conf = example
-        .lines()
-        .map(|l| {
-            if l.starts_with("cni_plugin_dirs") {
-                format!("cni_plugin_dirs = [\"{}\"]", bin.display())
-            } else if l.starts_with("network_config_dir") {
-                format!("network_config_dir = \"{}\"", conf.display())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-           [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
-    let conf_file = d.join("containers.conf");
-    fs::write(&conf_file, containers_conf).expect("write");
-    let podman = |args: &[&str]| -> Output {
-        run(Command::new("timeout")
-            .args(["120", "podman", "--root"])
-            .arg(d.join("storage"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args(["--storage-driver", "vfs", "--tmpdir"])
-            .arg(d.join("tmp"))
-            .args(args)
-            .env("CONTAINERS_CONF", &conf_file))
-    };
-    let rootfs = d.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).expect("mkdir");
-    for sub in ["etc", "proc", "sys", "dev", "tmp"] {
-        fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("busybox-static: run install-test-deps.sh");
-    for applet in ["sh", "ip", "ping", "ping6", "sleep", "cat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
-    }
-    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("write");
-    fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("write");
-    let tar = d.join("rootfs.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    );
+    let pm = Podman::new(d, &bin, &conf);
+    let podman = |args: &[&str]| pm.run(args);
     let image = "localhost/cnisuite-bb6:latest";
-    let o = podman(&[
-        "import",
-        "-q",
-        "--change",
-        "CMD [\"/bin/sh\"]",
-        &tar.to_string_lossy(),
-        image,
-    ]);
-    assert!(o.status.success(), "podman import: {}", text(&o));
+    pm.import_busybox(image, &["sh", "ip", "ping", "ping6", "sleep", "cat"]);
 
     let script = format!(
         "ip -o addr show eth0; ip route; ip -6 route; \

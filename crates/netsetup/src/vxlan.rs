@@ -225,11 +225,38 @@ pub struct DeviceState {
 
 /// Reads the neighbours, FDB entries and routes of device `index`.
 pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error> {
-    let mut st = DeviceState::default();
+    let NeighbourDump { neighbours, fdb } = neighbour_dump(sock, index, AddressFamily::Inet)?;
+    let mut st = DeviceState {
+        neighbours: neighbours
+            .into_iter()
+            .filter_map(|(ip, mac)| match ip {
+                IpAddr::V4(ip) => Some((ip, mac)),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+        fdb,
+        routes: Vec::new(),
+    };
+    for r in link::routes_v4(sock)? {
+        if r.oif == Some(index) && r.gw.is_some() {
+            st.routes.push((r.dst, r.gw));
+        }
+    }
+    Ok(st)
+}
+
+/// The permanent neighbours of one family (`Inet` or `Inet6`) on device `index`, as (address,
+/// MAC), and its FDB entries with a remote, as (MAC, underlay address): both dumps in one
+/// batch.
+fn neighbour_dump(
+    sock: &mut Socket,
+    index: u32,
+    family: AddressFamily,
+) -> Result<NeighbourDump, Error> {
     let dump = |family| {
         let mut m = NeighbourMessage::default();
         m.header.family = family;
-        // Strict dump checking filters IPv4 neighbours by the NDA_IFINDEX attribute (a header
+        // Strict dump checking filters IP neighbours by the NDA_IFINDEX attribute (a header
         // ifindex is refused) and FDB entries by the header's ifindex.
         if family == AddressFamily::Bridge {
             m.header.ifindex = index;
@@ -242,7 +269,8 @@ pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error>
             "list neighbours",
         )
     };
-    let replies = sock.batch(vec![dump(AddressFamily::Inet), dump(AddressFamily::Bridge)])?;
+    let (mut neighbours, mut fdb) = (Vec::new(), Vec::new());
+    let replies = sock.batch(vec![dump(family), dump(AddressFamily::Bridge)])?;
     for list in first_error(replies, |_, _| false)? {
         for m in list {
             let RouteNetlinkMessage::NewNeighbour(n) = m else {
@@ -257,6 +285,9 @@ pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error>
                 match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
                         dst = Some(IpAddr::V4(*ip))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                        dst = Some(IpAddr::V6(*ip))
                     }
                     // FDB entries (family bridge) carry the remote address as raw bytes, 4 or
                     // 16 of them (the kernel's vxlan_nla_get_addr tells them apart the same way).
@@ -276,22 +307,25 @@ pub fn device_state(sock: &mut Socket, index: u32) -> Result<DeviceState, Error>
                 }
             }
             match (n.header.family, dst, mac) {
-                (AddressFamily::Inet, Some(IpAddr::V4(ip)), Some(mac))
-                    if n.header.state == NeighbourState::Permanent =>
+                (AddressFamily::Bridge, Some(ip), Some(mac)) => fdb.push((mac, ip)),
+                (f, Some(ip), Some(mac))
+                    if f == family && n.header.state == NeighbourState::Permanent =>
                 {
-                    st.neighbours.push((ip, mac))
+                    neighbours.push((ip, mac))
                 }
-                (AddressFamily::Bridge, Some(ip), Some(mac)) => st.fdb.push((mac, ip)),
                 _ => {}
             }
         }
     }
-    for r in link::routes_v4(sock)? {
-        if r.oif == Some(index) && r.gw.is_some() {
-            st.routes.push((r.dst, r.gw));
-        }
-    }
-    Ok(st)
+    Ok(NeighbourDump { neighbours, fdb })
+}
+
+/// What [`neighbour_dump`] found on a device.
+struct NeighbourDump {
+    /// (address, MAC) of the permanent neighbours of the family asked for.
+    neighbours: Vec<(IpAddr, Mac)>,
+    /// (MAC, underlay address) of FDB entries with a remote.
+    fdb: Vec<(Mac, IpAddr)>,
 }
 
 fn neigh(index: u32, family: AddressFamily, dst: IpAddr, mac: Mac, fdb: bool) -> NeighbourMessage {
@@ -420,104 +454,20 @@ pub struct DeviceState6 {
 
 /// Reads the IPv6 neighbours, FDB entries and IPv6 routes of device `index`.
 pub fn device_state6(sock: &mut Socket, index: u32) -> Result<DeviceState6, Error> {
-    let mut st = DeviceState6::default();
-    let dump = |family| {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family;
-        if family == AddressFamily::Bridge {
-            m.header.ifindex = index;
-        } else {
-            m.attributes.push(NeighbourAttribute::IfIndex(index));
-        }
-        Request::new(
-            RouteNetlinkMessage::GetNeighbour(m),
-            NLM_F_DUMP,
-            "list neighbours",
-        )
+    let NeighbourDump { neighbours, fdb } = neighbour_dump(sock, index, AddressFamily::Inet6)?;
+    let mut st = DeviceState6 {
+        neighbours: neighbours
+            .into_iter()
+            .filter_map(|(ip, mac)| match ip {
+                IpAddr::V6(ip) => Some((ip, mac)),
+                IpAddr::V4(_) => None,
+            })
+            .collect(),
+        fdb,
+        routes: Vec::new(),
     };
-    let replies = sock.batch(vec![
-        dump(AddressFamily::Inet6),
-        dump(AddressFamily::Bridge),
-    ])?;
-    for list in first_error(replies, |_, _| false)? {
-        for m in list {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != index {
-                continue;
-            }
-            let mut dst: Option<IpAddr> = None;
-            let mut mac = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
-                        dst = Some(IpAddr::V6(*ip))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                        dst = Some(IpAddr::V4(*ip))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        dst = match b.len() {
-                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                            _ => None,
-                        }
-                    }
-                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                        let mut m = [0u8; 6];
-                        m.copy_from_slice(l);
-                        mac = Some(m);
-                    }
-                    _ => {}
-                }
-            }
-            match (n.header.family, dst, mac) {
-                (AddressFamily::Inet6, Some(IpAddr::V6(ip)), Some(mac))
-                    if n.header.state == NeighbourState::Permanent =>
-                {
-                    st.neighbours.push((ip, mac))
-                }
-                (AddressFamily::Bridge, Some(ip), Some(mac)) => st.fdb.push((mac, ip)),
-                _ => {}
-            }
-        }
-    }
-    let mut dump = RouteMessage::default();
-    dump.header.address_family = AddressFamily::Inet6;
-    let replies = match sock.request(Request::new(
-        RouteNetlinkMessage::GetRoute(dump),
-        NLM_F_DUMP,
-        "list IPv6 routes",
-    )) {
-        Ok(r) => r,
-        // A namespace without IPv6 routes yet (see link::dump_routes).
-        Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            Vec::new()
-        }
-        Err(e) => return Err(e),
-    };
-    for m in &replies {
-        let RouteNetlinkMessage::NewRoute(r) = m else {
-            continue;
-        };
-        if r.header.table != RouteHeader::RT_TABLE_MAIN {
-            continue;
-        }
-        let (mut dst, mut gw, mut oif) = (None, None, None);
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        let dst = Ipv6Net::new(
-            dst.unwrap_or(Ipv6Addr::UNSPECIFIED),
-            r.header.destination_prefix_length,
-        );
-        if let (Ok(dst), Some(gw), Some(i)) = (dst, gw, oif) {
+    for r in link::routes(sock, true)? {
+        if let (IpNet::V6(dst), Some(IpAddr::V6(gw)), Some(i)) = (r.dst, r.gw, r.oif) {
             if i == index {
                 st.routes.push((dst, gw));
             }

@@ -73,9 +73,17 @@ impl Links {
             .collect()
     }
 
-    /// The addresses on link `index`.
+    /// The addresses on link `index`: IPv4, then IPv6 without link-local ones.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>, Error> {
-        Ok(netsetup::link::addresses(&mut self.sock, index)?)
+        let mut all = netsetup::link::addresses_of(&mut self.sock, index, false)?;
+        // IPv6 too, for dual-stack bridges; the kernel's own link-local address says nothing
+        // about the suite's setup, so it is left out.
+        all.extend(
+            netsetup::link::addresses_of(&mut self.sock, index, true)?
+                .into_iter()
+                .filter(|a| !matches!(a, IpNet::V6(n) if n.addr().is_unicast_link_local())),
+        );
+        Ok(all)
     }
 
     /// The socket, for other lookups in the same namespace.

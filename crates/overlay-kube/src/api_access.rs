@@ -58,6 +58,11 @@ impl ApiAccess {
         config.read_timeout = None;
         config.write_timeout = Some(CALL_TIMEOUT);
         let server = config.cluster_url.to_string();
+        // kube's `ring` feature asks for ring, but a workspace build (CI's `cargo build
+        // --workspace`) also turns on rustls's aws-lc-rs through the AWS SDK of vpc-route,
+        // and rustls then refuses to pick one and panics at the first TLS connection. Name
+        // ring once per process; a second install (another client) fails harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::try_from(config).map_err(|e| Error::ClientConfig {
             from: server.clone(),
             message: error_chain(&e),

@@ -143,6 +143,65 @@ fn doctor_fails_a_broken_node_on_the_right_checks() {
 }
 
 #[test]
+fn doctor_judges_both_families_of_a_dual_stack_network() {
+    require_root();
+    let mut s = SuiteNode::new_dual();
+    s.add_pod("doc-dual-a");
+    let bridge = format!("bridge:{}", s.bridge);
+    let masq = format!("masquerade:{}", s.table());
+    let (o, report) = s.doctor();
+    assert!(o.status.success(), "doctor exit: {}\n{report:#}", text(&o));
+    for name in [&bridge, &masq] {
+        assert_eq!(status(&report, name), "ok", "{:#}", check(&report, name));
+    }
+    let gateways = check(&report, &bridge)["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        gateways.contains("10.245.3.1/24") && gateways.contains("fd00:245:3::1/120"),
+        "both gateways named: {gateways}"
+    );
+    let tables = check(&report, &masq)["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        tables.contains("IPv4: present") && tables.contains("IPv6: present"),
+        "both tables judged: {tables}"
+    );
+
+    // Only the IPv6 side broken: the IPv4 one alone would pass.
+    s.node
+        .netns()
+        .ip_ok(&["-6", "addr", "del", "fd00:245:3::1/120", "dev", &s.bridge]);
+    let nft = s
+        .node
+        .netns()
+        .run("nft", &["delete", "table", "ip6", &s.table()]);
+    assert!(nft.status.success(), "nft: {}", text(&nft));
+    let (o, report) = s.doctor();
+    assert_eq!(o.status.code(), Some(1), "doctor must fail: {}", text(&o));
+    let b = check(&report, &bridge);
+    assert_eq!(b["status"], "fail", "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lacks the gateway address fd00:245:3::1/120")),
+        "{b}"
+    );
+    let m = check(&report, &masq);
+    assert_eq!(m["status"], "fail", "{m}");
+    let message = m["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("IPv4: present")
+            && message.contains("IPv6: missing although pods are attached"),
+        "{m}"
+    );
+    assert!(m["hint"].as_str().is_some_and(|h| !h.is_empty()), "{m}");
+}
+
+#[test]
 fn doctor_checks_the_vxlan_device_and_the_agent_lease() {
     require_root();
     let mut s = OverlaySuite::start(1);

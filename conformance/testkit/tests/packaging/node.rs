@@ -14,12 +14,25 @@ pub(super) struct SuiteNode {
     pub(super) bridge: String,
     pub(super) network: String,
     pub(super) pods: Vec<Netns>,
+    /// Dual-stack: `podCIDRs` [POD_CIDR, POD_CIDR6] instead of `podCIDR`.
+    pub(super) dual: bool,
 }
 
 pub(super) const POD_CIDR: &str = "10.245.3.0/24";
+/// The IPv6 range of a dual-stack [`SuiteNode`].
+pub(super) const POD_CIDR6: &str = "fd00:245:3::/120";
 
 impl SuiteNode {
     pub(super) fn new() -> SuiteNode {
+        SuiteNode::with_family(false)
+    }
+
+    /// A node whose network is dual-stack (`podCIDRs`: IPv4 and IPv6).
+    pub(super) fn new_dual() -> SuiteNode {
+        SuiteNode::with_family(true)
+    }
+
+    fn with_family(dual: bool) -> SuiteNode {
         let dir = TempDir::new().expect("temp dir");
         let bridge = unique_link_name("dkb");
         let network = unique_name("docnet-");
@@ -29,6 +42,7 @@ impl SuiteNode {
             bridge,
             network,
             pods: Vec::new(),
+            dual,
         };
         copy_exec(&plugin_binary("kubenet-bridge"), &s.bin());
         copy_exec(&reference_plugin("portmap"), &s.bin());
@@ -69,7 +83,7 @@ impl SuiteNode {
     }
 
     pub(super) fn conflist(&self) -> Value {
-        json!({
+        let mut list = json!({
             "cniVersion": "1.0.0",
             "name": self.network,
             "plugins": [
@@ -82,7 +96,15 @@ impl SuiteNode {
                 },
                 { "type": "portmap", "capabilities": { "portMappings": true } }
             ]
-        })
+        });
+        if self.dual {
+            let entry = &mut list["plugins"][0];
+            entry["podCIDRs"] = json!([POD_CIDR, POD_CIDR6]);
+            if let Some(o) = entry.as_object_mut() {
+                o.remove("podCIDR");
+            }
+        }
+        list
     }
 
     pub(super) fn plugin(&self, verb: &str, id: &str, pod: &Netns) -> Value {

@@ -5,7 +5,7 @@ use ipnet::{IpNet, Ipv4Net};
 use pod_bridge::BridgeNetwork;
 
 use super::ipam::{lease_count, LeaseFile};
-use super::report::Check;
+use super::report::{Check, Status};
 use crate::kernel::{self, Links};
 use crate::netconf::SuiteNetwork;
 
@@ -80,26 +80,49 @@ pub(super) fn check_bridge(
             ),
         );
     };
-    let gw = net.pool().gateway_net();
+    // One gateway per range: a dual-stack bridge carries both, and a pod of the family
+    // whose gateway is missing has no default route of that family.
+    let gateways: Vec<IpNet> = net.ranges.pools().iter().map(|p| p.gateway_net()).collect();
+    let shown = |list: &[IpNet]| {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match links.addresses(link.index) {
-        Ok(a) if a.contains(&gw) => Check::ok(
-            name,
-            format!("up, gateway {gw}, {ports} port(s), mtu {}", link.mtu),
-        ),
-        Ok(a) => Check::fail(
-            name,
-            format!(
-                "lacks the gateway address {gw} (has {}): pods have no default route target",
-                a.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            format!(
-                "ip addr add {gw} dev {} (the next ADD adds it too)",
-                net.bridge
-            ),
-        ),
+        Ok(a) => {
+            let missing: Vec<IpNet> = gateways
+                .iter()
+                .filter(|gw| !a.contains(gw))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                return Check::ok(
+                    name,
+                    format!(
+                        "up, gateway {}, {ports} port(s), mtu {}",
+                        shown(&gateways),
+                        link.mtu
+                    ),
+                );
+            }
+            Check::fail(
+                name,
+                format!(
+                    "lacks the gateway address {} (has {}): pods have no default route target",
+                    shown(&missing),
+                    shown(&a)
+                ),
+                format!(
+                    "{} (the next ADD adds it too)",
+                    missing
+                        .iter()
+                        .map(|gw| format!("ip addr add {gw} dev {}", net.bridge))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )
+        }
         Err(e) => Check::fail(
             name,
             format!("cannot read its addresses: {e}"),
@@ -108,12 +131,15 @@ pub(super) fn check_bridge(
     }
 }
 
-/// The masquerade table exists with the fingerprint of this network's settings.
+/// The masquerade table of each range's family (`ip` for IPv4, `ip6` for IPv6, one name)
+/// exists with the fingerprint of this network's settings; a dual-stack network's verdict is
+/// the worse of its two tables'.
 pub(super) fn check_masquerade(
     net: &SuiteNetwork,
     resolved: Option<&BridgeNetwork>,
     leases: &Result<Vec<LeaseFile>, String>,
     tables: &Result<Vec<String>, crate::Error>,
+    tables6: &Result<Vec<String>, crate::Error>,
 ) -> Check {
     let table = net.nft_table();
     let name = format!("masquerade:{table}");
@@ -126,48 +152,122 @@ pub(super) fn check_masquerade(
             ),
         );
     };
-    let comment = match netsetup::masquerade::table_comment(&table) {
-        Ok(c) => c,
-        Err(e) => return Check::warn(name, format!("cannot read nftables: {e}"), "run as root"),
+    let verdicts: Vec<Check> = r
+        .ranges
+        .pools()
+        .iter()
+        .map(|pool| {
+            let v6 = pool.is_ipv6();
+            check_masquerade_family(
+                &name,
+                &table,
+                r,
+                pool,
+                leases,
+                if v6 { tables6 } else { tables },
+            )
+        })
+        .collect();
+    if verdicts.len() == 1 {
+        return verdicts
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Check::skip(name, "no range"));
+    }
+    let worst = verdicts
+        .iter()
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(Status::Skip);
+    let message = verdicts
+        .iter()
+        .map(|c| c.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let hint = verdicts
+        .iter()
+        .filter(|c| c.status == worst)
+        .find_map(|c| c.hint.clone());
+    Check {
+        name,
+        status: worst,
+        message,
+        hint,
+    }
+}
+
+/// The masquerade verdict of one family's table (`table ip6 <name>` for an IPv6 range).
+fn check_masquerade_family(
+    name: &str,
+    table: &str,
+    r: &BridgeNetwork,
+    pool: &node_ipam::Pool,
+    leases: &Result<Vec<LeaseFile>, String>,
+    tables: &Result<Vec<String>, crate::Error>,
+) -> Check {
+    let v6 = pool.is_ipv6();
+    let (family, label) = if v6 { ("ip6", "IPv6: ") } else { ("ip", "") };
+    // An IPv4-only network keeps the messages it had before dual-stack; a dual-stack one
+    // names the family of each part.
+    let label = if r.ranges.pools().len() > 1 && !v6 {
+        "IPv4: "
+    } else {
+        label
     };
-    let exists = comment.is_some() || tables.as_ref().is_ok_and(|t| t.contains(&table));
+    let comment = match netsetup::masquerade::table_comment_of(table, v6) {
+        Ok(c) => c,
+        Err(e) => {
+            return Check::warn(
+                name,
+                format!("{label}cannot read nftables: {e}"),
+                "run as root",
+            )
+        }
+    };
+    let exists = comment.is_some() || tables.as_ref().is_ok_and(|t| t.iter().any(|t| t == table));
     let Some(keep) = &r.masquerade_outside else {
         return if exists {
             Check::warn(
                 name,
-                "ipMasq is off but the table exists: pod traffic is still masqueraded",
-                format!("nft delete table ip {table} (the next ADD removes it too)"),
+                format!(
+                    "{label}ipMasq is off but the table exists: pod traffic is still masqueraded"
+                ),
+                format!("nft delete table {family} {table} (the next ADD removes it too)"),
             )
         } else {
-            Check::ok(name, "ipMasq off and no table")
+            Check::ok(name, format!("{label}ipMasq off and no table"))
         };
     };
     let keep: Vec<IpNet> = keep
         .iter()
-        .filter(|c| r.pool().same_family(c.addr()))
+        .filter(|c| pool.same_family(c.addr()))
         .copied()
         .collect();
     let want = netsetup::masquerade::MasqueradeSpec {
-        table: &table,
-        pod_cidr: r.pool().subnet(),
+        table,
+        pod_cidr: pool.subnet(),
         non_masquerade: &keep,
         bridge: &r.bridge,
     }
     .fingerprint();
     match comment {
-        Some(c) if c == want => Check::ok(name, format!("present: {c}")),
+        Some(c) if c == want => Check::ok(name, format!("{label}present: {c}")),
         Some(c) => Check::fail(
             name,
-            format!("holds {c:?}, this network wants {want:?}"),
+            format!("{label}holds {c:?}, this network wants {want:?}"),
             "two networks share the bridge with different settings, or the config changed: the next ADD reprograms it",
         ),
-        None if exists => Check::fail(name, "present without the suite's fingerprint comment", format!("nft delete table ip {table}; the next ADD recreates it")),
+        None if exists => Check::fail(
+            name,
+            format!("{label}present without the suite's fingerprint comment"),
+            format!("nft delete table {family} {table}; the next ADD recreates it"),
+        ),
         None if lease_count(leases) > 0 => Check::fail(
             name,
-            "missing although pods are attached: their traffic to outside the cluster is not masqueraded",
+            format!("{label}missing although pods are attached: their traffic to outside the cluster is not masqueraded"),
             "the next ADD recreates it; find what flushed the ruleset (`nft flush ruleset`, a firewall service)",
         ),
-        None => Check::skip(name, "not created yet: the first pod ADD creates it"),
+        None => Check::skip(name, format!("{label}not created yet: the first pod ADD creates it")),
     }
 }
 

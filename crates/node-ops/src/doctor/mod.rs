@@ -98,6 +98,7 @@ pub fn run(opts: &Options) -> Report {
         }
     };
     let nft = kernel::nft_tables();
+    let nft6 = kernel::nft_tables_ip6();
     let results_dir = crate::libcni_cache::results_dir(&opts.cache_dir);
     let cache = crate::libcni_cache::read_results(&results_dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -146,6 +147,7 @@ pub fn run(opts: &Options) -> Report {
             resolved.as_ref().ok(),
             &leases,
             &nft,
+            &nft6,
         ));
         report.push(plugin_log::check_log(net, &leases, opts));
         if let Kind::Overlay(cfg) = &net.kind {
