@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::WatchEvent;
 use overlay::agent::PeerSource;
 use overlay::dataplane::Dataplane;
+use overlay::peer_sync::reconcile_all;
 use overlay::peers::PeerTable;
 use overlay::registry::{Change, NodeRecord};
 use overlay::telemetry::Telemetry;
@@ -118,27 +119,8 @@ impl NodeSync {
     fn reconcile(&mut self, plane: &mut Dataplane) -> Result<(), Error> {
         let started = Instant::now();
         let records: Vec<(Ipv4Net, NodeRecord)> = self.nodes.values().cloned().collect();
-        let peers = self.table.peers_of(&records);
-        let c = plane.reconcile(&peers)?;
-        self.table.replaced(&records, &peers);
+        reconcile_all(plane, &mut self.table, &self.telemetry, &records, started)?;
         self.need_reconcile = false;
-        let took = started.elapsed();
-        self.telemetry.full_reconciles.inc();
-        self.telemetry
-            .full_reconcile_seconds
-            .observe(took.as_secs_f64());
-        self.telemetry.peers_programmed.set(peers.v4.len() as i64);
-        self.telemetry.synced();
-        if !peers.v6.is_empty() {
-            log::info!("reconciled {} IPv6 peer entries", peers.v6.len());
-        }
-        log::info!(
-            "full reconcile: {} peers, {} added, {} removed, took {} ms",
-            peers.v4.len(),
-            c.added,
-            c.removed,
-            took.as_millis()
-        );
         Ok(())
     }
 

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::WatchStream;
+use ipnet::Ipv4Net;
 use tokio::time::timeout;
 
 use crate::dataplane::Dataplane;
 use crate::etcd_access::{EtcdAccess, Fingerprint, CALL_TIMEOUT};
 use crate::peers::PeerTable;
-use crate::registry::{watch_news, Registry, WatchNews};
+use crate::registry::{watch_news, NodeRecord, Registry, WatchNews};
 use crate::telemetry::Telemetry;
 use crate::Error;
 
@@ -141,30 +142,9 @@ impl PeerSync {
         let (records, revision) = timeout(CALL_TIMEOUT * 2, reg.list())
             .await
             .map_err(|_| Error::EtcdAccess("listing peers timed out".into()))??;
-        let peers = self.table.peers_of(&records);
-        let c = plane.reconcile(&peers)?;
-        self.table.replaced(&records, &peers);
+        reconcile_all(plane, &mut self.table, &self.telemetry, &records, started)?;
         self.revision = revision;
         self.need_full = false;
-        let took = started.elapsed();
-        self.telemetry.full_reconciles.inc();
-        self.telemetry
-            .full_reconcile_seconds
-            .observe(took.as_secs_f64());
-        self.telemetry.peers_programmed.set(peers.v4.len() as i64);
-        self.telemetry.synced();
-        // This line's shape is read by vxlan-scale-bench (agent_log.rs): IPv6 entries get a
-        // line of their own.
-        if !peers.v6.is_empty() {
-            log::info!("reconciled {} IPv6 peer entries", peers.v6.len());
-        }
-        log::info!(
-            "full reconcile: {} peers, {} added, {} removed, took {} ms",
-            peers.v4.len(),
-            c.added,
-            c.removed,
-            took.as_millis()
-        );
         Ok(())
     }
 
@@ -279,4 +259,36 @@ impl PeerSync {
             self.reg = None;
         }
     }
+}
+
+/// A full reconcile, the same for every registry: programs exactly the peers of `records`
+/// (begun at `started`), records it in the peer table and the telemetry, and logs it.
+pub fn reconcile_all(
+    plane: &mut Dataplane,
+    table: &mut PeerTable,
+    telemetry: &Telemetry,
+    records: &[(Ipv4Net, NodeRecord)],
+    started: Instant,
+) -> Result<(), Error> {
+    let peers = table.peers_of(records);
+    let c = plane.reconcile(&peers)?;
+    table.replaced(records, &peers);
+    let took = started.elapsed();
+    telemetry.full_reconciles.inc();
+    telemetry.full_reconcile_seconds.observe(took.as_secs_f64());
+    telemetry.peers_programmed.set(peers.v4.len() as i64);
+    telemetry.synced();
+    // This line's shape is read by vxlan-scale-bench (agent_log.rs): IPv6 entries get a
+    // line of their own.
+    if !peers.v6.is_empty() {
+        log::info!("reconciled {} IPv6 peer entries", peers.v6.len());
+    }
+    log::info!(
+        "full reconcile: {} peers, {} added, {} removed, took {} ms",
+        peers.v4.len(),
+        c.added,
+        c.removed,
+        took.as_millis()
+    );
+    Ok(())
 }
