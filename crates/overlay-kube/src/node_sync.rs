@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::WatchEvent;
 use overlay::agent::PeerSource;
 use overlay::dataplane::Dataplane;
-use overlay::peer_sync::reconcile_all;
+use overlay::peer_sync::{
+    reconcile_all, COALESCE_WINDOW, MAX_BACKOFF, MAX_COALESCED, MAX_COALESCE_DELAY,
+};
 use overlay::peers::PeerTable;
 use overlay::registry::{Change, NodeRecord};
 use overlay::telemetry::Telemetry;
@@ -25,15 +27,6 @@ use tokio::time::timeout;
 use crate::annotations::node_record;
 use crate::api_access::{describe, ApiAccess, NodeEvents, WATCH_SILENCE};
 use crate::Error;
-
-/// How long to wait for more watch events once one arrived.
-const COALESCE_WINDOW: Duration = Duration::from_millis(5);
-/// The longest an event waits for others to join its batch.
-const MAX_COALESCE_DELAY: Duration = Duration::from_millis(50);
-/// The most events applied in one batch.
-const MAX_COALESCED: usize = 10_000;
-/// The longest pause between retries while the API server fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What woke the agent from the watch.
 #[derive(Debug, Default)]

@@ -35,10 +35,7 @@ pub fn run(cfg: OverlayConfig) -> Result<(), Error> {
     cfg.validate()?;
     // The main thread: the watch, and the netlink socket (used from this thread only). The
     // lease and the metrics have threads of their own.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let rt = current_thread_runtime()?;
     rt.block_on(async move {
         if cfg.registry == RegistryKind::Kubernetes {
             Err(Error::Config(
@@ -51,6 +48,15 @@ pub fn run(cfg: OverlayConfig) -> Result<(), Error> {
             run_etcd(&cfg).await
         }
     })
+}
+
+/// A one-thread runtime with timers and I/O: the agent's main thread (the watch and the
+/// netlink socket stay on it), its lease thread and its one-shot etcd commands each run one.
+pub(crate) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))
 }
 
 /// Where the agent's peers come from: etcd's subnet records ([`PeerSync`]) or, in the
@@ -133,10 +139,7 @@ pub fn run_with_source<S: PeerSource>(
     start: impl AsyncFnOnce(SourceStart) -> Result<S, Error>,
 ) -> Result<(), Error> {
     cfg.validate()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let rt = current_thread_runtime()?;
     rt.block_on(async move {
         let (node, _) = node(&cfg)?;
         let mut term =
@@ -473,10 +476,7 @@ fn with_registry<T>(
     cfg: &OverlayConfig,
     work: impl AsyncFnOnce(&mut Registry) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let rt = current_thread_runtime()?;
     let access = EtcdAccess::from_config(cfg);
     rt.block_on(async {
         let mut reg = access.connect().await?;

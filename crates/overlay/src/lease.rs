@@ -57,10 +57,7 @@ impl LeaseKeeper {
         telemetry: Arc<Telemetry>,
         events: UnboundedSender<LeaseEvent>,
     ) -> Result<LeaseKeeper, Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Runtime(e.to_string()))?;
+        let rt = crate::agent::current_thread_runtime()?;
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("lease".into())

@@ -20,15 +20,16 @@ use crate::telemetry::Telemetry;
 use crate::Error;
 
 /// How long to wait for more watch messages once one arrived: events of a burst (nodes
-/// joining, an expired batch of leases) come within microseconds of each other.
-const COALESCE_WINDOW: Duration = Duration::from_millis(5);
+/// joining, an expired batch of leases) come within microseconds of each other. Every
+/// registry's watch coalesces with these bounds.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 /// The longest a change waits for others to join its batch: a steady stream of events
 /// (faster than the window) is applied every this often, not only when it pauses.
-const MAX_COALESCE_DELAY: Duration = Duration::from_millis(50);
+pub const MAX_COALESCE_DELAY: Duration = Duration::from_millis(50);
 /// The most changes applied in one batch; the rest follow in the next.
-const MAX_COALESCED: usize = 10_000;
-/// The longest pause between retries while etcd fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_COALESCED: usize = 10_000;
+/// The longest pause between retries while the registry (etcd, the API server) fails.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What woke the agent from the watch.
 #[derive(Debug, Default)]
