@@ -474,6 +474,36 @@ impl ControlPlane {
         ip
     }
 
+    /// Plugs the node namespace `ns` into the underlay: its `eth0` (a veth whose other end,
+    /// named from `prefix`, is on the control plane's bridge) gets `ip`/24 and a default route
+    /// through the control plane.
+    pub fn plug_in(&self, ns: &Netns, ip: Ipv4Addr, prefix: &str) {
+        let host_if = crate::unique_link_name(prefix);
+        self.netns().ip_ok(&[
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        self.netns()
+            .ip_ok(&["link", "set", &host_if, "master", "kbr0", "up"]);
+        ns.ip_ok(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip_ok(&["link", "set", "eth0", "up"]);
+        ns.ip_ok(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &CONTROL_PLANE_IP.to_string(),
+        ]);
+    }
+
     /// A kubectl command run in the control plane's namespace with the admin kubeconfig.
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = nsenter(&self.netns.path(), self.bin.join("kubectl"));
@@ -756,30 +786,7 @@ impl KubeNode {
             netns: Some(netns),
         };
         let ns = node.netns();
-        let host_if = crate::unique_link_name("kn");
-        cp.netns().ip_ok(&[
-            "link",
-            "add",
-            &host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
-        cp.netns()
-            .ip_ok(&["link", "set", &host_if, "master", "kbr0", "up"]);
-        ns.ip_ok(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.ip_ok(&["link", "set", "eth0", "up"]);
-        ns.ip_ok(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &CONTROL_PLANE_IP.to_string(),
-        ]);
+        cp.plug_in(ns, ip, "kn");
         ns.set_sysctl("net/ipv4/ip_forward", "1");
         // What a kops node sets (kubelet's kubenet did too): kube-proxy's Service DNAT must
         // see bridged pod-to-pod replies.

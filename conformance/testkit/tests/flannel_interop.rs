@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use cni_testkit::cnitool::CnitoolNetwork;
 use cni_testkit::etcd::{tail, EtcdServer, Etcdctl};
 use cni_testkit::flannel::{vxlan_net_conf, FlannelNode, FlannelRegistry, FLANNEL_ETCD_PREFIX};
-use cni_testkit::kube::{self, ControlPlane, CONTROL_PLANE_IP};
+use cni_testkit::kube::{self, ControlPlane};
 use cni_testkit::netns::{Netns, Node};
 use cni_testkit::overlay::{
     link_mac, records, start_etcd, subnet_key, OverlayNode, Peer, SubnetEnv, Underlay, VxlanState,
@@ -43,7 +43,7 @@ use cni_testkit::overlay::{
 use cni_testkit::plugin::{bin_dir, Expect};
 use cni_testkit::scenarios::CNITOOL_SPEC_VERSION;
 use cni_testkit::traffic::ping;
-use cni_testkit::{eventually, require_root, unique_link_name, unique_name};
+use cni_testkit::{eventually, require_root, unique_name};
 use ipnet::Ipv4Net;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -77,6 +77,54 @@ struct Pod {
 struct NodeState {
     underlay: IpAddr,
     state: Option<VxlanState>,
+}
+
+/// One of our nodes in a mixed cluster, whichever registry its agent uses.
+trait OurNode {
+    /// Its underlay address and its VXLAN device as the kernel holds it.
+    fn node_state(&self) -> NodeState;
+    /// Its agent's log tail and state, for a failure message.
+    fn report(&self) -> String;
+}
+
+impl OurNode for OverlayNode {
+    fn node_state(&self) -> NodeState {
+        NodeState {
+            underlay: self.underlay_ip(),
+            state: self.vxlan_state(),
+        }
+    }
+    fn report(&self) -> String {
+        self.diagnostics()
+    }
+}
+
+/// The devices of every node of a mixed cluster: ours still running, and flanneld's.
+fn node_states<N: OurNode>(ours: &[Option<N>], flannel: &FlannelNode) -> Vec<NodeState> {
+    let mut nodes: Vec<NodeState> = ours.iter().flatten().map(OurNode::node_state).collect();
+    nodes.push(NodeState {
+        underlay: flannel.underlay_ip(),
+        state: flannel.vxlan_state(),
+    });
+    nodes
+}
+
+/// Every daemon's report of a mixed cluster, then `registry`'s (titled `what`).
+fn cluster_diagnostics<N: OurNode>(
+    ours: &[Option<N>],
+    flannel: &FlannelNode,
+    what: &str,
+    registry: &str,
+) -> String {
+    let mut text = String::new();
+    for n in ours.iter().flatten() {
+        text.push_str(&n.report());
+        text.push('\n');
+    }
+    text.push_str(&flannel.diagnostics());
+    text.push_str(&format!("\n--- {what}:\n"));
+    text.push_str(registry);
+    text
 }
 
 /// Whether each of `members` (underlay addresses) has an entry in `peers` (what the registry
@@ -161,20 +209,7 @@ impl MixedEtcdCluster {
     }
 
     fn states(&self) -> Vec<NodeState> {
-        let mut nodes: Vec<NodeState> = self
-            .ours
-            .iter()
-            .flatten()
-            .map(|n| NodeState {
-                underlay: n.underlay_ip(),
-                state: n.vxlan_state(),
-            })
-            .collect();
-        nodes.push(NodeState {
-            underlay: self.flannel.underlay_ip(),
-            state: self.flannel.vxlan_state(),
-        });
-        nodes
+        node_states(&self.ours, &self.flannel)
     }
 
     fn wait_converged(&mut self, members: &[IpAddr], ctx: &str) {
@@ -193,15 +228,12 @@ impl MixedEtcdCluster {
     }
 
     fn diagnostics(&self) -> String {
-        let mut text = String::new();
-        for n in self.ours.iter().flatten() {
-            text.push_str(&n.diagnostics());
-            text.push('\n');
-        }
-        text.push_str(&self.flannel.diagnostics());
-        text.push_str("\n--- etcd log:\n");
-        text.push_str(&self.etcd.log_tail(10));
-        text
+        cluster_diagnostics(
+            &self.ours,
+            &self.flannel,
+            "etcd log",
+            &self.etcd.log_tail(10),
+        )
     }
 }
 
@@ -477,31 +509,7 @@ fn peer_of(node: &Value) -> Option<Peer> {
 fn node_on_control_plane(cp: &ControlPlane) -> (Node, IpAddr) {
     let node = Node::new();
     let ip = cp.next_node_ip();
-    let ns = node.netns();
-    let host_if = unique_link_name("kfl");
-    cp.netns().ip_ok(&[
-        "link",
-        "add",
-        &host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ]);
-    cp.netns()
-        .ip_ok(&["link", "set", &host_if, "master", "kbr0", "up"]);
-    ns.ip_ok(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    ns.ip_ok(&["link", "set", "eth0", "up"]);
-    ns.ip_ok(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &CONTROL_PLANE_IP.to_string(),
-    ]);
+    cp.plug_in(node.netns(), ip, "kfl");
     (node, IpAddr::V4(ip))
 }
 
@@ -675,6 +683,18 @@ impl Drop for OurKubeNode {
     }
 }
 
+impl OurNode for OurKubeNode {
+    fn node_state(&self) -> NodeState {
+        NodeState {
+            underlay: self.underlay_ip,
+            state: self.vxlan_state(),
+        }
+    }
+    fn report(&self) -> String {
+        self.diagnostics()
+    }
+}
+
 /// Two Nodes with our agent and one with flanneld, on the shared control plane.
 struct MixedKubeCluster {
     // Drop order: pods, then the daemons and their namespaces, then the Node objects.
@@ -692,20 +712,7 @@ impl MixedKubeCluster {
     }
 
     fn states(&self) -> Vec<NodeState> {
-        let mut nodes: Vec<NodeState> = self
-            .ours
-            .iter()
-            .flatten()
-            .map(|n| NodeState {
-                underlay: n.underlay_ip,
-                state: n.vxlan_state(),
-            })
-            .collect();
-        nodes.push(NodeState {
-            underlay: self.flannel.underlay_ip(),
-            state: self.flannel.vxlan_state(),
-        });
-        nodes
+        node_states(&self.ours, &self.flannel)
     }
 
     fn wait_converged(&mut self, members: &[IpAddr], ctx: &str) {
@@ -728,15 +735,7 @@ impl MixedKubeCluster {
     }
 
     fn diagnostics(&self) -> String {
-        let mut text = String::new();
-        for n in self.ours.iter().flatten() {
-            text.push_str(&n.diagnostics());
-            text.push('\n');
-        }
-        text.push_str(&self.flannel.diagnostics());
-        text.push_str("\n--- control plane:\n");
-        text.push_str(&self.cp.logs());
-        text
+        cluster_diagnostics(&self.ours, &self.flannel, "control plane", &self.cp.logs())
     }
 }
 
