@@ -17,7 +17,7 @@ use kube::api::WatchEvent;
 use overlay::agent::PeerSource;
 use overlay::dataplane::Dataplane;
 use overlay::peer_sync::{
-    reconcile_all, COALESCE_WINDOW, MAX_BACKOFF, MAX_COALESCED, MAX_COALESCE_DELAY,
+    apply_changes, reconcile_all, COALESCE_WINDOW, MAX_BACKOFF, MAX_COALESCED, MAX_COALESCE_DELAY,
 };
 use overlay::peers::PeerTable;
 use overlay::registry::{Change, NodeRecord};
@@ -271,30 +271,15 @@ impl PeerSource for NodeSync {
         for ev in wake.events {
             self.changes_of(ev, &mut changes);
         }
-        if !changes.is_empty() {
-            let deltas = self.table.deltas(&changes);
-            match plane.apply(&deltas) {
-                Ok(c) => {
-                    self.table.applied(&deltas);
-                    self.telemetry.events_applied.inc_by(deltas.len() as u64);
-                    self.telemetry.peers_programmed.set(self.table.len() as i64);
-                    self.telemetry.synced();
-                    if !deltas.is_empty() {
-                        log::info!(
-                            "applied {count} Node events: {} added/changed, {} removed",
-                            c.added,
-                            c.removed
-                        );
-                    }
-                }
-                Err(e) => {
-                    log::error!(
-                        "applying {} peer changes failed ({e}); reconciling in full",
-                        deltas.len()
-                    );
-                    self.need_reconcile = true;
-                }
-            }
+        if !apply_changes(
+            plane,
+            &mut self.table,
+            &self.telemetry,
+            &changes,
+            count,
+            "Node events",
+        ) {
+            self.need_reconcile = true;
         }
         if let Some(e) = wake.failed {
             // The API server went away or the connection broke: once it is back, list

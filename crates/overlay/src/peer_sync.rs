@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use crate::dataplane::Dataplane;
 use crate::etcd_access::{EtcdAccess, Fingerprint, CALL_TIMEOUT};
 use crate::peers::PeerTable;
-use crate::registry::{watch_news, NodeRecord, Registry, WatchNews};
+use crate::registry::{watch_news, Change, NodeRecord, Registry, WatchNews};
 use crate::telemetry::Telemetry;
 use crate::Error;
 
@@ -222,31 +222,16 @@ impl PeerSync {
             );
             revision = revision.max(news.revision.unwrap_or(0));
         }
-        if !changes.is_empty() {
-            let deltas = self.table.deltas(&changes);
-            match plane.apply(&deltas) {
-                Ok(c) => {
-                    self.table.applied(&deltas);
-                    self.telemetry.events_applied.inc_by(deltas.len() as u64);
-                    self.telemetry.peers_programmed.set(self.table.len() as i64);
-                    self.telemetry.synced();
-                    if !deltas.is_empty() {
-                        log::info!(
-                            "applied {} events: {} added/changed, {} removed",
-                            changes.len(),
-                            c.added,
-                            c.removed
-                        );
-                    }
-                }
-                Err(e) => {
-                    log::error!(
-                        "applying {} peer changes failed ({e}); reconciling in full",
-                        deltas.len()
-                    );
-                    self.need_full = true;
-                }
-            }
+        let events = changes.len();
+        if !apply_changes(
+            plane,
+            &mut self.table,
+            &self.telemetry,
+            &changes,
+            events,
+            "events",
+        ) {
+            self.need_full = true;
         }
         if !self.need_full {
             self.revision = revision;
@@ -292,4 +277,45 @@ pub fn reconcile_all(
         took.as_millis()
     );
     Ok(())
+}
+
+/// Applies a batch of watch changes, the same for every registry (the log line says
+/// "applied `events` `what`"): the deltas they make to the peer table go to the dataplane and
+/// the telemetry.
+/// False when the dataplane refused them: the caller then reconciles in full.
+pub fn apply_changes(
+    plane: &mut Dataplane,
+    table: &mut PeerTable,
+    telemetry: &Telemetry,
+    changes: &[Change],
+    events: usize,
+    what: &str,
+) -> bool {
+    if changes.is_empty() {
+        return true;
+    }
+    let deltas = table.deltas(changes);
+    match plane.apply(&deltas) {
+        Ok(c) => {
+            table.applied(&deltas);
+            telemetry.events_applied.inc_by(deltas.len() as u64);
+            telemetry.peers_programmed.set(table.len() as i64);
+            telemetry.synced();
+            if !deltas.is_empty() {
+                log::info!(
+                    "applied {events} {what}: {} added/changed, {} removed",
+                    c.added,
+                    c.removed
+                );
+            }
+            true
+        }
+        Err(e) => {
+            log::error!(
+                "applying {} peer changes failed ({e}); reconciling in full",
+                deltas.len()
+            );
+            false
+        }
+    }
 }
